@@ -1,0 +1,2 @@
+"""Every trainer class nnunet_ssl provides, by name. Add new trainer modules here."""
+from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer  # noqa: F401
