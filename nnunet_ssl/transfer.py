@@ -1,0 +1,118 @@
+"""Weight transfer from a pre-training checkpoint into a fine-tuning network.
+
+Rules (each key of the fine-tuning network ends up in exactly one bucket of the :class:`TransferReport`):
+
+* encoder (``encoder.*`` and its alias ``decoder.encoder.*``): loaded. A shape mismatch here means the checkpoint
+  comes from another architecture: refused with the first mismatching layer and both shapes. The one exception is
+  the input projection of the stem when only the input-channel count differs: it is adapted as nnssl does
+  (the pre-trained filters averaged over their input channels, repeated for every new channel and rescaled so an
+  image fed identically to every channel gives the same response).
+* decoder (``decoder.stages``, ``decoder.transpconvs``): loaded where shapes match (``load_decoder=True``),
+  otherwise skipped with the reason.
+* segmentation layers (``.seg_layers.``): never loaded (task-specific output).
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Tuple
+
+import torch
+from torch import nn
+
+from nnunet_ssl.errors import UserInputError
+from nnunet_ssl.network_parts import is_encoder_key, unwrap
+
+
+def _strip_wrappers(key: str) -> str:
+    for prefix in ("module.", "_orig_mod."):
+        while key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+@dataclass
+class TransferReport:
+    loaded: List[str] = field(default_factory=list)
+    adapted: List[Tuple[str, str]] = field(default_factory=list)
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+    unused_in_checkpoint: List[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"nnunet_ssl weight transfer: {len(self.loaded)} tensors loaded, {len(self.adapted)} adapted, "
+                 f"{len(self.skipped)} kept at their initialisation, "
+                 f"{len(self.unused_in_checkpoint)} checkpoint tensors unused."]
+        lines += [f"  loaded   {k}" for k in self.loaded]
+        lines += [f"  adapted  {k}: {why}" for k, why in self.adapted]
+        lines += [f"  skipped  {k}: {why}" for k, why in self.skipped]
+        lines += [f"  unused   {k}" for k in self.unused_in_checkpoint]
+        return "\n".join(lines)
+
+
+def _in_proj_keys(network: nn.Module, plan: dict) -> List[str]:
+    keys = list(getattr(network, "keys_to_in_proj", ()) or ())
+    keys += list((plan or {}).get("keys_to_in_proj", ()) or ())
+    return [k + ".weight" for k in keys]
+
+
+def adapt_in_proj(weight: torch.Tensor, new_in_channels: int) -> torch.Tensor:
+    """Stem filters for a different input-channel count (mean over old channels, repeated, rescaled)."""
+    old = weight.shape[1]
+    mean = weight.mean(dim=1, keepdim=True)
+    reps = [1, new_in_channels] + [1] * (weight.ndim - 2)
+    return mean.repeat(*reps) * (old / new_in_channels)
+
+
+def transfer_weights(network: nn.Module, checkpoint: Dict, load_decoder: bool = True,
+                     adapt_stem: bool = True) -> TransferReport:
+    """Copy pre-trained weights into ``network`` in place and report what happened to every key."""
+    net = unwrap(network)
+    source = {_strip_wrappers(k): v for k, v in checkpoint["network_weights"].items()}
+    plan = checkpoint.get("nnssl_adaptation_plan") or {}
+    target = net.state_dict()
+    in_proj = set(_in_proj_keys(net, plan))
+    report = TransferReport()
+    new_state = {}
+
+    encoder_keys = [k for k in target if is_encoder_key(k)]
+    if not any(k in source for k in encoder_keys):
+        raise UserInputError(
+            "The checkpoint shares no encoder layer with this network (first encoder layer here: "
+            f"'{encoder_keys[0]}', not in the checkpoint; checkpoint keys start with "
+            f"{sorted(source)[:3]}). It was trained with another architecture: pre-train with the plans of this "
+            "dataset (nnunet_ssl ingest --downstream ...).")
+
+    for key, value in target.items():
+        if ".seg_layers." in key:
+            report.skipped.append((key, "segmentation layer (task-specific, always re-initialised)"))
+            continue
+        encoder = is_encoder_key(key)
+        if not encoder and not load_decoder:
+            report.skipped.append((key, "decoder transfer disabled"))
+            continue
+        if key not in source:
+            if encoder:
+                raise UserInputError(
+                    f"Incompatible checkpoint: encoder layer '{key}' (shape {tuple(value.shape)}) is missing from "
+                    f"it. It was trained with another architecture; pre-train with this dataset's plans.")
+            report.skipped.append((key, "not in checkpoint"))
+            continue
+        src = source[key]
+        if tuple(src.shape) == tuple(value.shape):
+            new_state[key] = src.to(dtype=value.dtype)
+            report.loaded.append(key)
+            continue
+        if (key in in_proj and adapt_stem and src.ndim == value.ndim and src.shape[0] == value.shape[0]
+                and tuple(src.shape[2:]) == tuple(value.shape[2:])):
+            new_state[key] = adapt_in_proj(src, value.shape[1]).to(dtype=value.dtype)
+            report.adapted.append((key, f"input channels {src.shape[1]} -> {value.shape[1]} (stem adapted)"))
+            continue
+        if encoder:
+            raise UserInputError(
+                f"Incompatible checkpoint: first mismatching layer '{key}': checkpoint shape {tuple(src.shape)}, "
+                f"this network {tuple(value.shape)}. The checkpoint was pre-trained with another architecture "
+                f"(features, kernel sizes or stages differ); pre-train with this dataset's plans.")
+        report.skipped.append((key, f"shape mismatch: checkpoint {tuple(src.shape)} vs network {tuple(value.shape)}"))
+
+    report.unused_in_checkpoint = [k for k in source if k not in target]
+    merged = dict(target)
+    merged.update(new_state)
+    net.load_state_dict(merged)
+    return report
