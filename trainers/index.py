@@ -1,2 +1,3 @@
 """Every trainer class nnunet_ssl provides, by name. Add new trainer modules here."""
+from nnunet_ssl_trainers.finetune import SSLFinetuneTrainer  # noqa: F401
 from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer  # noqa: F401

@@ -1,0 +1,95 @@
+"""The ``nnunet_ssl`` command: doctor, ingest, finetune, workflow, demo.
+
+User-fixable problems are printed as one message without a traceback (exit status 2).
+"""
+import argparse
+import os
+import sys
+
+from nnunet_ssl.errors import UserInputError
+
+
+def _cmd_doctor(args) -> int:
+    from nnunet_ssl.doctor import run_doctor
+    return run_doctor()
+
+
+def _cmd_ingest(args) -> int:
+    from nnunet_ssl.ingest import run_ingest_from_args
+    run_ingest_from_args(args)
+    return 0
+
+
+def _cmd_finetune(args) -> int:
+    from nnunet_ssl.checkpoint import load_checkpoint_file
+    from nnunet_ssl.commands import run_nnunet
+    from nnunet_ssl_trainers.finetune import PRETRAINED_ENV
+    load_checkpoint_file(args.weights)  # fail early, with a clear message, on a bad file
+    cmd = [args.dataset, args.configuration, args.fold, "-tr", args.trainer, "-p", args.plans]
+    cmd += ["-device", args.device] + (["--c"] if args.c else []) + (["--npz"] if args.npz else [])
+    run_nnunet("nnUNetv2_train", cmd, env={PRETRAINED_ENV: os.path.abspath(args.weights)})
+    return 0
+
+
+def _cmd_workflow(args) -> int:
+    from nnunet_ssl.workflow import run_workflow_from_args
+    return run_workflow_from_args(args)
+
+
+def _cmd_demo(args) -> int:
+    from nnunet_ssl.demo import run_demo_from_args
+    return run_demo_from_args(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nnunet_ssl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("doctor", help="versions, env vars, trainer discovery and what to fix")
+    p.set_defaults(func=_cmd_doctor)
+
+    p = sub.add_parser("ingest", help="unlabeled images -> nnU-Net dataset planned like a downstream dataset")
+    from nnunet_ssl.ingest import add_ingest_arguments
+    add_ingest_arguments(p)
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("finetune", help="nnUNetv2_train with SSLFinetuneTrainer and a pre-trained checkpoint")
+    p.add_argument("dataset")
+    p.add_argument("configuration")
+    p.add_argument("fold")
+    p.add_argument("-w", "--weights", required=True, help="pre-trained checkpoint (nnunet_ssl, nnU-Net or nnssl)")
+    p.add_argument("-tr", "--trainer", default="SSLFinetuneTrainer")
+    p.add_argument("-p", "--plans", default="nnUNetPlans")
+    p.add_argument("-device", "--device", default="cuda")
+    p.add_argument("--c", action="store_true", help="continue a fine-tuning run")
+    p.add_argument("--npz", action="store_true")
+    p.set_defaults(func=_cmd_finetune)
+
+    try:
+        from nnunet_ssl.workflow import add_workflow_arguments
+        p = sub.add_parser("workflow", help="plan -> ingest -> pre-train -> fine-tune -> predict -> evaluate")
+        add_workflow_arguments(p)
+        p.set_defaults(func=_cmd_workflow)
+        from nnunet_ssl.demo import add_demo_arguments
+        p = sub.add_parser("demo", help="the whole workflow on a built-in synthetic dataset (CPU, ~10 min)")
+        add_demo_arguments(p)
+        p.set_defaults(func=_cmd_demo)
+    except ImportError:
+        pass
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserInputError as e:
+        print(f"nnunet_ssl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nnunet_ssl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Running the stock ``nnUNetv2_*`` commands from our workflows (same interpreter, same environment)."""
+import os
+import shutil
+import subprocess
+import sys
+from typing import Dict, List, Optional
+
+from nnunet_ssl.errors import UserInputError
+
+
+def nnunet_command(name: str) -> List[str]:
+    """Argv prefix for a console script of nnU-Net installed next to this interpreter."""
+    candidate = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.isfile(candidate):
+        return [candidate]
+    found = shutil.which(name)
+    if found:
+        return [found]
+    raise UserInputError(f"{name} not found next to {sys.executable} nor on PATH: is nnunetv2 installed in this "
+                         f"environment? (`pip install 'nnunetv2>=2.8'`)")
+
+
+def run_nnunet(name: str, args: List[str], env: Optional[Dict[str, str]] = None, log_file: Optional[str] = None,
+               quiet: bool = False) -> None:
+    """Run ``name args`` and raise a clear error (with the log's tail) if it fails."""
+    cmd = nnunet_command(name) + [str(a) for a in args]
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    print(f"$ {' '.join([name] + [str(a) for a in args])}", flush=True)
+    if log_file is None and not quiet:
+        result = subprocess.run(cmd, env=full_env)
+        tail = ""
+    else:
+        log_file = log_file or os.devnull
+        with open(log_file, "a") as f:
+            result = subprocess.run(cmd, env=full_env, stdout=f, stderr=subprocess.STDOUT)
+        tail = ""
+        if log_file != os.devnull:
+            with open(log_file) as f:
+                tail = "".join(f.readlines()[-25:])
+    if result.returncode != 0:
+        raise UserInputError(f"{name} {' '.join(map(str, args))} failed with exit code {result.returncode}."
+                             + (f" Last lines of {log_file}:\n{tail}" if tail else ""))

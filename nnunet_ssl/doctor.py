@@ -1,0 +1,114 @@
+"""``nnunet_ssl doctor``: is this environment ready to pre-train and fine-tune with nnunet_ssl?
+
+Prints versions, the nnU-Net environment variables, whether every trainer of the project is found by nnU-Net's
+own lookup (the one ``nnUNetv2_train -tr NAME`` and ``nnUNetv2_predict`` use), and what to fix. Exit status 0
+when everything is in order, 1 otherwise.
+"""
+import contextlib
+import importlib
+import io
+import os
+import platform
+import sys
+from typing import List, Tuple
+
+from nnunet_ssl import __version__
+from nnunet_ssl import autoregister
+
+
+def project_trainer_names() -> List[str]:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    index = importlib.import_module("nnunet_ssl_trainers.index")
+    return sorted(name for name, obj in vars(index).items()
+                  if isinstance(obj, type) and issubclass(obj, nnUNetTrainer))
+
+
+def find_trainer_quietly(name: str):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    with contextlib.redirect_stdout(io.StringIO()):
+        return recursive_find_trainer_class_by_name(name)
+
+
+def _version(module: str) -> str:
+    try:
+        from importlib.metadata import version
+        return version(module)
+    except Exception:
+        return "not installed"
+
+
+def diagnose() -> Tuple[List[str], List[str]]:
+    """Return (report lines, problems with their fixes)."""
+    lines, problems = [], []
+    lines.append(f"nnunet_ssl {__version__} on Python {platform.python_version()} ({sys.executable})")
+    for dist in ("nnunetv2", "torch", "dynamic_network_architectures", "batchgeneratorsv2", "batchgenerators",
+                 "SimpleITK"):
+        lines.append(f"  {dist:32s} {_version(dist)}")
+    try:
+        import torch
+        lines.append(f"  CUDA available: {torch.cuda.is_available()} ({torch.cuda.device_count()} devices)")
+    except ImportError:
+        problems.append("torch is not importable: reinstall with `pip install torch` (see README).")
+
+    nnunet_version = _version("nnunetv2")
+    if nnunet_version == "not installed":
+        problems.append("nnunetv2 is not installed: `pip install 'nnunetv2>=2.8'`.")
+    else:
+        major_minor = tuple(int(p) for p in nnunet_version.split(".")[:2] if p.isdigit())
+        if major_minor < (2, 8):
+            problems.append(f"nnunetv2 {nnunet_version} is too old: nnUNet_extTrainer exists from 2.8.0 on. "
+                            f"`pip install -U 'nnunetv2>=2.8'`.")
+
+    lines.append("nnU-Net environment variables:")
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        value = os.environ.get(var)
+        state = "NOT SET" if value is None else (value if os.path.isdir(value) else f"{value} (folder missing)")
+        lines.append(f"  {var:22s} {state}")
+        if value is None:
+            problems.append(f"{var} is not set: export {var}=/path/to/{var} (nnU-Net's "
+                            f"documentation/setting_up_paths.md).")
+        elif not os.path.isdir(value):
+            problems.append(f"{var} points to a missing folder: mkdir -p {value}")
+    ext = os.environ.get(autoregister.ENV_VAR, "")
+    folder = autoregister.ext_trainer_folder()
+    registered = any(os.path.abspath(p) == folder for p in ext.split(os.pathsep) if p.strip())
+    lines.append(f"  {autoregister.ENV_VAR:22s} {ext or 'NOT SET'}")
+    if autoregister.opted_out():
+        lines.append(f"  automatic registration: off ({autoregister.OPT_OUT_VAR} is set)")
+    if not registered:
+        problems.append(f"our trainer folder is not in {autoregister.ENV_VAR}: "
+                        + (f"you opted out, so export {autoregister.ENV_VAR}=\"${autoregister.ENV_VAR}"
+                           f"{os.pathsep}{folder}\"" if autoregister.opted_out() else
+                           "the nnunet_ssl_autoregister.pth file is missing from site-packages; reinstall with "
+                           "`pip install .` (or `pip install -e .`)."))
+
+    lines.append("Trainers (found by nnU-Net's own lookup?):")
+    try:
+        names = project_trainer_names()
+    except Exception as e:  # an import error in our trainers: say so, do not crash
+        problems.append(f"the trainer package does not import: {type(e).__name__}: {e}")
+        names = []
+    for name in names:
+        try:
+            cls = find_trainer_quietly(name)
+            ok = cls.__module__.startswith("nnunet_ssl_trainers")
+            lines.append(f"  {'ok     ' if ok else 'SHADOWED'} {name}")
+            if not ok:
+                problems.append(f"{name} resolves to {cls.__module__}: a built-in nnU-Net trainer has that name.")
+        except Exception:
+            lines.append(f"  MISSING {name}")
+            problems.append(f"nnUNetv2_train -tr {name} would fail: {autoregister.ENV_VAR} does not reach "
+                            f"{folder}.")
+    return lines, problems
+
+
+def run_doctor() -> int:
+    lines, problems = diagnose()
+    print("\n".join(lines))
+    if problems:
+        print("\nWhat to fix:")
+        for p in dict.fromkeys(problems):
+            print(f"  - {p}")
+        return 1
+    print("\nAll good: every nnunet_ssl trainer is found by nnUNetv2_train and nnUNetv2_predict.")
+    return 0

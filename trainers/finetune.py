@@ -1,0 +1,77 @@
+"""Fine-tuning a pre-trained checkpoint (ours or nnssl's) on a labeled nnU-Net dataset.
+
+    NNUNET_SSL_PRETRAINED=/path/checkpoint_final.pth nnUNetv2_train DATASET 3d_fullres 0 -tr SSLFinetuneTrainer
+
+(``nnunet_ssl finetune DATASET 3d_fullres 0 -w CKPT`` sets the variable for you.) Differences to stock
+``-pretrained_weights``:
+
+* the encoder is loaded, the decoder where shapes match, segmentation layers never; the training log lists every
+  key as loaded / adapted / skipped with the reason (:mod:`nnunet_ssl.transfer`);
+* a different input-channel count adapts the stem as nnssl does; a truly incompatible checkpoint is refused
+  naming the first mismatching layer and both shapes;
+* CUDA-saved checkpoints load on CPU-only machines;
+* the whole network warms up linearly (nnU-Net's ``nnUNetTrainer_warmup`` schedule) before the normal poly
+  schedule: ``warmup_duration_whole_net`` epochs (default 50 of 1000, scaled down for short runs).
+
+Without ``NNUNET_SSL_PRETRAINED`` it trains from scratch with exactly the same schedule (the fair baseline).
+Resuming with ``--c`` never reloads the pre-trained weights.
+"""
+import os
+
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join
+
+from nnunet_ssl.checkpoint import load_checkpoint_file
+from nnunet_ssl.errors import UserInputError, exit_on_user_error
+from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
+from nnunet_ssl.transfer import transfer_weights
+from nnunetv2.training.nnUNetTrainer.variants.lr_schedule.nnUNetTrainer_warmup import nnUNetTrainer_warmup
+
+PRETRAINED_ENV = "NNUNET_SSL_PRETRAINED"
+
+
+class SSLFinetuneTrainer(nnUNetTrainer_warmup):
+    tunable_settings = dict(COMMON_SETTINGS, warmup_duration_whole_net=int, load_decoder=bool)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.load_decoder = True
+        self.transfer_report = None
+        self._resumed = False
+
+    def initialize(self):
+        applied = apply_env_settings(self, self.tunable_settings)
+        if "warmup_duration_whole_net" not in applied:
+            # keep nnU-Net's 5 % warm-up ratio for shortened schedules
+            self.warmup_duration_whole_net = max(1, min(self.warmup_duration_whole_net, self.num_epochs // 20))
+        super().initialize()
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        self._resumed = True
+        super().load_checkpoint(filename_or_checkpoint)
+
+    def pretrained_checkpoint_path(self):
+        path = os.environ.get(PRETRAINED_ENV, "").strip()
+        return path or None
+
+    def load_pretrained(self, path: str):
+        ckpt = load_checkpoint_file(path, map_location="cpu")
+        report = transfer_weights(self.network, ckpt, load_decoder=self.load_decoder)
+        self.transfer_report = report
+        self.print_to_log_file(f"Pre-trained weights from {path}")
+        self.print_to_log_file(report.summary())
+        return report
+
+    def on_train_start(self):
+        if not self.was_initialized:
+            self.initialize()
+        path = self.pretrained_checkpoint_path()
+        if path is not None and not self._resumed and self.current_epoch == 0:
+            try:
+                self.load_pretrained(path)
+            except UserInputError as e:
+                exit_on_user_error(e)
+        elif path is None and not self._resumed:
+            self.print_to_log_file(f"{PRETRAINED_ENV} not set: training from scratch with the fine-tuning schedule.")
+        super().on_train_start()
