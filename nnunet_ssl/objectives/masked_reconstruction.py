@@ -1,0 +1,43 @@
+"""Mean squared error on masked units only (masked image modeling).
+
+Used by GMIM (Qi et al., GMIM - Grid Masked Image Modeling, Computers in Biology and Medicine, 2024: reconstruction
+term weighted 1.0, **paper**) and by the plain MAE-style baseline (He et al., "Masked Autoencoders Are Scalable
+Vision Learners", CVPR 2022, which also computes the loss on masked patches only).
+
+Example::
+
+    loss = MaskedMSELoss()(reconstruction, original_image, mask)   # mask (B, 1, *spatial), 1 = masked
+"""
+import torch
+from torch import nn
+
+__all__ = ["MaskedMSELoss"]
+
+_EPS = 1e-12
+
+
+class MaskedMSELoss(nn.Module):
+    """``sum(mask * (pred - target)^2) / sum(mask)`` over all masked voxels and channels.
+
+    ``forward(pred, target, mask)``: ``pred`` and ``target`` ``(B, C, *spatial)`` (2d or 3d) of equal shape;
+    ``mask`` bool or float, broadcastable to ``pred`` (typically ``(B, 1, *spatial)``), 1 / True = masked (to be
+    reconstructed), 0 = visible (ignored). A float mask acts as per-unit weights. Visible units contribute neither
+    to the value nor to the gradient. Returns 0 with a zero gradient path when nothing is masked. ``target`` is not
+    detached (it is normally the input image, which has no gradient). Computed in float32.
+    """
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if pred.shape != target.shape:
+            raise ValueError(f"pred and target must have the same shape, got {tuple(pred.shape)} and "
+                             f"{tuple(target.shape)}")
+        try:
+            w = mask.to(device=pred.device, dtype=torch.float32).expand(pred.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} cannot be broadcast to pred of shape {tuple(pred.shape)}; "
+                f"expected e.g. (B, 1, *spatial)"
+            ) from None
+        sq = (pred.float() - target.float()).pow(2)
+        weighted = torch.where(w > 0, sq * w, torch.zeros_like(sq))
+        # clamp instead of a branch: no host sync; with nothing masked this is 0 / tiny = 0 with a zero gradient
+        return weighted.sum() / w.sum().clamp_min(_EPS)
