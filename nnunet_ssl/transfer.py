@@ -112,6 +112,12 @@ def transfer_weights(network: nn.Module, checkpoint: Dict, load_decoder: bool = 
         report.skipped.append((key, f"shape mismatch: checkpoint {tuple(src.shape)} vs network {tuple(value.shape)}"))
 
     report.unused_in_checkpoint = [k for k in source if k not in target]
+    # several keys may name one tensor (the decoder holds the encoder): give every alias the loaded value, so
+    # load_state_dict cannot overwrite a loaded tensor with an alias's old value
+    loaded_by_storage = {target[k].data_ptr(): v for k, v in new_state.items()}
+    for key, value in target.items():
+        if key not in new_state and value.data_ptr() in loaded_by_storage:
+            new_state[key] = loaded_by_storage[value.data_ptr()]
     merged = dict(target)
     merged.update(new_state)
     net.load_state_dict(merged)
