@@ -72,3 +72,31 @@ def encoder_parameters(network: nn.Module):
 def spatial_ndim(network: nn.Module) -> int:
     conv = unwrap(network).encoder.conv_op
     return {nn.Conv1d: 1, nn.Conv2d: 2, nn.Conv3d: 3}[conv]
+
+
+class capture_output:
+    """Context manager recording the output of ``module`` during forwards run inside it.
+
+    Lets a trainer call ``self.network(x)`` (through DDP/compile wrappers, so gradients are synchronised) and
+    still read intermediate results such as the encoder's skip list::
+
+        with capture_output(unwrap(self.network).encoder) as tap:
+            out = self.network(x)
+        skips = tap.output
+    """
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self.output = None
+        self._handle = None
+
+    def _hook(self, module, inputs, output):
+        self.output = output
+
+    def __enter__(self):
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.remove()
+        return False
