@@ -135,7 +135,6 @@ class nnUNetSSLTrainer(nnUNetTrainer):
         if not self._nonfinite_guard(bool(torch.isfinite(loss.detach()).all())):
             self.optimizer.zero_grad(set_to_none=True)
             return False
-        params = self.trainable_parameters()
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self._sync_head_gradients()
@@ -143,15 +142,23 @@ class nnUNetSSLTrainer(nnUNetTrainer):
         else:
             loss.backward()
             self._sync_head_gradients()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        return self.step_with_current_gradients()
+
+    def step_with_current_gradients(self, use_scaler: bool = True) -> bool:
+        """Clip the gradients already in ``.grad``, check them, step the optimizer and the teachers.
+
+        ``use_scaler=False`` for gradients that did not come from ``grad_scaler.scale(loss).backward()``.
+        """
+        scaler = self.grad_scaler if use_scaler else None
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.grad_clip)
         if not self._nonfinite_guard(bool(torch.isfinite(grad_norm))):
             self.optimizer.zero_grad(set_to_none=True)
-            if self.grad_scaler is not None:
-                self.grad_scaler.update()
+            if scaler is not None:
+                scaler.update()
             return False
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
         else:
             self.optimizer.step()
         self.after_optimizer_step()
