@@ -13,8 +13,13 @@
 * the whole network warms up linearly (nnU-Net's ``nnUNetTrainer_warmup`` schedule) before the normal poly
   schedule: ``warmup_duration_whole_net`` epochs (default 50 of 1000, scaled down for short runs).
 
-Without ``NNUNET_SSL_PRETRAINED`` it trains from scratch with exactly the same schedule (the fair baseline).
+Without ``NNUNET_SSL_PRETRAINED`` it trains from scratch with exactly the same schedule (the fair baseline);
+``SSLScratchTrainer`` is that baseline under its own name (it refuses ``NNUNET_SSL_PRETRAINED``).
 Resuming with ``--c`` never reloads the pre-trained weights.
+
+Both honour a label budget (:class:`nnunet_ssl_trainers.label_budget.LabelBudgetMixin`)::
+
+    NNUNET_SSL_SETTINGS="label_budget=10,label_seed=0" nnUNetv2_train DATASET 3d_fullres 0 -tr SSLScratchTrainer
 """
 import os
 
@@ -23,15 +28,18 @@ from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnunet_ssl.checkpoint import load_checkpoint_file
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
+from nnunet_ssl.label_budget import LABEL_BUDGET_SETTINGS
 from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
 from nnunet_ssl.transfer import transfer_weights
+from nnunet_ssl_trainers.label_budget import LabelBudgetMixin
 from nnunetv2.training.nnUNetTrainer.variants.lr_schedule.nnUNetTrainer_warmup import nnUNetTrainer_warmup
 
 PRETRAINED_ENV = "NNUNET_SSL_PRETRAINED"
 
 
-class SSLFinetuneTrainer(nnUNetTrainer_warmup):
-    tunable_settings = dict(COMMON_SETTINGS, warmup_duration_whole_net=int, load_decoder=bool)
+class SSLFinetuneTrainer(LabelBudgetMixin, nnUNetTrainer_warmup):
+    tunable_settings = dict(COMMON_SETTINGS, warmup_duration_whole_net=int, load_decoder=bool,
+                            **LABEL_BUDGET_SETTINGS)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -41,7 +49,10 @@ class SSLFinetuneTrainer(nnUNetTrainer_warmup):
         self._resumed = False
 
     def initialize(self):
-        applied = apply_env_settings(self, self.tunable_settings)
+        try:
+            applied = apply_env_settings(self, self.tunable_settings)
+        except UserInputError as e:
+            exit_on_user_error(e)
         if "warmup_duration_whole_net" not in applied:
             # keep nnU-Net's 5 % warm-up ratio for shortened schedules
             self.warmup_duration_whole_net = max(1, min(self.warmup_duration_whole_net, self.num_epochs // 20))
@@ -66,12 +77,28 @@ class SSLFinetuneTrainer(nnUNetTrainer_warmup):
     def on_train_start(self):
         if not self.was_initialized:
             self.initialize()
-        path = self.pretrained_checkpoint_path()
-        if path is not None and not self._resumed and self.current_epoch == 0:
-            try:
+        try:
+            path = self.pretrained_checkpoint_path()
+            if path is not None and not self._resumed and self.current_epoch == 0:
                 self.load_pretrained(path)
-            except UserInputError as e:
-                exit_on_user_error(e)
-        elif path is None and not self._resumed:
-            self.print_to_log_file(f"{PRETRAINED_ENV} not set: training from scratch with the fine-tuning schedule.")
-        super().on_train_start()
+            elif path is None and not self._resumed:
+                self.print_to_log_file(f"{PRETRAINED_ENV} not set: training from scratch with the fine-tuning "
+                                       f"schedule.")
+            # builds the dataloaders: label budget and unlabeled-pool problems surface here
+            super().on_train_start()
+        except UserInputError as e:
+            exit_on_user_error(e)
+
+
+class SSLScratchTrainer(SSLFinetuneTrainer):
+    """The from-scratch baseline: the schedule of :class:`SSLFinetuneTrainer` (warm-up, label budget), random
+    initialisation. Never loads pre-trained weights: ``NNUNET_SSL_PRETRAINED`` is refused."""
+
+    def pretrained_checkpoint_path(self):
+        path = os.environ.get(PRETRAINED_ENV, "").strip()
+        if path:
+            raise UserInputError(
+                f"{self.__class__.__name__} is the from-scratch baseline and never loads pre-trained weights, but "
+                f"{PRETRAINED_ENV}={path} is set. Fix: unset it (unset {PRETRAINED_ENV}) for the baseline, or "
+                f"fine-tune the checkpoint with -tr SSLFinetuneTrainer.")
+        return None

@@ -1,0 +1,304 @@
+"""Shared machinery of PGL and IDEAL pre-training: two views, online vs EMA target network, aligned dense levels.
+
+Both methods (see ``../shared/METHODS.md``) compare dense features of two augmented views of one case on the
+region the views share. :class:`AlignedViewsTrainer` does everything they have in common; a method subclass only
+chooses its heads (:meth:`make_projector`, :meth:`make_predictor`) and its per-level loss (:meth:`level_loss`):
+
+* **views**: :class:`~nnunet_ssl_trainers.two_view.TwoViewDataMixin` (random box + flips per view, nnU-Net's
+  intensity augmentations, geometry in the batch);
+* **online branch**: the nnU-Net network's encoder plus as many decoder stages as the highest decoder level needs,
+  followed by per-level heads in ``ssl_modules["projectors"]`` (and ``["predictors"]`` if the method has them);
+* **target branch**: ``ssl_modules["target_network"]``, an :class:`~nnunet_ssl.teachers.EMATeacher` of the whole
+  nnU-Net network, and ``ssl_modules["target_projectors"]``, an EMA of the online projectors. No gradient. Updated
+  after every optimizer step with momentum ``cosine_momentum(step, total_steps, ema_base, ema_final)``
+  (``ema_final = None``: constant ``ema_base``), where
+  ``step = current_epoch * num_iterations_per_epoch + iteration`` (so ``--c`` resumes the schedule; the teachers
+  are in the checkpoint's ``ssl_state``) and ``total_steps = num_epochs * num_iterations_per_epoch``;
+* **levels** (setting ``levels``): ``bottleneck``; ``decoderK`` = output of the K-th decoder stage above the
+  bottleneck (before the segmentation layer; ``decoder1`` is the first one); ``encoderK`` = the encoder stage
+  output K stages below the bottleneck (same resolution as ``decoderK``). Default ``bottleneck,decoder1``;
+* **alignment**: per level, the heads' outputs of both views are resampled onto one grid of the views' overlap
+  box with :func:`nnunet_ssl.alignment.align_views` (flips undone; :func:`aligned_pair`), grid size = the level's
+  feature-map size (setting ``align_size`` > 0: that many cells per axis instead). Samples whose views do not
+  overlap are masked out of the loss;
+* **loss** = mean over levels of :meth:`level_loss` (averaged, not summed, so the scale does not depend on the
+  number of levels). Curves: ``loss_<level>`` per level, ``ema_momentum``, ``overlapping_samples`` (fraction of
+  the samples whose two views overlap, i.e. that contribute to the loss).
+
+Forward path (DDP): without DDP the encoder and the needed decoder stages of the unwrapped network run directly
+(the rest of the decoder is skipped). Under DDP the online forward goes through the wrapped ``self.network(x)``
+(so DDP synchronises the gradients), encoder skips and decoder stage outputs are read with forward hooks
+(:class:`nnunet_ssl.network_parts.capture_output`), and a zero-weight term on the segmentation output keeps every
+used parameter in the graph (DDP without ``find_unused_parameters`` needs that). Set ``self.full_forward = True``
+to force the wrapped path without DDP. The EMA teachers stay identical on all ranks because the online weights
+are identical after the synchronised step.
+
+Settings (``NNUNET_SSL_SETTINGS``): ``ema_base``, ``ema_final``, ``levels`` (inside ``NNUNET_SSL_SETTINGS`` separate
+level names with ``+``, because ``,`` separates settings: ``levels=bottleneck+decoder1+encoder1``),
+``projector_dim``, ``projector_hidden``, ``align_size``, plus the common ones.
+"""
+import re
+from contextlib import ExitStack
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from nnunet_ssl.alignment import align_views
+from nnunet_ssl.errors import UserInputError
+from nnunet_ssl.network_parts import capture_output, decoder_features, spatial_ndim, unwrap
+from nnunet_ssl.ssl_logging import SSLLocalLogger
+from nnunet_ssl.teachers import EMATeacher, cosine_momentum
+from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer
+from nnunet_ssl_trainers.two_view import TwoViewDataMixin
+
+__all__ = ["AlignedViewsTrainer", "aligned_pair", "parse_levels", "level_spec", "level_channels", "overlap_mask"]
+
+# Our choice: "border" (RoIAlign-like clamping at the feature map's outer half cell) rather than zero padding, so
+# overlap cells near a view's edge are not pulled towards 0.
+ALIGN_PADDING = "border"
+
+_LEVEL_RE = re.compile(r"^(bottleneck|encoder(\d+)|decoder(\d+))$")
+
+
+def parse_levels(text) -> Tuple[str, ...]:
+    """``"bottleneck,decoder1"`` / ``"bottleneck+decoder1"`` / a sequence -> ``("bottleneck", "decoder1")``.
+
+    Separators ``,``, ``+``, ``;`` or spaces; duplicates dropped, order kept. Names are checked for their form here
+    and against the network in :func:`level_spec`.
+    """
+    names = re.split(r"[,+;\s]+", text) if isinstance(text, str) else [str(t) for t in text]
+    out = []
+    for n in (n.strip() for n in names):
+        if not n:
+            continue
+        if not _LEVEL_RE.match(n) or n in ("encoder0", "decoder0"):
+            raise UserInputError(f"levels: '{n}' is not a level name. Use 'bottleneck', 'decoderK' (K-th decoder "
+                                 f"stage above the bottleneck, K >= 1) or 'encoderK' (encoder stage K below the "
+                                 f"bottleneck), e.g. NNUNET_SSL_SETTINGS=levels=bottleneck+decoder1.")
+        if n not in out:
+            out.append(n)
+    if not out:
+        raise UserInputError("levels is empty: name at least one level, e.g. levels=bottleneck+decoder1.")
+    return tuple(out)
+
+
+def level_spec(level: str, num_stages: int) -> Tuple[str, int]:
+    """``(kind, k)`` of a level name for a network with ``num_stages`` encoder stages; ``k`` is the index into
+    the encoder's skip list (``kind == 'encoder'``, bottleneck = ``num_stages - 1``) or the 0-based decoder stage."""
+    m = _LEVEL_RE.match(level)
+    if m is None:
+        raise UserInputError(f"'{level}' is not a level name (bottleneck, decoderK, encoderK)")
+    if level == "bottleneck":
+        return "encoder", num_stages - 1
+    k = int(m.group(2) or m.group(3))
+    if not 1 <= k <= num_stages - 1:
+        raise UserInputError(f"level '{level}' does not exist in a network with {num_stages} stages: K must lie in "
+                             f"1..{num_stages - 1}. Change the levels setting (e.g. levels=bottleneck+decoder1).")
+    if m.group(2) is not None:
+        return "encoder", num_stages - 1 - k
+    return "decoder", k - 1
+
+
+def level_channels(network: nn.Module, level: str) -> int:
+    """Feature channels at a level (a decoder stage outputs as many channels as the skip it merges)."""
+    channels = list(unwrap(network).encoder.output_channels)
+    kind, k = level_spec(level, len(channels))
+    return channels[k] if kind == "encoder" else channels[-2 - k]
+
+
+def overlap_mask(valid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Per-sample overlap flags ``(B,)`` -> float mask ``(B, 1, 1, ...)`` broadcastable to ``like``."""
+    return valid.to(device=like.device, dtype=torch.float32).view(-1, *([1] * (like.dim() - 1)))
+
+
+def aligned_pair(f1: torch.Tensor, f2: torch.Tensor, geometry: Sequence[torch.Tensor],
+                 out_size) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The one alignment call PGL and IDEAL use: ``f1``/``f2`` = feature maps of views 1/2, ``geometry`` =
+    ``(box_v1, flip_v1, box_v2, flip_v2)``. Returns ``(a1, a2, valid)`` with ``a1[b, :, v]`` and ``a2[b, :, v]``
+    at the same case location (cell ``v`` of the overlap box); ``valid`` ``(B,)`` bool."""
+    box1, flip1, box2, flip2 = geometry
+    return align_views(f1, box1, flip1, f2, box2, flip2, out_size, padding_mode=ALIGN_PADDING)
+
+
+class AlignedViewsTrainer(TwoViewDataMixin, nnUNetSSLTrainer):
+    """Base of PGL and IDEAL. Subclasses implement :meth:`make_projector` and :meth:`level_loss` and may add a
+    predictor (:meth:`make_predictor`)."""
+
+    ssl_curve_keys = ("ema_momentum", "overlapping_samples")  # plus loss_<level>, see all_curve_keys
+    tunable_settings = dict(nnUNetSSLTrainer.tunable_settings, ema_base=float, ema_final=float, levels=str,
+                            projector_dim=int, projector_hidden=int, align_size=int)
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.ema_base = 0.99
+        self.ema_final = 1.0          # None = constant momentum ema_base
+        self.levels = "bottleneck,decoder1"
+        self.projector_dim = 128      # our choice (no paper gives head widths for nnU-Net backbones)
+        self.projector_hidden = 256   # our choice
+        self.align_size = 0           # 0 = align on the level's own feature-map size
+        self.full_forward = None      # None = through the wrapped network only under DDP
+        self.level_names: Tuple[str, ...] = ()
+        self._iteration_in_epoch = 0
+
+    # ------------------------------------------------------------------ what a method defines
+    def make_projector(self, channels: int, ndim: int) -> nn.Module:
+        """Online projector of one level (its EMA is the target projector)."""
+        raise NotImplementedError
+
+    def make_predictor(self, ndim: int) -> Optional[nn.Module]:
+        """Online-only predictor applied after the projector (None: no predictor)."""
+        return None
+
+    def level_loss(self, online1: torch.Tensor, online2: torch.Tensor, target1: torch.Tensor,
+                   target2: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Loss of one level from the aligned head outputs (same overlap grid for all four) and the per-sample
+        overlap mask ``(B, 1, 1, ...)``. Target maps carry no gradient."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ modules
+    def all_curve_keys(self) -> Tuple[str, ...]:
+        # the per-level curves depend on the levels setting, known once the settings are applied (initialize)
+        levels = getattr(self, "level_names", ())
+        return tuple(f"loss_{lvl}" for lvl in levels) + tuple(self.ssl_curve_keys) + ("skipped_steps",)
+
+    def build_ssl_modules(self):
+        net = unwrap(self.network)
+        self.level_names = parse_levels(self.levels)
+        for name in ("ema_base", "ema_final"):
+            if getattr(self, name) is not None and not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise UserInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")
+        num_stages = len(net.encoder.output_channels)
+        for lvl in self.level_names:
+            level_spec(lvl, num_stages)
+        ndim = spatial_ndim(net)
+        projectors = nn.ModuleDict({lvl: self.make_projector(level_channels(net, lvl), ndim)
+                                    for lvl in self.level_names})
+        self.ssl_modules["projectors"] = projectors
+        predictors = {lvl: self.make_predictor(ndim) for lvl in self.level_names}
+        if any(p is not None for p in predictors.values()):
+            self.ssl_modules["predictors"] = nn.ModuleDict(predictors)
+        self.ssl_modules["target_network"] = EMATeacher(net)
+        self.ssl_modules["target_projectors"] = EMATeacher(projectors)
+        # nothing is logged before initialize, so the logger can be rebuilt with the per-level curves
+        self.logger.local_logger = SSLLocalLogger(self.all_curve_keys())
+        final = self.ema_base if self.ema_final is None else self.ema_final
+        self.print_to_log_file(f"{type(self).__name__}: levels {', '.join(self.level_names)}; EMA momentum "
+                               f"{self.ema_base} -> {final} (cosine over {self.total_steps()} steps)")
+
+    # ------------------------------------------------------------------ features
+    def _num_stages(self) -> int:
+        return len(unwrap(self.network).encoder.output_channels)
+
+    def decoder_stages_needed(self) -> int:
+        n = self._num_stages()
+        specs = [level_spec(lvl, n) for lvl in self.level_names]
+        return max([k + 1 for kind, k in specs if kind == "decoder"], default=0)
+
+    def _pick_levels(self, skips, dec) -> Dict[str, torch.Tensor]:
+        n = len(skips)
+        out = {}
+        for lvl in self.level_names:
+            kind, k = level_spec(lvl, n)
+            out[lvl] = skips[k] if kind == "encoder" else dec[k]
+        return out
+
+    def uses_full_forward(self) -> bool:
+        return self.is_ddp if self.full_forward is None else bool(self.full_forward)
+
+    def online_level_features(self, x: torch.Tensor) -> Tuple[Dict[str, torch.Tensor], Optional[torch.Tensor]]:
+        """Online features per level and an optional zero-valued term to add to the loss (wrapped path only)."""
+        net = unwrap(self.network)
+        n_dec = self.decoder_stages_needed()
+        if not self.uses_full_forward():
+            skips = net.encoder(x)
+            dec = decoder_features(net, skips, n_dec) if n_dec else []
+            return self._pick_levels(skips, dec), None
+        with ExitStack() as stack:
+            enc_tap = stack.enter_context(capture_output(net.encoder))
+            dec_taps = [stack.enter_context(capture_output(net.decoder.stages[s])) for s in range(n_dec)]
+            out = self.network(x)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        anchor = sum(o.sum() for o in outs) * 0.0
+        return self._pick_levels(enc_tap.output, [t.output for t in dec_taps]), anchor
+
+    @torch.no_grad()
+    def target_level_features(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        teacher = self.ssl_modules["target_network"].module
+        n_dec = self.decoder_stages_needed()
+        skips = teacher.encoder(x)
+        dec = decoder_features(teacher, skips, n_dec) if n_dec else []
+        return self._pick_levels(skips, dec)
+
+    def online_head(self, level: str, features: torch.Tensor) -> torch.Tensor:
+        z = self.ssl_modules["projectors"][level](features)
+        if "predictors" in self.ssl_modules:
+            z = self.ssl_modules["predictors"][level](z)
+        return z
+
+    @torch.no_grad()
+    def target_head(self, level: str, features: torch.Tensor) -> torch.Tensor:
+        return self.ssl_modules["target_projectors"].module[level](features)
+
+    def alignment_size(self, features: torch.Tensor) -> Tuple[int, ...]:
+        ndim = features.dim() - 2
+        if self.align_size > 0:
+            return (int(self.align_size),) * ndim
+        return tuple(int(s) for s in features.shape[2:])
+
+    # ------------------------------------------------------------------ loss
+    def batch_views(self, batch: dict):
+        """``(x, geometry)``: both views stacked along the batch axis (one forward per branch) and
+        ``(box_v1, flip_v1, box_v2, flip_v2)`` on the device."""
+        dev = self.device
+        x = torch.cat((batch["data_v1"].to(dev, non_blocking=True), batch["data_v2"].to(dev, non_blocking=True)))
+        geometry = tuple(torch.as_tensor(batch[k]).to(dev) for k in ("box_v1", "flip_v1", "box_v2", "flip_v2"))
+        return x, geometry
+
+    def ssl_loss(self, batch, train):
+        x, geometry = self.batch_views(batch)
+        B = x.shape[0] // 2
+        online, anchor = self.online_level_features(x)
+        target = self.target_level_features(x)
+        losses = {}
+        valid = None
+        for lvl in self.level_names:
+            o = self.online_head(lvl, online[lvl])
+            t = self.target_head(lvl, target[lvl])
+            size = self.alignment_size(o)
+            o1, o2, valid = aligned_pair(o[:B], o[B:], geometry, size)
+            t1, t2, _ = aligned_pair(t[:B], t[B:], geometry, size)
+            losses[lvl] = self.level_loss(o1, o2, t1, t2, overlap_mask(valid, o1))
+        loss = sum(losses.values()) / len(losses)
+        if anchor is not None:
+            loss = loss + anchor
+        curves = {f"loss_{lvl}": float(v.detach()) for lvl, v in losses.items()}
+        curves["overlapping_samples"] = float(valid.float().mean())
+        curves["ema_momentum"] = self.current_momentum()
+        return loss, curves
+
+    # ------------------------------------------------------------------ EMA schedule
+    def total_steps(self) -> int:
+        return max(1, int(self.num_epochs) * int(self.num_iterations_per_epoch))
+
+    def global_step(self) -> int:
+        return int(self.current_epoch) * int(self.num_iterations_per_epoch) + self._iteration_in_epoch
+
+    def current_momentum(self) -> float:
+        final = self.ema_base if self.ema_final is None else self.ema_final
+        return cosine_momentum(self.global_step(), self.total_steps(), self.ema_base, final)
+
+    def after_optimizer_step(self):
+        m = self.current_momentum()
+        self.ssl_modules["target_network"].update(self.network, m)
+        self.ssl_modules["target_projectors"].update(self.ssl_modules["projectors"], m)
+
+    def on_train_epoch_start(self):
+        self._iteration_in_epoch = 0
+        super().on_train_epoch_start()
+
+    def train_step(self, batch: dict) -> dict:
+        try:
+            return super().train_step(batch)
+        finally:
+            self._iteration_in_epoch += 1

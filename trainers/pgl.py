@@ -1,0 +1,53 @@
+"""PGL pre-training (Xie, Zhang, Liao, Xia, Shen, "PGL: Prior-Guided Local Self-supervised Learning for 3D Medical
+Image Segmentation", arXiv 2011.12640) on nnU-Net's own network.
+
+**paper**: two augmented views; their spatial transforms (crop/scale, flip) tell which voxels correspond; the
+feature maps of the shared region are aligned and a local consistency loss pulls the online prediction of one
+view towards the EMA target projection of the other; online branch = encoder + local (spatial) projector +
+predictor, target branch = EMA (BYOL style).
+
+**choice** (METHODS.md): views, alignment, levels and EMA schedule from
+:class:`~nnunet_ssl_trainers.aligned_views.AlignedViewsTrainer` (levels ``bottleneck`` and ``decoder1`` by
+default, momentum 0.99 -> 1.0 cosine); per level :class:`~nnunet_ssl.heads.DenseProjector` +
+:class:`~nnunet_ssl.heads.DensePredictor` (1x1 convs, 256 hidden, 128 out); loss per level
+``0.5 * (L(p1, z2) + L(p2, z1))`` with ``L`` = mean over the aligned voxels of ``2 - 2 cos``
+(:func:`~nnunet_ssl.objectives.symmetric_local_consistency`), averaged over levels.
+
+Variants: ``PGLTrainer_ema0996`` (EMA base 0.996), ``PGLTrainer_bottleneckOnly`` (one level),
+``PGLTrainer_encoderOnly`` (bottleneck + encoder1: no decoder stage is trained by the SSL loss).
+"""
+import torch
+
+from nnunet_ssl.heads import DensePredictor, DenseProjector
+from nnunet_ssl.objectives import symmetric_local_consistency
+from nnunet_ssl_trainers.aligned_views import AlignedViewsTrainer
+
+
+class PGLTrainer(AlignedViewsTrainer):
+    def make_projector(self, channels, ndim):
+        return DenseProjector(channels, self.projector_hidden, self.projector_dim, ndim)
+
+    def make_predictor(self, ndim):
+        return DensePredictor(self.projector_dim, self.projector_hidden, self.projector_dim, ndim)
+
+    def level_loss(self, online1, online2, target1, target2, mask):
+        # online = predictor(projector(.)) of each view, target = EMA projection; view 1 predicts view 2 and back
+        return symmetric_local_consistency(online1, target2, online2, target1, mask)
+
+
+class PGLTrainer_ema0996(PGLTrainer):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.ema_base = 0.996
+
+
+class PGLTrainer_bottleneckOnly(PGLTrainer):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.levels = "bottleneck"
+
+
+class PGLTrainer_encoderOnly(PGLTrainer):
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.levels = "bottleneck,encoder1"
