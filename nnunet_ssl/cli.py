@@ -31,6 +31,13 @@ def _cmd_finetune(args) -> int:
     return 0
 
 
+def _cmd_prepare_reference(args) -> int:
+    from nnunet_ssl.reference import prepare_reference
+    name = prepare_reference(args.reference, args.ssl, args.plans, args.configurations, args.num_processes)
+    print(f"{name} is preprocessed with the plans of the unlabeled dataset and recorded as its ReFs reference.")
+    return 0
+
+
 def _cmd_workflow(args) -> int:
     from nnunet_ssl.workflow import run_workflow_from_args
     return run_workflow_from_args(args)
@@ -64,6 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c", action="store_true", help="continue a fine-tuning run")
     p.add_argument("--npz", action="store_true")
     p.set_defaults(func=_cmd_finetune)
+
+    p = sub.add_parser("prepare-reference",
+                       help="preprocess a labeled dataset with an unlabeled dataset's plans, as its ReFs reference")
+    p.add_argument("-r", "--reference", required=True, help="labeled dataset (id or name) in nnUNet_raw")
+    p.add_argument("--ssl", required=True, help="the ingested unlabeled dataset (id or name)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans")
+    p.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"])
+    p.add_argument("-np", "--num-processes", type=int, default=2)
+    p.set_defaults(func=_cmd_prepare_reference)
 
     try:
         from nnunet_ssl.workflow import add_workflow_arguments
