@@ -49,7 +49,8 @@ class TransferReport:
 def _in_proj_keys(network: nn.Module, plan: dict) -> List[str]:
     keys = list(getattr(network, "keys_to_in_proj", ()) or ())
     keys += list((plan or {}).get("keys_to_in_proj", ()) or ())
-    return [k + ".weight" for k in keys]
+    # the decoder holds the encoder, so every stem key also exists as decoder.<key>
+    return [prefix + k + ".weight" for k in keys for prefix in ("", "decoder.")]
 
 
 def adapt_in_proj(weight: torch.Tensor, new_in_channels: int) -> torch.Tensor:
