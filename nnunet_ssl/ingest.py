@@ -530,7 +530,11 @@ def ingest_unlabeled(input_folder: Union[str, os.PathLike], dataset_id: int, dat
         verbose: print progress and skipped files.
 
     Raises:
-        UserInputError: for anything the user can fix; nothing is left on disk for the new id.
+        UserInputError: for anything the user can fix; nothing is left on disk for the new id (also after
+            Ctrl-C or SIGTERM; temporaries of a killed -9 run are removed by the next run for the same id).
+
+    Workers are started with ``spawn`` (like nnU-Net): a script calling this with ``num_processes > 1`` needs an
+    ``if __name__ == "__main__":`` guard.
     """
     raw_root = _env_folder("nnUNet_raw", "raw")
     pre_root = _env_folder("nnUNet_preprocessed", "preprocessed")
@@ -593,6 +597,8 @@ def ingest_unlabeled(input_folder: Union[str, os.PathLike], dataset_id: int, dat
                 f"Dataset id {dataset_id} is used by {clash[0]} in nnUNet_results under another name, which would "
                 f"make the id ambiguous for nnU-Net. Fix: choose another id, name the dataset "
                 f"'{clash[0].name.split('_', 1)[1]}', or remove that results folder.")
+
+    _remove_stale_temporaries(dataset_id, (raw_root, pre_root))
 
     # ---- input files
     input_path = Path(input_folder).expanduser()
@@ -724,6 +730,7 @@ def ingest_unlabeled(input_folder: Union[str, os.PathLike], dataset_id: int, dat
         print(f"nnunet_ssl ingest: {len(cases)} case(s) from {input_path} -> {full_name} "
               f"(plans '{plans_identifier}' of {downstream_name}; configurations {', '.join(config_names)}; "
               f"{'converting to .nii.gz' if converted else 'copying ' + file_ending + ' files'})")
+    previous_sigterm = _sigterm_as_exit()
     try:
         raw_root.mkdir(parents=True, exist_ok=True)
         pre_root.mkdir(parents=True, exist_ok=True)
@@ -757,8 +764,20 @@ def ingest_unlabeled(input_folder: Union[str, os.PathLike], dataset_id: int, dat
                     results.append(_process_case(t))
                     bar.update()
             else:
+                # leaving the with-block terminates the workers, also on errors and Ctrl-C
                 with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
-                    for r in pool.imap_unordered(_process_case, tasks):
+                    workers = list(pool._pool)  # a dead worker is replaced silently and its task never returns
+                    pending = pool.imap_unordered(_process_case, tasks)
+                    while len(results) < len(tasks):
+                        try:
+                            r = pending.next(timeout=0.5)
+                        except multiprocessing.TimeoutError:
+                            if not all(w.is_alive() for w in workers):
+                                raise UserInputError(
+                                    "A worker process died while ingesting (most often: out of memory; also: the "
+                                    "calling script lacks an `if __name__ == '__main__':` guard). Fix: use fewer "
+                                    "processes (-np 1), or guard the script's entry point.") from None
+                            continue
                         results.append(r)
                         bar.update()
 
@@ -827,6 +846,8 @@ def ingest_unlabeled(input_folder: Union[str, os.PathLike], dataset_id: int, dat
         shutil.rmtree(tmp_raw, ignore_errors=True)
         shutil.rmtree(tmp_pre, ignore_errors=True)
         raise
+    finally:
+        _restore_sigterm(previous_sigterm)
     for _, aside in moved_old:
         shutil.rmtree(aside, ignore_errors=True)
     if verbose:
@@ -859,6 +880,53 @@ def _handle_bad(bad_cases: Dict[str, Dict[str, str]], cases: Dict[str, "_Case"],
             "No readable images left after skipping the bad files listed above "
             f"({', '.join(os.path.basename(f) for f in skipped)}). Fix: repair the images or point -i at a folder "
             "with readable 3D images.")
+
+
+def _remove_stale_temporaries(dataset_id: int, roots: Iterable[Path]) -> None:
+    """Remove temporary folders of this dataset id left by ingest processes that no longer run (e.g. killed -9)."""
+    prefix = f".Dataset{dataset_id:03d}_"
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for p in root.iterdir():
+            if not (p.name.startswith(prefix) and _TMP_TAG in p.name):
+                continue
+            try:
+                pid = int(p.name.split(_TMP_TAG, 1)[1].split("-", 1)[0])
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                shutil.rmtree(p, ignore_errors=True)
+            except (ValueError, PermissionError, OSError):
+                pass
+
+
+def _sigterm_as_exit():
+    """Make SIGTERM raise SystemExit (so the cleanup runs) while ingesting; returns the previous handler."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        return None
+
+    def _handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _handler)
+    except (ValueError, OSError):
+        return None
+    return (signal.SIG_DFL if previous is None else previous,)
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is None:
+        return
+    import signal
+
+    try:
+        signal.signal(signal.SIGTERM, previous[0])
+    except (ValueError, OSError):
+        pass
 
 
 def _version() -> str:
