@@ -183,8 +183,10 @@ class AlignedViewsTrainer(TwoViewDataMixin, nnUNetSSLTrainer):
         # nothing is logged before initialize, so the logger can be rebuilt with the per-level curves
         self.logger.local_logger = SSLLocalLogger(self.all_curve_keys())
         final = self.ema_base if self.ema_final is None else self.ema_final
+        schedule = f"constant {final}" if final == self.ema_base else \
+            f"{self.ema_base} -> {final} (cosine over {self.total_steps()} steps)"
         self.print_to_log_file(f"{type(self).__name__}: levels {', '.join(self.level_names)}; EMA momentum "
-                               f"{self.ema_base} -> {final} (cosine over {self.total_steps()} steps)")
+                               f"{schedule}")
 
     # ------------------------------------------------------------------ features
     def _num_stages(self) -> int:

@@ -91,8 +91,7 @@ class ReFsMixin:
         self.reference = None
         self.dataloader_ref = None
 
-    @classmethod
-    def all_curve_keys(cls):
+    def all_curve_keys(self):
         return tuple(dict.fromkeys(super().all_curve_keys() + ("ssl_loss", "ref_loss", "grad_cosine")))
 
     # ------------------------------------------------------------------ setup

@@ -25,6 +25,7 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from torch import autocast, nn
 from torch import distributed as dist
 
+from nnunet_ssl.errors import UserInputError, exit_on_user_error
 from nnunet_ssl.checkpoint import adaptation_plan, atomic_torch_save, load_checkpoint_file, to_cpu
 from nnunet_ssl.network_parts import unwrap
 from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
@@ -68,17 +69,26 @@ class nnUNetSSLTrainer(nnUNetTrainer):
     def after_optimizer_step(self) -> None:
         """Called after every successful optimizer step (EMA teacher updates go here)."""
 
-    @classmethod
-    def all_curve_keys(cls) -> Tuple[str, ...]:
-        return tuple(cls.ssl_curve_keys) + ("skipped_steps",)
+    def all_curve_keys(self) -> Tuple[str, ...]:
+        """Per-epoch curves logged besides the losses (an instance method: some depend on settings)."""
+        return tuple(self.ssl_curve_keys) + ("skipped_steps",)
 
     # ------------------------------------------------------------------ setup
     def initialize(self):
         if self.was_initialized:
             raise RuntimeError("initialize called twice")
-        apply_env_settings(self, self.tunable_settings)
-        super().initialize()
-        self.build_ssl_modules()
+        try:
+            apply_env_settings(self, self.tunable_settings)
+            super().initialize()
+            if self.is_ddp:
+                # pre-training leaves some parameters unused (e.g. the lower-resolution output layers while deep
+                # supervision is off); DDP must be told, or the first backward fails
+                from torch.nn.parallel import DistributedDataParallel as DDP
+                self.network = DDP(self.network.module, device_ids=[self.local_rank] if self.device.type == "cuda"
+                                   else None, find_unused_parameters=True)
+            self.build_ssl_modules()
+        except UserInputError as e:
+            exit_on_user_error(e)
         self.ssl_modules.to(self.device)
         # the optimizer must see the heads as well
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
