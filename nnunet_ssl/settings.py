@@ -5,6 +5,8 @@ tests and benchmarks every nnunet_ssl trainer also reads ``NNUNET_SSL_SETTINGS="
 example ``NNUNET_SSL_SETTINGS="num_epochs=2,num_iterations_per_epoch=3,batch_size=2"``. Each trainer declares
 the names it accepts in ``tunable_settings`` (name -> type); an unknown name or a value of the wrong type stops
 the run before training with a message listing the accepted names. The applied values are printed to the log.
+Types: ``int``, ``float``, ``bool`` (1/0, true/false, yes/no, on/off) and ``str`` (taken as written, surrounding
+quotes removed; a value cannot contain a comma), e.g. ``labeled_cases_file=/data/labeled.json``.
 """
 import os
 from typing import Dict
@@ -32,6 +34,8 @@ def _convert(name: str, raw: str, typ):
             if raw.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
+        if typ is str:
+            return raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"" else raw
         return typ(raw)
     except ValueError:
         raise UserInputError(f"{ENV_VAR}: '{name}={raw}' is not a valid {typ.__name__}.") from None

@@ -93,6 +93,12 @@ class nnUNetSSLTrainer(nnUNetTrainer):
         # the optimizer must see the heads as well
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
 
+    def _do_i_compile(self):
+        """torch.compile is opt-in for pre-training (``nnUNet_compile=1``): forward hooks (GMIM's hierarchical
+        masks, feature taps) and the fish clone need the plain module."""
+        import os
+        return os.environ.get("nnUNet_compile", "").lower() in ("1", "true", "t") and super()._do_i_compile()
+
     def trainable_parameters(self) -> List[nn.Parameter]:
         params = list(self.network.parameters())
         params += [p for p in self.ssl_modules.parameters() if p.requires_grad]
