@@ -39,12 +39,13 @@ PRETRAINED_ENV = "NNUNET_SSL_PRETRAINED"
 
 class SSLFinetuneTrainer(LabelBudgetMixin, nnUNetTrainer_warmup):
     tunable_settings = dict(COMMON_SETTINGS, warmup_duration_whole_net=int, load_decoder=bool,
-                            **LABEL_BUDGET_SETTINGS)
+                            final_validation=bool, **LABEL_BUDGET_SETTINGS)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.load_decoder = True
+        self.final_validation = True  # False: skip nnU-Net's sliding-window validation of the fold (demo, benchmarks)
         self.transfer_report = None
         self._resumed = False
 
@@ -57,6 +58,12 @@ class SSLFinetuneTrainer(LabelBudgetMixin, nnUNetTrainer_warmup):
             # keep nnU-Net's 5 % warm-up ratio for shortened schedules
             self.warmup_duration_whole_net = max(1, min(self.warmup_duration_whole_net, self.num_epochs // 20))
         super().initialize()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if not self.final_validation:
+            self.print_to_log_file("final_validation=False: nnU-Net's validation of the fold is skipped.")
+            return
+        super().perform_actual_validation(save_probabilities)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         self._resumed = True
