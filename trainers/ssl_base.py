@@ -133,8 +133,7 @@ class nnUNetSSLTrainer(nnUNetTrainer):
             dist.all_reduce(flag)
             finite = flag.item() == 0
         if finite:
-            self._nonfinite_in_a_row = 0
-            return True
+            return True  # the counter is reset only by a completed step (step_with_current_gradients)
         self._nonfinite_in_a_row += 1
         self.print_to_log_file(f"WARNING: non-finite loss or gradient, step skipped "
                                f"({self._nonfinite_in_a_row} in a row)")
@@ -177,6 +176,7 @@ class nnUNetSSLTrainer(nnUNetTrainer):
             scaler.update()
         else:
             self.optimizer.step()
+        self._nonfinite_in_a_row = 0
         self.after_optimizer_step()
         return True
 
