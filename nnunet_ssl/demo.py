@@ -45,8 +45,8 @@ def run_demo(directory: str = "nnunet_ssl_demo", method: str = "mae", device: st
         downstream=str(DEMO_ID), unlabeled_folder=unlabeled, ssl_dataset_id=DEMO_SSL_ID, method=method,
         configuration="3d_fullres", fold="all", test_images=os.path.join(folder, "imagesTs"),
         test_labels=os.path.join(folder, "labelsTs"), tiny_plans=True,
-        pretrain_settings=_settings(scaled(12), 20),
-        finetune_settings=_settings(scaled(10), 15, final_validation=False),
+        pretrain_settings=_settings(scaled(8), 15, val_iters=1),
+        finetune_settings=_settings(scaled(8), 12, val_iters=1, final_validation=False),
         device=device, num_processes=2, disable_tta=True,
         work_dir=os.path.join(directory, "report"))
     return run_workflow(cfg)
