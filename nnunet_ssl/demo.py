@@ -35,7 +35,8 @@ def run_demo(directory: str = "nnunet_ssl_demo", method: str = "mae", device: st
     unlabeled = os.path.join(raw, "SynthOrgans_unlabeled_images")
     if not os.path.isfile(paths_file):
         print(f"Generating the synthetic dataset in {raw} ...", flush=True)
-        make_synthetic_dataset(raw, DEMO_ID, "SynthOrgans", n_train=8, n_test=12, n_unlabeled=48, seed=seed)
+        make_synthetic_dataset(raw, DEMO_ID, "SynthOrgans", n_train=8, n_test=12, n_unlabeled=48,
+                               shape=(32, 32, 32), seed=seed)
     folder = os.path.dirname(paths_file)
 
     def scaled(n):
@@ -44,9 +45,9 @@ def run_demo(directory: str = "nnunet_ssl_demo", method: str = "mae", device: st
     cfg = WorkflowConfig(
         downstream=str(DEMO_ID), unlabeled_folder=unlabeled, ssl_dataset_id=DEMO_SSL_ID, method=method,
         configuration="3d_fullres", fold="all", test_images=os.path.join(folder, "imagesTs"),
-        test_labels=os.path.join(folder, "labelsTs"), tiny_plans=True,
-        pretrain_settings=_settings(scaled(8), 15, val_iters=1),
-        finetune_settings=_settings(scaled(8), 12, val_iters=1, final_validation=False),
+        test_labels=os.path.join(folder, "labelsTs"), tiny_plans=True, tiny_max_features=16,
+        pretrain_settings=_settings(scaled(10), 20, val_iters=1),
+        finetune_settings=_settings(scaled(10), 15, val_iters=1, final_validation=False),
         device=device, num_processes=2, disable_tta=True,
         work_dir=os.path.join(directory, "report"))
     return run_workflow(cfg)

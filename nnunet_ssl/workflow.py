@@ -39,6 +39,7 @@ class WorkflowConfig:
     test_images: Optional[str] = None
     test_labels: Optional[str] = None
     tiny_plans: bool = False
+    tiny_max_features: int = 32
     pretrain_settings: str = ""
     finetune_settings: str = ""
     baseline: bool = True
@@ -79,7 +80,7 @@ def run_workflow(cfg: WorkflowConfig) -> dict:
         from nnunet_ssl.plans_tools import derive_plans
         plans = "nnUNetPlansTiny"
         if not _dataset_exists_preprocessed(downstream, plans):
-            derive_plans(downstream, "nnUNetPlans", plans, max_features=32, batch_size=2)
+            derive_plans(downstream, "nnUNetPlans", plans, max_features=cfg.tiny_max_features, batch_size=2)
 
     # 2. ingest the unlabeled images with the downstream plans
     try:
