@@ -24,7 +24,6 @@ Both honour a label budget (:class:`nnunet_ssl_trainers.label_budget.LabelBudget
 import os
 
 import torch
-from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnunet_ssl.checkpoint import load_checkpoint_file
 from nnunet_ssl.errors import UserInputError, exit_on_user_error

@@ -20,7 +20,6 @@ weight, default 1.0), ``consistency_rampup_epochs`` (default 10 % of ``num_epoch
 (default 0.0 = every voxel), ``unlabeled_batch_size`` (default: the labeled batch size). The defaults are our
 choice; the paper does not give them. Label training only (no regions), no cascade.
 """
-import math
 import os
 from typing import List
 
@@ -29,8 +28,8 @@ import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from torch import autocast
-from torch import distributed as dist
 
+from nnunet_ssl.distributed import mean_over_ranks
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
 from nnunet_ssl.objectives.cross_pseudo_supervision import CrossPseudoSupervisionLoss
 from nnunet_ssl.semi_supervised import consistency_weight_at, two_decoder_semi_supervised_loss
@@ -200,18 +199,9 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
                 "cps_loss": float(cps.cpu()) if cps is not None else float("nan"), "consistency_weight": weight}
 
     # ------------------------------------------------------------------ logging
-    def _mean_over_ranks(self, values) -> float:
-        values = [float(v) for v in values]
-        if self.is_ddp:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, values)
-            values = [v for part in gathered for v in part]
-        finite = [v for v in values if math.isfinite(v)]
-        return float(np.mean(finite)) if finite else float("nan")
-
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
         for k in self.curve_keys:
-            value = self._mean_over_ranks([o[k] for o in train_outputs if k in o])
+            value = mean_over_ranks([o[k] for o in train_outputs if k in o])
             self.logger.log(k, value, self.current_epoch)
             self.print_to_log_file(k, np.round(value, decimals=4))

@@ -25,7 +25,6 @@ before the clone step (so every rank takes the same step), and in cosine mode al
 backward (the penalty itself uses each rank's local gradients).
 """
 import contextlib
-import os
 import warnings
 
 import torch
@@ -33,11 +32,10 @@ from torch import distributed as dist
 from torch import nn
 
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
-from nnunet_ssl.gradient_matching import FishGradientMatcher, cosine_matching_penalty, flat_grad, gradient_cosine
+from nnunet_ssl.gradient_matching import FishGradientMatcher, cosine_matching_penalty
 from nnunet_ssl.heads import conv_for
 from nnunet_ssl.network_parts import decoder_features, decoder_stage_channels, spatial_ndim, unwrap
 from nnunet_ssl.reference import resolve_reference
-from nnunet_ssl_trainers.aligned_views import AlignedViewsTrainer  # noqa: F401  (PGL/IDEAL bases below)
 from nnunet_ssl_trainers.ideal import IDEALTrainer
 from nnunet_ssl_trainers.masked_modeling import GMIMTrainer, MAETrainer
 from nnunet_ssl_trainers.pgl import PGLTrainer

@@ -25,6 +25,7 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from torch import autocast, nn
 from torch import distributed as dist
 
+from nnunet_ssl.distributed import mean_over_ranks
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
 from nnunet_ssl.checkpoint import adaptation_plan, atomic_torch_save, load_checkpoint_file, to_cpu
 from nnunet_ssl.network_parts import unwrap
@@ -196,28 +197,19 @@ class nnUNetSSLTrainer(nnUNetTrainer):
         return {"loss": loss.detach().cpu().numpy(), **curves}
 
     # ------------------------------------------------------------------ epoch bookkeeping
-    def _global_mean(self, values) -> float:
-        values = [float(v) for v in values]
-        if self.is_ddp:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, values)
-            values = [v for part in gathered for v in part]
-        finite = [v for v in values if math.isfinite(v)]
-        return float(np.mean(finite)) if finite else float("nan")
-
     def on_train_epoch_end(self, train_outputs: List[dict]):
         per_key = defaultdict(list)
         for out in train_outputs:
             for k, v in out.items():
                 per_key[k].append(v)
-        self.logger.log("train_losses", self._global_mean(per_key["loss"]), self.current_epoch)
+        self.logger.log("train_losses", mean_over_ranks(per_key["loss"]), self.current_epoch)
         for k in self.all_curve_keys():
             values = per_key.get(k, [])
-            value = self._global_mean(values) if k != "skipped_steps" else float(np.sum(values))
+            value = mean_over_ranks(values) if k != "skipped_steps" else float(np.sum(values))
             self.logger.log(k, value, self.current_epoch)
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
-        self.logger.log("val_losses", self._global_mean([o["loss"] for o in val_outputs]), self.current_epoch)
+        self.logger.log("val_losses", mean_over_ranks([o["loss"] for o in val_outputs]), self.current_epoch)
 
     def on_epoch_end(self):
         self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
