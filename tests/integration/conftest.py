@@ -92,6 +92,9 @@ def _make_env(root: Path) -> NnUNetEnv:
         p.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.update({"nnUNet_raw": str(raw), "nnUNet_preprocessed": str(pre), "nnUNet_results": str(res)})
+    # nnU-Net's final validation and prediction export spawn nnUNet_def_n_proc workers (8 by default): on the 2-core
+    # test machines one worker is faster
+    env.setdefault("nnUNet_def_n_proc", "1")
     return NnUNetEnv(root=root, raw=raw, preprocessed=pre, results=res, env=env)
 
 

@@ -21,7 +21,8 @@ from nnunet_ssl.plans_tools import derive_plans
 SSL_ID = 511
 TINY = "nnUNetPlansTiny"
 PRETRAIN = "num_epochs=2,num_iterations_per_epoch=2,num_val_iterations_per_epoch=1"
-FINETUNE_LR0 = "num_epochs=1,num_iterations_per_epoch=2,num_val_iterations_per_epoch=1,initial_lr=0.0"
+FINETUNE_LR0 = ("num_epochs=1,num_iterations_per_epoch=2,num_val_iterations_per_epoch=1,initial_lr=0.0,"
+                "final_validation=False")
 
 
 def _run(cmd, env, timeout=900):

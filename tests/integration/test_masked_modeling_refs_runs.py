@@ -21,7 +21,7 @@ TINY = "nnUNetPlansTiny"
 SSL_ID, REF_ID = 512, 513
 SSL_NAME, REF_NAME = "Dataset512_HippoUnlabeled", "Dataset513_HippoRef"
 TWO_EPOCHS = "num_epochs=2,num_iterations_per_epoch=2,num_val_iterations_per_epoch=1"
-LR0 = "num_epochs=1,num_iterations_per_epoch=1,num_val_iterations_per_epoch=1,initial_lr=0.0"
+LR0 = "num_epochs=1,num_iterations_per_epoch=1,num_val_iterations_per_epoch=1,initial_lr=0.0,final_validation=False"
 
 
 def _bin(name):
