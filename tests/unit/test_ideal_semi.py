@@ -14,7 +14,7 @@ from nnunet_ssl.plans_compat import DATA_ASPECTS, plans_differences
 from nnunet_ssl.semi_supervised import consistency_weight_at, sigmoid_rampup, two_decoder_semi_supervised_loss
 from nnunet_ssl.two_decoder_unet import TwoDecoderUNet, build_two_decoder_unet
 
-from nnunet_fakes import CONFIG, make_trainer, tiny_plans, write_fake_dataset
+from tiny_nnunet_data import CONFIG, make_trainer, tiny_plans, write_tiny_dataset
 
 NUM_CLASSES = 3
 
@@ -245,7 +245,7 @@ def env(tmp_path, monkeypatch):
         monkeypatch.setenv(k, str(v))
     for k in ("NNUNET_SSL_PRETRAINED", "NNUNET_SSL_UNLABELED_DATASET", "NNUNET_SSL_SETTINGS"):
         monkeypatch.delenv(k, raising=False)
-    plans, dataset_json, train_keys, val_keys = write_fake_dataset(pre)
+    plans, dataset_json, train_keys, val_keys = write_tiny_dataset(pre)
     return types.SimpleNamespace(pre=pre, plans=plans, dataset_json=dataset_json, train=train_keys, val=val_keys,
                                  mp=monkeypatch)
 
@@ -290,7 +290,7 @@ def test_budget_rest_pool_and_train_step(env):
 
 
 def test_external_unlabeled_dataset(env):
-    write_fake_dataset(env.pre, "Dataset951_FakeUnl", n_cases=4, labeled=False, with_splits=False,
+    write_tiny_dataset(env.pre, "Dataset951_FakeUnl", n_cases=4, labeled=False, with_splits=False,
                        case_prefix="unl", seed=3)
     env.mp.setenv("NNUNET_SSL_UNLABELED_DATASET", "951")
     trainer = _ideal(env, "label_budget=4,budget_rest=unlabeled")
@@ -305,7 +305,7 @@ def test_external_unlabeled_dataset(env):
 
 def test_external_dataset_from_other_plans_name_is_accepted_if_data_match(env):
     # the unlabeled dataset was ingested with the full plans; training uses derived (smaller) plans
-    write_fake_dataset(env.pre, "Dataset952_FakeUnl", n_cases=3, labeled=False, with_splits=False,
+    write_tiny_dataset(env.pre, "Dataset952_FakeUnl", n_cases=3, labeled=False, with_splits=False,
                        plans=tiny_plans(features=(16, 16, 16)))
     env.plans = dict(env.plans, plans_name="nnUNetPlansTiny")
     env.mp.setenv("NNUNET_SSL_UNLABELED_DATASET", "Dataset952_FakeUnl")
@@ -331,14 +331,14 @@ def test_unlabeled_dataset_errors(env, tmp_path):
     bad = tiny_plans()
     bad["configurations"][CONFIG]["spacing"] = [2.0, 2.0, 2.0]
     bad["configurations"][CONFIG]["normalization_schemes"] = ["CTNormalization"]
-    write_fake_dataset(env.pre, "Dataset953_Other", n_cases=2, labeled=False, with_splits=False, plans=bad)
+    write_tiny_dataset(env.pre, "Dataset953_Other", n_cases=2, labeled=False, with_splits=False, plans=bad)
     with pytest.raises(UserInputError) as e:
         resolve("953")
     msg = str(e.value)
     assert "planned differently" in msg and "spacing: target spacing [1.0, 1.0, 1.0]" in msg
     assert "[2.0, 2.0, 2.0] (plans of Dataset953_Other)" in msg and "normalisation:" in msg
 
-    write_fake_dataset(env.pre, "Dataset954_NoData", n_cases=2, labeled=False, with_splits=False)
+    write_tiny_dataset(env.pre, "Dataset954_NoData", n_cases=2, labeled=False, with_splits=False)
     shutil.rmtree(env.pre / "Dataset954_NoData" / "nnUNetPlans_3d_fullres")
     with pytest.raises(UserInputError, match=r"not preprocessed for configuration 3d_fullres: the folder .*"
                                              r"Dataset954_NoData/nnUNetPlans_3d_fullres is missing"):

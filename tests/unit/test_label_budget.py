@@ -9,7 +9,7 @@ from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.label_budget import apply_label_budget, read_case_list, seeded_selection
 from nnunet_ssl.settings import parse_settings
 
-from nnunet_fakes import make_trainer, write_fake_dataset
+from tiny_nnunet_data import make_trainer, write_tiny_dataset
 
 KEYS = [f"case_{i:03d}" for i in range(20)]
 
@@ -94,7 +94,7 @@ def fake_env(tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_compile", "0")
     monkeypatch.delenv("NNUNET_SSL_PRETRAINED", raising=False)
     monkeypatch.delenv("NNUNET_SSL_UNLABELED_DATASET", raising=False)
-    plans, dataset_json, train_keys, val_keys = write_fake_dataset(pre)
+    plans, dataset_json, train_keys, val_keys = write_tiny_dataset(pre)
     return dict(pre=pre, res=res, plans=plans, dataset_json=dataset_json, train=train_keys, val=val_keys,
                 monkeypatch=monkeypatch)
 

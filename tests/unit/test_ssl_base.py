@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from nnunet_fakes import make_trainer, write_fake_dataset
+from tiny_nnunet_data import make_trainer, write_tiny_dataset
 
 
 @pytest.fixture
@@ -16,7 +16,7 @@ def unlabeled_env(tmp_path, monkeypatch):
                  "nnUNet_n_proc_DA": "0", "nnUNet_compile": "0"}.items():
         monkeypatch.setenv(k, str(v))
     monkeypatch.delenv("NNUNET_SSL_SETTINGS", raising=False)
-    plans, dataset_json, _, _ = write_fake_dataset(pre, labeled=False)
+    plans, dataset_json, _, _ = write_tiny_dataset(pre, labeled=False)
     return dict(plans=plans, dataset_json=dataset_json, res=res, monkeypatch=monkeypatch)
 
 

@@ -105,7 +105,7 @@ def _write_case(folder, name, rng, shape=(20, 20, 20), labeled=True, patch=(16, 
                                   chunks_seg=chunks_s, blocks_seg=blocks_s)
 
 
-def write_fake_dataset(preprocessed_root, dataset_name="Dataset950_Fake", n_cases=10, n_val=2, labeled=True,
+def write_tiny_dataset(preprocessed_root, dataset_name="Dataset950_Fake", n_cases=10, n_val=2, labeled=True,
                        plans=None, seed=0, case_prefix="case", with_splits=True):
     """A preprocessed dataset (plans, dataset.json, splits_final.json, blosc2 cases). Returns (plans, dataset_json,
     train_keys, val_keys)."""
