@@ -22,6 +22,7 @@ import torch
 from nnunet_ssl.heads import DenseProjector
 from nnunet_ssl.objectives import DenseInfoNCELoss
 from nnunet_ssl_trainers.aligned_views import AlignedViewsTrainer
+from nnunet_ssl_trainers.variants import variant
 
 
 class IDEALTrainer(AlignedViewsTrainer):
@@ -45,19 +46,8 @@ class IDEALTrainer(AlignedViewsTrainer):
         return 0.5 * (self.contrastive(online1, target2, mask) + self.contrastive(online2, target1, mask))
 
 
-class IDEALTrainer_tau02(IDEALTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.temperature = 0.2
-
-
-class IDEALTrainer_bottleneckOnly(IDEALTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.levels = "bottleneck"
-
-
-class IDEALTrainer_cosineEMA(IDEALTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.ema_final = 1.0
+IDEALTrainer_tau02 = variant("IDEALTrainer_tau02", IDEALTrainer, __name__, "Temperature 0.2.", temperature=0.2)
+IDEALTrainer_bottleneckOnly = variant("IDEALTrainer_bottleneckOnly", IDEALTrainer, __name__,
+                                      "One level: the bottleneck.", levels="bottleneck")
+IDEALTrainer_cosineEMA = variant("IDEALTrainer_cosineEMA", IDEALTrainer, __name__,
+                                 "Key-encoder momentum 0.99 -> 1.0 (cosine, BYOL's schedule).", ema_final=1.0)

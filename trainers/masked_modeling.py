@@ -21,6 +21,7 @@ from nnunet_ssl.objectives import CrossCorrelationLoss, MaskedMSELoss
 from nnunet_ssl.teachers import StopGradientCopy
 from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer
 from nnunet_ssl_trainers.two_view import TwoViewDataMixin
+from nnunet_ssl_trainers.variants import variant
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
@@ -137,17 +138,9 @@ class GMIMTrainer(TwoViewDataMixin, MAETrainer):
         return loss, curves
 
 
-class GMIMTrainer_noHierarchy(GMIMTrainer):
-    """Ablation: no hierarchical re-masking of encoder features."""
-
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.hierarchical_probability = 0.0
-
-
-class GMIMTrainer_noSiamese(GMIMTrainer):
-    """Ablation: adaptive + hierarchical masking only (no cross-correlation target branch)."""
-
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.cc_weight = 0.0
+GMIMTrainer_noHierarchy = variant("GMIMTrainer_noHierarchy", GMIMTrainer, __name__,
+                                  "Ablation: no hierarchical re-masking of encoder features.",
+                                  hierarchical_probability=0.0)
+GMIMTrainer_noSiamese = variant("GMIMTrainer_noSiamese", GMIMTrainer, __name__,
+                                "Ablation: adaptive + hierarchical masking only, no cross-correlation target.",
+                                cc_weight=0.0)

@@ -16,11 +16,11 @@ default, momentum 0.99 -> 1.0 cosine); per level :class:`~nnunet_ssl.heads.Dense
 Variants: ``PGLTrainer_ema0996`` (EMA base 0.996), ``PGLTrainer_bottleneckOnly`` (one level),
 ``PGLTrainer_encoderOnly`` (bottleneck + encoder1: no decoder stage is trained by the SSL loss).
 """
-import torch
 
 from nnunet_ssl.heads import DensePredictor, DenseProjector
 from nnunet_ssl.objectives import symmetric_local_consistency
 from nnunet_ssl_trainers.aligned_views import AlignedViewsTrainer
+from nnunet_ssl_trainers.variants import variant
 
 
 class PGLTrainer(AlignedViewsTrainer):
@@ -35,19 +35,9 @@ class PGLTrainer(AlignedViewsTrainer):
         return symmetric_local_consistency(online1, target2, online2, target1, mask)
 
 
-class PGLTrainer_ema0996(PGLTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.ema_base = 0.996
-
-
-class PGLTrainer_bottleneckOnly(PGLTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.levels = "bottleneck"
-
-
-class PGLTrainer_encoderOnly(PGLTrainer):
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.levels = "bottleneck,encoder1"
+PGLTrainer_ema0996 = variant("PGLTrainer_ema0996", PGLTrainer, __name__, "EMA base momentum 0.996.", ema_base=0.996)
+PGLTrainer_bottleneckOnly = variant("PGLTrainer_bottleneckOnly", PGLTrainer, __name__, "One level: the bottleneck.",
+                                    levels="bottleneck")
+PGLTrainer_encoderOnly = variant("PGLTrainer_encoderOnly", PGLTrainer, __name__,
+                                 "Bottleneck + encoder1: no decoder stage is trained by the SSL loss.",
+                                 levels="bottleneck,encoder1")
