@@ -71,12 +71,20 @@ def _ckpt(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def test_gmim_pretrains_and_fine_tunes_with_stock_pretrained_weights(datasets, nnunet_env, planned_downstream):
+def _pretrain(trainer, datasets, nnunet_env):
+    """`nnUNetv2_train SSL 3d_fullres all -tr trainer` for two epochs; returns its output folder and log."""
     env = dict(datasets, NNUNET_SSL_SETTINGS=TWO_EPOCHS)
-    _run([_bin("nnUNetv2_train"), SSL_ID, "3d_fullres", "all", "-tr", "GMIMTrainer", "-p", TINY, "-device", "cpu"],
-         env)
-    folder = _folder(nnunet_env, SSL_NAME, "GMIMTrainer")
-    log = _log(folder)
+    _run([_bin("nnUNetv2_train"), SSL_ID, "3d_fullres", "all", "-tr", trainer, "-p", TINY, "-device", "cpu"], env)
+    folder = _folder(nnunet_env, SSL_NAME, trainer)
+    return folder, _log(folder)
+
+
+def _assert_all_but_output_layer_equal(fine_tuned, pretrained):
+    assert all(torch.equal(v, pretrained[k]) for k, v in fine_tuned.items() if ".seg_layers." not in k)
+
+
+def test_gmim_pretrains_and_fine_tunes_with_stock_pretrained_weights(datasets, nnunet_env, planned_downstream):
+    folder, log = _pretrain("GMIMTrainer", datasets, nnunet_env)
     for curve in ("recon_loss", "cc_loss", "mean_grid", "val_loss"):
         assert curve in log
     ckpt = _ckpt(folder / "checkpoint_final.pth")
@@ -86,16 +94,11 @@ def test_gmim_pretrains_and_fine_tunes_with_stock_pretrained_weights(datasets, n
     _run([_bin("nnUNetv2_train"), planned_downstream.dataset_name, "3d_fullres", "2", "-tr", "SSLScratchTrainer",
           "-p", TINY, "-device", "cpu", "-pretrained_weights", folder / "checkpoint_final.pth"], env)
     ft = _ckpt(_folder(nnunet_env, planned_downstream.dataset_name, "SSLScratchTrainer", 2) / "checkpoint_final.pth")
-    pre = ckpt["network_weights"]
-    assert all(torch.equal(v, pre[k]) for k, v in ft["network_weights"].items() if ".seg_layers." not in k)
+    _assert_all_but_output_layer_equal(ft["network_weights"], ckpt["network_weights"])
 
 
 def test_refs_trains_logs_matching_resumes_and_fine_tunes(datasets, nnunet_env, planned_downstream):
-    env = dict(datasets, NNUNET_SSL_SETTINGS=TWO_EPOCHS)
-    _run([_bin("nnUNetv2_train"), SSL_ID, "3d_fullres", "all", "-tr", "ReFsTrainer", "-p", TINY, "-device", "cpu"],
-         env)
-    folder = _folder(nnunet_env, SSL_NAME, "ReFsTrainer")
-    log = _log(folder)
+    folder, log = _pretrain("ReFsTrainer", datasets, nnunet_env)
     assert f"ReFs reference dataset: {REF_NAME}" in log
     for curve in ("grad_cosine", "ref_loss", "ssl_loss", "recon_loss"):
         assert log.count(curve) >= 2, curve
@@ -120,8 +123,7 @@ def test_refs_trains_logs_matching_resumes_and_fine_tunes(datasets, nnunet_env, 
           "-p", TINY, "-device", "cpu"], env)
     ft = _ckpt(_folder(nnunet_env, planned_downstream.dataset_name, "SSLFinetuneTrainer", 3) / "checkpoint_final.pth")
     assert not any("ref_head" in k for k in ft["network_weights"])
-    pre = resumed["network_weights"]
-    assert all(torch.equal(v, pre[k]) for k, v in ft["network_weights"].items() if ".seg_layers." not in k)
+    _assert_all_but_output_layer_equal(ft["network_weights"], resumed["network_weights"])
 
 
 def test_refs_reference_errors_are_clear(datasets, nnunet_env):
