@@ -73,8 +73,12 @@ ARMS = {  # arm -> (fine-tuning trainer, pre-training method or None, uses the u
     "ideal": ("SSLFinetuneTrainer", "ideal", False),
     "ideal-semi": ("IDEALSemiSupervisedTrainer", "ideal", True),
     "refs": ("SSLFinetuneTrainer", "refs", False),
+    # opt-in diagnostic arm (not in the default set): the MAE checkpoint with its decoder left random
+    "mae-encoder": ("SSLFinetuneTrainer", "mae", False),
 }
+ARM_SETTINGS = {"mae-encoder": "load_decoder=False"}  # extra fine-tuning NNUNET_SSL_SETTINGS of an arm
 ARM_ORDER = list(ARMS)
+DEFAULT_ARMS = [a for a in ARM_ORDER if a != "mae-encoder"]
 # time per training iteration relative to a stock fine-tuning iteration (our estimate; --cost-json replaces them
 # with measured ratios from scripts/benchmark_cost.py)
 DEFAULT_COST = {"SSLScratchTrainer": 1.0, "SSLFinetuneTrainer": 1.0, "IDEALSemiSupervisedTrainer": 2.5,
@@ -145,7 +149,8 @@ def parse_args(argv=None):
     g.add_argument("-c", "--configuration", default="3d_fullres")
     g.add_argument("-np", "--num-processes", type=int, default=2, help="processes for planning/ingestion")
     g = p.add_argument_group("experiment")
-    g.add_argument("--arms", nargs="+", default=ARM_ORDER, choices=ARM_ORDER)
+    g.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=ARM_ORDER,
+                   help="default: every arm but the diagnostic mae-encoder (MAE, encoder-only transfer)")
     g.add_argument("--budgets", nargs="+", type=int, default=None)
     g.add_argument("--seeds", nargs="+", type=int, default=None)
     g.add_argument("--fold", default="0", help="fine-tuning fold (0; 'all' also works: then the budget picks from "
@@ -488,7 +493,8 @@ def do_run(args, data: dict, run: Run, runner: Runner, device: str, n_test: int)
     out, pred, summary = run_paths(args, data, run)
     run.folder.mkdir(parents=True, exist_ok=True)
     results = str(run.folder / "nnUNet_results")
-    settings = _settings(args.finetune_settings, f"label_budget={run.budget},label_seed={run.seed}")
+    settings = _settings(args.finetune_settings, ARM_SETTINGS.get(run.arm, ""),
+                         f"label_budget={run.budget},label_seed={run.seed}")
     info_file = run.folder / "run.json"
     info = bc.load_json(info_file) if info_file.is_file() else {}
     info.update({"arm": run.arm, "budget": run.budget, "seed": run.seed, "trainer": run.trainer,

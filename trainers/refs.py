@@ -14,7 +14,9 @@ Gradients are matched on the encoder parameters only (:mod:`nnunet_ssl.gradient_
 * ``cosine``: ``L_ssl + L_ref + cosine_lambda * (1 - cos(g_ssl, g_ref))`` with double backward.
 
 Logged every epoch (training log and progress.png), in both modes: ``grad_cosine`` (cosine of the two tasks'
-encoder gradients at the current weights), ``ssl_loss``, ``ref_loss``, plus the SSL objective's own curves.
+encoder gradients at the current weights), ``ssl_loss``, ``ref_loss``, plus the SSL objective's own curves. In fish
+mode the cosine needs a third forward/backward, so it is measured on every ``cosine_every``-th step of an epoch
+(default 10, always the first step; ``cosine_every=1`` = every step) and the epoch value averages those steps.
 
 The SSL objective is pluggable: ``ReFsTrainer`` uses MAE reconstruction (our default: the cheapest objective and
 the one the literature found strongest for nnU-Net CNNs); ``ReFsTrainer_GMIM``, ``ReFsTrainer_PGL``,
@@ -45,7 +47,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 REFS_SETTINGS = {"matching": str, "fish_inner_lr": float, "fish_order": str, "cosine_lambda": float,
-                 "ref_weight": float}
+                 "ref_weight": float, "cosine_every": int}
 
 
 @contextlib.contextmanager
@@ -86,6 +88,10 @@ class ReFsMixin:
         self.fish_order = "alternate"
         self.cosine_lambda = 0.1
         self.ref_weight = 1.0
+        # fish: measure the logged gradient cosine on every k-th step of an epoch (always the first). Measuring
+        # costs a third forward/backward; k=1 measures every step (scripts/benchmark_cost.py shows the price)
+        self.cosine_every = 10
+        self._epoch_step = 0
         self.reference = None
         self.dataloader_ref = None
 
@@ -97,6 +103,9 @@ class ReFsMixin:
         super().build_ssl_modules()
         if self.matching not in ("fish", "cosine"):
             exit_on_user_error(UserInputError(f"matching='{self.matching}' is not a ReFs mode: use fish or cosine."))
+        if self.cosine_every < 1:
+            exit_on_user_error(UserInputError(f"cosine_every={self.cosine_every}: it must be >= 1 (1 = measure the "
+                                              f"gradient cosine at every step, k = every k-th step)."))
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
@@ -191,8 +200,14 @@ class ReFsMixin:
     def _shared_names(self, bundle):
         return [n for n, p in bundle.named_parameters() if n.startswith("net.encoder.") and p.requires_grad]
 
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self._epoch_step = 0
+
     def train_step(self, batch: dict) -> dict:
         ref_batch = next(self.dataloader_ref)
+        self.matcher.measure_cosine = self._epoch_step % self.cosine_every == 0
+        self._epoch_step += 1
         self.optimizer.zero_grad(set_to_none=True)
         bundle = self._bundle()
         rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None)
