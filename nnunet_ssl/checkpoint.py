@@ -8,6 +8,7 @@ nnU-Net network, so stock ``-pretrained_weights`` loads it) with two additions:
 * ``nnssl_adaptation_plan``: the block nnssl (MIC-DKFZ/nnssl) stores, so nnssl-style fine-tuning tools can
   read our checkpoints and our fine-tuning trainer can read theirs.
 """
+import contextlib
 import os
 import pickle
 import tempfile
@@ -30,24 +31,29 @@ def to_cpu(obj: Any) -> Any:
     return obj
 
 
-def atomic_torch_save(obj: Any, filename: str) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``filename``.
-
-    A process killed at any moment leaves either the previous file or the complete new one, never a torn one.
-    """
+@contextlib.contextmanager
+def atomic_file(filename: str):
+    """Yield a temporary path in ``filename``'s folder; when the block succeeds the file is fsynced and renamed over
+    ``filename``, otherwise removed. A process killed at any moment leaves either the previous file or the complete
+    new one, never a torn one (a stray ``.tmp_*`` file at most)."""
     folder = os.path.dirname(os.path.abspath(filename))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(filename), dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, filename)
-    except BaseException:
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
+
+
+def atomic_torch_save(obj: Any, filename: str) -> None:
+    """``torch.save`` through :func:`atomic_file`."""
+    with atomic_file(filename) as tmp:
+        torch.save(obj, tmp)
 
 
 def adaptation_plan(network, plans: dict, configuration: str, num_input_channels: int) -> Dict[str, Any]:

@@ -81,8 +81,9 @@ ARM_ORDER = list(ARMS)
 DEFAULT_ARMS = [a for a in ARM_ORDER if a != "mae-encoder"]
 # time per training iteration relative to a stock fine-tuning iteration (our estimate; --cost-json replaces them
 # with measured ratios from scripts/benchmark_cost.py)
-DEFAULT_COST = {"SSLScratchTrainer": 1.0, "SSLFinetuneTrainer": 1.0, "IDEALSemiSupervisedTrainer": 2.5,
-                "MAETrainer": 1.1, "GMIMTrainer": 1.5, "PGLTrainer": 2.5, "IDEALTrainer": 2.5, "ReFsTrainer": 3.5}
+# (defaults: the CPU figures of scripts/results/cost_*.md, ReFs after cosine_every=10)
+DEFAULT_COST = {"SSLScratchTrainer": 1.0, "SSLFinetuneTrainer": 1.0, "IDEALSemiSupervisedTrainer": 4.0,
+                "MAETrainer": 1.1, "GMIMTrainer": 1.1, "PGLTrainer": 0.9, "IDEALTrainer": 0.9, "ReFsTrainer": 2.2}
 
 
 def _sched(epochs: int, iters: int, val_iters: int) -> str:
@@ -98,7 +99,7 @@ PROFILES = {
     "quick": dict(
         about="about 2.5 h on 2 CPU cores for the default 7 arms, one budget and two seeds; short schedules: "
               "trends only",
-        tiny=True, max_features=32, batch_size=2, max_cases=None, num_test=30, num_reference=20, num_val=10,
+        tiny=True, max_features=16, batch_size=2, max_cases=None, num_test=30, num_reference=20, num_val=10,
         budgets=[10], seeds=[0, 1], pretrain=_sched(8, 25, 2), finetune=_sched(8, 20, 2), tta=False,
         n_proc_da="1", def_n_proc="1", sec_per_iter=1.3, gpu=False),
     "full": dict(

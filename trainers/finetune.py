@@ -9,7 +9,7 @@
   key as loaded / adapted / skipped with the reason (:mod:`nnunet_ssl.transfer`);
 * a different input-channel count adapts the stem as nnssl does; a truly incompatible checkpoint is refused
   naming the first mismatching layer and both shapes;
-* CUDA-saved checkpoints load on CPU-only machines;
+* CUDA-saved checkpoints load on CPU-only machines; checkpoints are written atomically (temp file + rename);
 * the whole network warms up linearly (nnU-Net's ``nnUNetTrainer_warmup`` schedule) before the normal poly
   schedule: ``warmup_duration_whole_net`` epochs (default 50 of 1000, scaled down for short runs).
 
@@ -25,18 +25,20 @@ import os
 
 import torch
 
-from nnunet_ssl.checkpoint import load_checkpoint_file
+from nnunet_ssl.checkpoint import atomic_file, load_checkpoint_file
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
 from nnunet_ssl.label_budget import LABEL_BUDGET_SETTINGS
 from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
 from nnunet_ssl.transfer import transfer_weights
+from nnunet_ssl_trainers.cpu_ddp import CPUDistributedMixin
 from nnunet_ssl_trainers.label_budget import LabelBudgetMixin
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.lr_schedule.nnUNetTrainer_warmup import nnUNetTrainer_warmup
 
 PRETRAINED_ENV = "NNUNET_SSL_PRETRAINED"
 
 
-class SSLFinetuneTrainer(LabelBudgetMixin, nnUNetTrainer_warmup):
+class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer_warmup):
     tunable_settings = dict(COMMON_SETTINGS, warmup_duration_whole_net=int, load_decoder=bool,
                             final_validation=bool, **LABEL_BUDGET_SETTINGS)
 
@@ -64,9 +66,28 @@ class SSLFinetuneTrainer(LabelBudgetMixin, nnUNetTrainer_warmup):
             return
         super().perform_actual_validation(save_probabilities)
 
+    def save_checkpoint(self, filename: str) -> None:
+        """nnU-Net's checkpoint, written atomically: a kill during the write leaves the previous file intact."""
+        if self.local_rank != 0 or self.disable_checkpointing:
+            return super().save_checkpoint(filename)
+        with atomic_file(filename) as tmp:
+            super().save_checkpoint(tmp)
+
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """``--c``: nnU-Net 2.8's warm-up trainer reads checkpoints with ``torch.load``'s default
+        ``weights_only=True``, which refuses nnU-Net's own checkpoints (numpy scalars in the logs) on torch >= 2.6.
+        Here the optimizer of the checkpoint's stage (warm-up or poly) is set up first, then nnU-Net's base loader
+        (``weights_only=False``) restores network, optimizer, epoch and logs."""
         self._resumed = True
-        super().load_checkpoint(filename_or_checkpoint)
+        if not self.was_initialized:
+            self.initialize()
+        if isinstance(filename_or_checkpoint, dict):
+            raise TypeError("SSLFinetuneTrainer.load_checkpoint expects the path of a checkpoint file")
+        path = os.fspath(filename_or_checkpoint)
+        epoch = load_checkpoint_file(path, map_location="cpu")["current_epoch"]
+        stage = "warmup_all" if epoch < self.warmup_duration_whole_net else "train"
+        self.optimizer, self.lr_scheduler = self.configure_optimizers(stage)
+        nnUNetTrainer.load_checkpoint(self, path)
 
     def pretrained_checkpoint_path(self):
         path = os.environ.get(PRETRAINED_ENV, "").strip()

@@ -31,6 +31,7 @@ from nnunet_ssl.checkpoint import adaptation_plan, atomic_torch_save, load_check
 from nnunet_ssl.network_parts import unwrap
 from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
 from nnunet_ssl.ssl_logging import SSLLocalLogger
+from nnunet_ssl_trainers.cpu_ddp import CPUDistributedMixin
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
@@ -39,7 +40,7 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
-class nnUNetSSLTrainer(nnUNetTrainer):
+class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
     """Pre-training on unlabeled data. Not usable by itself: subclasses define the SSL objective."""
 
     ssl_curve_keys: Tuple[str, ...] = ()
@@ -91,6 +92,11 @@ class nnUNetSSLTrainer(nnUNetTrainer):
         except UserInputError as e:
             exit_on_user_error(e)
         self.ssl_modules.to(self.device)
+        if self.is_ddp:
+            # DDP broadcasts the network from rank 0, but heads/teachers live outside it: every rank must start
+            # from rank 0's, or the randomly initialised heads differ between ranks for the whole run
+            for t in list(self.ssl_modules.parameters()) + list(self.ssl_modules.buffers()):
+                dist.broadcast(t.data, src=0)
         # the optimizer must see the heads as well
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
 

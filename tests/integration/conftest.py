@@ -15,6 +15,10 @@ Fixtures
     ``nnUNetPlans`` with ``2d`` and ``3d_fullres``; only ``3d_fullres`` is preprocessed). Returns
     :class:`PlannedDownstream`; ``unused_case_ids`` lists hippocampus cases NOT in the dataset (use them as
     unlabeled images). The planning runs once per test session; each module gets its own copy.
+``ssl_datasets`` (module): on top of ``planned_downstream``: tiny plans ``nnUNetPlansTiny`` (16 features, batch 2),
+    6 unused hippocampus images ingested as the unlabeled ``Dataset512_HippoUnlabeled`` and 6 further labeled cases
+    prepared as the ReFs reference ``Dataset513_HippoRef`` (``nnunet_ssl prepare-reference``). Returns
+    :class:`SSLDatasets` (``env``: subprocess environment with ``nnUNet_n_proc_DA=0``).
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
+
+from helpers import REF_ID, REF_NAME, SSL_ID, SSL_NAME, TINY, nnunet_bin, run
 
 DOWNSTREAM_ID = 501
 DOWNSTREAM_NAME = "Dataset501_HippoSmall"
@@ -149,3 +155,39 @@ def planned_downstream(nnunet_env, _planned_downstream_template, shared_data) ->
         unused_case_ids=list(unused),
         shared_data=shared_data,
     )
+
+
+@dataclass
+class SSLDatasets:
+    env: Dict[str, str]
+    plans: str = TINY
+    ssl_id: int = SSL_ID
+    ssl_name: str = SSL_NAME
+    ref_id: int = REF_ID
+    ref_name: str = REF_NAME
+
+
+@pytest.fixture(scope="module")
+def ssl_datasets(nnunet_env, planned_downstream, tmp_path_factory) -> SSLDatasets:
+    from nnunet_ssl.ingest import ingest_unlabeled
+    from nnunet_ssl.plans_tools import derive_plans
+    derive_plans(planned_downstream.dataset_name, "nnUNetPlans", TINY, max_features=16, batch_size=2)
+    unused = planned_downstream.unused_case_ids
+    folder = tmp_path_factory.mktemp("unlabeled")
+    for c in unused[:6]:
+        shutil.copyfile(planned_downstream.image_file(c), folder / f"{c}_0000.nii.gz")
+    ingest_unlabeled(folder, SSL_ID, "HippoUnlabeled", planned_downstream.dataset_id, plans_identifier=TINY,
+                     configurations=["3d_fullres"], num_processes=2, verbose=False)
+    hippo = planned_downstream.shared_data / "hippocampus"
+    ref = nnunet_env.raw / REF_NAME
+    (ref / "imagesTr").mkdir(parents=True)
+    (ref / "labelsTr").mkdir()
+    for c in unused[6:12]:
+        shutil.copyfile(hippo / "imagesTr" / f"{c}_0000.nii.gz", ref / "imagesTr" / f"{c}_0000.nii.gz")
+        shutil.copyfile(hippo / "labelsTr" / f"{c}.nii.gz", ref / "labelsTr" / f"{c}.nii.gz")
+    dj = json.loads((hippo / "dataset.json").read_text())
+    dj["numTraining"] = 6
+    (ref / "dataset.json").write_text(json.dumps(dj))
+    env = dict(nnunet_env.env, nnUNet_n_proc_DA="0")
+    run([nnunet_bin("nnunet_ssl"), "prepare-reference", "-r", REF_ID, "--ssl", SSL_ID, "-p", TINY], env)
+    return SSLDatasets(env=env)

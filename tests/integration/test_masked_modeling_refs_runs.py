@@ -6,69 +6,25 @@ checkpoints fine-tune (stock `-pretrained_weights` and our route), the reference
 `network_weights`, and bad reference setups stop with clear messages.
 """
 import json
-import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from nnunet_ssl.ingest import ingest_unlabeled
-from nnunet_ssl.plans_tools import derive_plans
 
-TINY = "nnUNetPlansTiny"
-SSL_ID, REF_ID = 512, 513
-SSL_NAME, REF_NAME = "Dataset512_HippoUnlabeled", "Dataset513_HippoRef"
+from helpers import REF_NAME, SSL_ID, SSL_NAME, TINY
+from helpers import load_ckpt as _ckpt, nnunet_bin as _bin, run as _run, training_logs as _log
+
 TWO_EPOCHS = "num_epochs=2,num_iterations_per_epoch=2,num_val_iterations_per_epoch=1"
 LR0 = "num_epochs=1,num_iterations_per_epoch=1,num_val_iterations_per_epoch=1,initial_lr=0.0,final_validation=False"
 
 
-def _bin(name):
-    return os.path.join(os.path.dirname(sys.executable), name)
-
-
-def _run(cmd, env, expect_ok=True, timeout=900):
-    proc = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout)
-    if expect_ok:
-        assert proc.returncode == 0, f"{' '.join(map(str, cmd))}:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
-
-
 @pytest.fixture(scope="module")
-def datasets(nnunet_env, planned_downstream, tmp_path_factory):
-    derive_plans(planned_downstream.dataset_name, "nnUNetPlans", TINY, max_features=16, batch_size=2)
-    unused = planned_downstream.unused_case_ids
-    folder = tmp_path_factory.mktemp("unlabeled")
-    for c in unused[:6]:
-        shutil.copyfile(planned_downstream.image_file(c), folder / f"{c}_0000.nii.gz")
-    ingest_unlabeled(folder, SSL_ID, "HippoUnlabeled", planned_downstream.dataset_id, plans_identifier=TINY,
-                     configurations=["3d_fullres"], num_processes=2, verbose=False)
-    hippo = planned_downstream.shared_data / "hippocampus"
-    ref = nnunet_env.raw / REF_NAME
-    (ref / "imagesTr").mkdir(parents=True)
-    (ref / "labelsTr").mkdir()
-    for c in unused[6:12]:
-        shutil.copyfile(hippo / "imagesTr" / f"{c}_0000.nii.gz", ref / "imagesTr" / f"{c}_0000.nii.gz")
-        shutil.copyfile(hippo / "labelsTr" / f"{c}.nii.gz", ref / "labelsTr" / f"{c}.nii.gz")
-    dj = json.loads((hippo / "dataset.json").read_text())
-    dj["numTraining"] = 6
-    (ref / "dataset.json").write_text(json.dumps(dj))
-    env = dict(nnunet_env.env, nnUNet_n_proc_DA="0")
-    _run([_bin("nnunet_ssl"), "prepare-reference", "-r", REF_ID, "--ssl", SSL_ID, "-p", TINY], env)
-    return env
+def datasets(ssl_datasets):
+    return ssl_datasets.env
 
 
 def _folder(nnunet_env, dataset, trainer, fold="all"):
     return nnunet_env.results / dataset / f"{trainer}__{TINY}__3d_fullres" / f"fold_{fold}"
-
-
-def _log(folder):
-    return "".join(open(folder / f).read() for f in sorted(os.listdir(folder)) if f.startswith("training_log"))
-
-
-def _ckpt(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def _pretrain(trainer, datasets, nnunet_env):

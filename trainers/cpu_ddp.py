@@ -1,0 +1,43 @@
+"""Let nnU-Net's DDP code path run on CPU processes (``gloo``), so the distributed logic is testable without GPUs.
+
+nnU-Net's trainer assumes DDP means CUDA: under an initialised process group it moves itself to
+``cuda:<rank>`` and wraps the network with ``DDP(device_ids=[rank])``, which torch refuses for CPU modules. With
+this mixin (placed directly above ``nnUNetTrainer`` in the MRO), a trainer created with ``device=cpu`` inside a
+CPU (gloo) process group stays on the CPU and is wrapped with ``DDP(device_ids=None)``. Everything else of
+nnU-Net's DDP path is unchanged: per-rank batch size and oversampling, batch Dice across ranks, gradient
+averaging, rank-0-only logging and checkpoints. On GPUs (the normal ``nnUNetv2_train -num_gpus N``) nothing
+changes.
+
+:func:`nnunet_ssl.cpu_ddp.run_cpu_ddp` launches such a run the way nnU-Net's ``run_ddp`` does.
+"""
+import torch
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+
+def _cpu_process_group() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_backend() == "gloo"
+
+
+class CPUDistributedMixin:
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp and torch.device(device).type == "cpu" and _cpu_process_group():
+            self.device = torch.device("cpu")
+            self.grad_scaler = None
+            self.print_to_log_file(f"DDP on CPU (gloo): rank {self.local_rank} of {dist.get_world_size()}")
+
+    def initialize(self):
+        if not (self.is_ddp and self.device.type == "cpu") or self.was_initialized:
+            return super().initialize()
+        # nnU-Net's initialize with the DDP wrap left out; the DDP-dependent parts are redone below
+        self.is_ddp = False
+        try:
+            super().initialize()
+        finally:
+            self.is_ddp = True
+        self._set_batch_size_and_oversample()
+        self.loss = self._build_loss()
+        # no SyncBatchNorm conversion: it is CUDA-only (nnU-Net's plans use instance norm anyway)
+        self.network = DDP(self.network, device_ids=None)
