@@ -85,7 +85,9 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer_wa
             raise TypeError("SSLFinetuneTrainer.load_checkpoint expects the path of a checkpoint file")
         path = os.fspath(filename_or_checkpoint)
         epoch = load_checkpoint_file(path, map_location="cpu")["current_epoch"]
-        stage = "warmup_all" if epoch < self.warmup_duration_whole_net else "train"
+        # (no epoch left - e.g. --c of a finished run: nnU-Net's poly scheduler would divide by zero; both stages
+        # use the same SGD, so the optimizer state loads either way)
+        stage = "train" if self.warmup_duration_whole_net <= epoch < self.num_epochs else "warmup_all"
         self.optimizer, self.lr_scheduler = self.configure_optimizers(stage)
         nnUNetTrainer.load_checkpoint(self, path)
 
