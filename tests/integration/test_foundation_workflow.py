@@ -8,8 +8,6 @@ weights must equal the transferred ones exactly: that is what proves the transfe
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,21 +16,14 @@ import torch
 
 from nnunet_ssl.plans_tools import derive_plans
 
+from helpers import nnunet_bin, run, training_logs
+
 SSL_ID = 511
 TINY = "nnUNetPlansTiny"
 PRETRAIN = "num_epochs=2,num_iterations_per_epoch=2,num_val_iterations_per_epoch=1"
 FINETUNE_LR0 = ("num_epochs=1,num_iterations_per_epoch=2,num_val_iterations_per_epoch=1,initial_lr=0.0,"
                 "final_validation=False")
 
-
-def _run(cmd, env, timeout=900):
-    proc = subprocess.run([str(c) for c in cmd], env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc
-
-
-def _bin(name):
-    return os.path.join(os.path.dirname(sys.executable), name)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +44,7 @@ def workflow_run(nnunet_env, planned_downstream, tmp_path_factory):
         shutil.copyfile(hippo / "labelsTr" / f"{c}.nii.gz", test_labels / f"{c}.nii.gz")
     env = dict(nnunet_env.env, nnUNet_n_proc_DA="0")
     report = work / "report"
-    _run([_bin("nnunet_ssl"), "workflow", "--downstream", planned_downstream.dataset_id, "--unlabeled", unlabeled,
+    run([nnunet_bin("nnunet_ssl"), "workflow", "--downstream", planned_downstream.dataset_id, "--unlabeled", unlabeled,
           "--ssl-id", SSL_ID, "--method", "mae", "-p", TINY, "-f", "0", "--test-images", test_images,
           "--test-labels", test_labels, "--pretrain-settings", PRETRAIN, "--finetune-settings", FINETUNE_LR0,
           "-device", "cpu", "--disable-tta", "--work-dir", report], env, timeout=1500)
@@ -110,7 +101,7 @@ def test_our_route_transferred_every_non_output_tensor(workflow_run, nnunet_env)
     assert compared > 20
     # the scratch arm really is different (so the equality above is not trivial)
     assert not all(torch.equal(scratch[k], pre[k]) for k in scratch if ".seg_layers." not in k)
-    log = "".join(open(os.path.join(ft_folder, f)).read() for f in os.listdir(ft_folder) if f.startswith("training_log"))
+    log = training_logs(ft_folder)
     assert "nnunet_ssl weight transfer:" in log and "skipped  decoder.seg_layers" in log
 
 
@@ -131,7 +122,7 @@ def test_stock_pretrained_weights_route(workflow_run, nnunet_env):
     env = dict(workflow_run["env"], NNUNET_SSL_SETTINGS=FINETUNE_LR0)
     env.pop("NNUNET_SSL_PRETRAINED", None)
     # stock loader (nnunetv2/run/load_pretrained_weights.py) with a trainer that adds nothing of its own
-    _run([_bin("nnUNetv2_train"), workflow_run["ds"], "3d_fullres", "1", "-tr", "SSLScratchTrainer", "-p", TINY,
+    run([nnunet_bin("nnUNetv2_train"), workflow_run["ds"], "3d_fullres", "1", "-tr", "SSLScratchTrainer", "-p", TINY,
           "-device", "cpu", "-pretrained_weights", summary["checkpoint"]], env)
     out = nnunet_env.results / workflow_run["ds"] / f"SSLScratchTrainer__{TINY}__3d_fullres" / "fold_1"
     pre, ft = _weights(summary["checkpoint"]), _weights(out / "checkpoint_final.pth")

@@ -12,18 +12,15 @@ import os
 import resource
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 
+from helpers import nnunet_bin
+
 PLANS = "nnUNetPlansTiny"
 UNL_ID = 502
 TIMEOUT = 1800  # generous for busy shared machines; about 2-3 minutes of work on 2 free cores
-
-
-def _bin(name):
-    return os.path.join(os.path.dirname(sys.executable), name)
 
 
 def _run(args, env, log):
@@ -69,12 +66,12 @@ def ideal_run(planned_downstream, nnunet_env):
     env.pop("NNUNET_SSL_PRETRAINED", None)
     train_env = dict(env, NNUNET_SSL_SETTINGS="num_epochs=2,num_iterations_per_epoch=2,num_val_iterations_per_epoch=1,"
                                               "batch_size=2,label_budget=4,budget_rest=unlabeled")
-    _run([_bin("nnUNetv2_train"), str(ds.dataset_id), "3d_fullres", "0", "-tr", "IDEALSemiSupervisedTrainer",
+    _run([nnunet_bin("nnUNetv2_train"), str(ds.dataset_id), "3d_fullres", "0", "-tr", "IDEALSemiSupervisedTrainer",
           "-p", PLANS, "-device", "cpu"], train_env, root / "train.log")
     out = root / "pred"
     predict_env = dict(env)
     predict_env.pop("NNUNET_SSL_SETTINGS", None)
-    _run([_bin("nnUNetv2_predict"), "-i", str(test_in), "-o", str(out), "-d", str(ds.dataset_id), "-c",
+    _run([nnunet_bin("nnUNetv2_predict"), "-i", str(test_in), "-o", str(out), "-d", str(ds.dataset_id), "-c",
           "3d_fullres", "-f", "0", "-tr", "IDEALSemiSupervisedTrainer", "-p", PLANS, "-device", "cpu",
           "--disable_tta", "-npp", "1", "-nps", "1"], predict_env, root / "predict.log")
     fold = nnunet_env.results / ds.dataset_name / f"IDEALSemiSupervisedTrainer__{PLANS}__3d_fullres" / "fold_0"

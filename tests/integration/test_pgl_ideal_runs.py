@@ -11,22 +11,17 @@
 Pre-training runs directly on the labeled dataset (SSL trainers never read the labels). 2d is covered at unit
 level (tests/unit/test_aligned_views.py) to keep this file short.
 """
-import glob
 import json
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+
+from helpers import load_ckpt, nnunet_bin, training_logs
 
 SETTINGS = "num_epochs=2,num_iterations_per_epoch=2,num_val_iterations_per_epoch=1,batch_size=2"
 PLANS = "nnUNetPlansTiny"
 TIMEOUT = 900
-
-
-def _cmd(name):
-    return str(Path(sys.executable).parent / name)
 
 
 def _env(nnunet_env, settings=SETTINGS, **extra):
@@ -40,7 +35,7 @@ def _env(nnunet_env, settings=SETTINGS, **extra):
 
 
 def _train_args(dataset_id, trainer, fold="all", *more):
-    return [_cmd("nnUNetv2_train"), str(dataset_id), "3d_fullres", str(fold), "-tr", trainer, "-p", PLANS,
+    return [nnunet_bin("nnUNetv2_train"), str(dataset_id), "3d_fullres", str(fold), "-tr", trainer, "-p", PLANS,
             "-device", "cpu", *more]
 
 
@@ -54,17 +49,8 @@ def _run(args, env, what):
     return _check(subprocess.run(args, env=env, capture_output=True, text=True, timeout=TIMEOUT), what)
 
 
-def _logs(folder):
-    return "\n".join(Path(p).read_text() for p in sorted(glob.glob(str(folder / "training_log_*.txt"))))
-
-
 def _curve(log_text, key):
     return [float(v) for v in re.findall(rf": {key} (\S+)\s*\n", log_text)]
-
-
-def _load(path):
-    import torch
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +88,7 @@ def pgl_run(setup, nnunet_env):
 
 def test_pgl_pretraining_logs_curves_and_writes_plain_checkpoint(pgl_run):
     ds, folder, ckpt_path, _ = pgl_run
-    log = _logs(folder)
+    log = training_logs(folder)
     assert (folder / "progress.png").is_file()
     for key in ("loss_bottleneck", "loss_decoder1", "ema_momentum", "overlapping_samples"):
         values = _curve(log, key)
@@ -111,7 +97,7 @@ def test_pgl_pretraining_logs_curves_and_writes_plain_checkpoint(pgl_run):
     assert all(0.0 < v <= 1.0 for v in _curve(log, "overlapping_samples"))
     m = _curve(log, "ema_momentum")
     assert 0.99 <= m[0] < m[1] <= 1.0
-    ckpt = _load(ckpt_path)
+    ckpt = load_ckpt(ckpt_path)
     assert ckpt["trainer_name"] == "PGLTrainer" and ckpt["current_epoch"] == 2
     assert set(ckpt["ssl_state"]) == {"projectors", "predictors", "target_network", "target_projectors"}
     # network_weights is exactly the nnU-Net network (strict load into what inference builds)
@@ -126,7 +112,7 @@ def test_pgl_pretraining_logs_curves_and_writes_plain_checkpoint(pgl_run):
 def test_pgl_continue_training_restores_teachers_and_schedule(pgl_run, nnunet_env):
     import torch
     ds, folder, before_path, _ = pgl_run
-    before = _load(before_path)
+    before = load_ckpt(before_path)
     # 1) what --c loads: a trainer built like nnUNetv2_train does, then load_checkpoint (other fold: own folder)
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunet_ssl.network_parts import unwrap
@@ -146,9 +132,9 @@ def test_pgl_continue_training_restores_teachers_and_schedule(pgl_run, nnunet_en
     # 2) the real --c run with one more epoch
     settings = SETTINGS.replace("num_epochs=2", "num_epochs=3")
     _run(_train_args(ds.dataset_id, "PGLTrainer", "all", "--c"), _env(nnunet_env, settings), "PGLTrainer --c")
-    after = _load(folder / "checkpoint_final.pth")
+    after = load_ckpt(folder / "checkpoint_final.pth")
     assert after["current_epoch"] == 3
-    log = _logs(folder)
+    log = training_logs(folder)
     assert "Epoch 2" in log and len(re.findall(r": Epoch 0\s*\n", log)) == 1  # epochs 0/1 were not re-run
     # EMA schedule resumed at step 2 * 2 of 3 * 2: the epoch's logged momentum is the mean of steps 4 and 5
     from nnunet_ssl.teachers import cosine_momentum
@@ -177,7 +163,7 @@ def test_pgl_checkpoint_finetunes_with_stock_and_plugin_loaders(pgl_run, nnunet_
     _run(_train_args(ds.dataset_id, "SSLFinetuneTrainer", 0),
          _env(nnunet_env, settings, NNUNET_SSL_PRETRAINED=str(ckpt_path)), "SSLFinetuneTrainer fine-tuning")
     out = _results(nnunet_env, ds, "SSLFinetuneTrainer", 0)
-    log = _logs(out)
+    log = training_logs(out)
     assert str(ckpt_path) in log and (out / "checkpoint_final.pth").is_file()
 
 
@@ -186,11 +172,11 @@ def test_ideal_pretraining_runs(setup, nnunet_env):
     stdout, stderr = ideal.communicate(timeout=TIMEOUT)
     _check(subprocess.CompletedProcess(ideal.args, ideal.returncode, stdout, stderr), "IDEALTrainer pre-training")
     folder = _results(nnunet_env, ds, "IDEALTrainer")
-    log = _logs(folder)
+    log = training_logs(folder)
     assert (folder / "progress.png").is_file()
     for key in ("loss_bottleneck", "loss_decoder1", "ema_momentum", "overlapping_samples"):
         assert len(_curve(log, key)) == 2, key
     assert _curve(log, "ema_momentum") == [pytest.approx(0.99)] * 2  # constant key-encoder momentum
     assert all(v > 0 for v in _curve(log, "loss_bottleneck"))
-    ckpt = _load(folder / "checkpoint_final.pth")
+    ckpt = load_ckpt(folder / "checkpoint_final.pth")
     assert set(ckpt["ssl_state"]) == {"projectors", "target_network", "target_projectors"}
