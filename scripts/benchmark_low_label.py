@@ -644,6 +644,47 @@ def paired_stats(per_case, labels, arms, budgets, names):
     return out
 
 
+def _log_curves(folder: Path) -> Dict[str, List[float]]:
+    """Per-epoch train loss and mean pseudo Dice (nnU-Net's validation-patch estimate) from the training logs."""
+    import re
+    text = "".join(p.read_text() for p in sorted(folder.glob("training_log*.txt")))
+    loss = [float(v) for v in re.findall(r": train_loss (\S+)", text)]
+    dice = []
+    for inner in re.findall(r": Pseudo dice \[(.*)\]", text):
+        vals = [float(v) for v in re.findall(r"([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\)?(?:,|$)", inner)]
+        dice.append(sum(vals) / len(vals) if vals else float("nan"))
+    return {"train_loss": loss, "pseudo_dice": dice}
+
+
+def curves_table(args, data: dict, runs: List[Run]) -> List[str]:
+    """Fine-tuning dynamics per arm (mean over seeds): does a pre-trained start learn faster or slower?"""
+    per_arm: Dict[tuple, List[Dict[str, List[float]]]] = {}
+    for run in runs:
+        out, _, _ = run_paths(args, data, run)
+        if (out / "checkpoint_final.pth").is_file():
+            per_arm.setdefault((run.arm, run.budget), []).append(_log_curves(out))
+    if not per_arm:
+        return []
+
+    def at(curves, key, i):
+        vals = [c[key][i] for c in curves if len(c[key]) > abs(i) and math.isfinite(c[key][i])]
+        return _fmt(_mean(vals), 3) if vals else "-"
+
+    lines = ["", "## Fine-tuning curves (training logs; mean over seeds)", "",
+             "| arm | budget | train loss epoch 0 | epoch 1 | mid | last | pseudo Dice epoch 1 | mid | last |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (arm, budget), curves in sorted(per_arm.items(), key=lambda kv: (kv[0][1], ARM_ORDER.index(kv[0][0]))):
+        n = min(len(c["train_loss"]) for c in curves)
+        mid = max(0, n // 2)
+        lines.append(f"| {arm} | {budget} | {at(curves, 'train_loss', 0)} | {at(curves, 'train_loss', 1)} | "
+                     f"{at(curves, 'train_loss', mid)} | {at(curves, 'train_loss', -1)} | "
+                     f"{at(curves, 'pseudo_dice', 1)} | {at(curves, 'pseudo_dice', mid)} | "
+                     f"{at(curves, 'pseudo_dice', -1)} |")
+    lines += ["", "Train loss = nnU-Net's Dice + CE (lower is better, negative once Dice dominates); pseudo Dice = "
+                  "nnU-Net's per-epoch estimate on validation patches, foreground classes averaged."]
+    return lines
+
+
 def _fmt(x, nd=4):
     return "-" if x is None else f"{x:.{nd}f}"
 
@@ -723,6 +764,7 @@ def write_report(args, data: dict, split: Split, runs: List[Run], est: dict, t_t
                          f"{_fmt(s['wilcoxon_p'], 4)} |")
         lines += ["", "Wilcoxon signed-rank test (scipy.stats.wilcoxon, two-sided) over the per-case differences; "
                       "no correction for the number of comparisons."]
+    lines += curves_table(args, data, runs)
     lines += ["", "## Notes", "",
               "- ReFs reference: " + (f"{args.reference_source} (another labeled dataset)" if args.reference_source
                                       else f"{len(split.reference)} source cases disjoint from test and pool: same "
