@@ -97,11 +97,11 @@ PROFILES = {
         budgets=[3], seeds=[0], pretrain=_sched(1, 2, 1), finetune=_sched(2, 2, 1), tta=False,
         n_proc_da="0", def_n_proc="1", sec_per_iter=1.3, gpu=False),
     "quick": dict(
-        about="about 2.5 h on 2 CPU cores for the default 7 arms, one budget and two seeds; short schedules: "
-              "trends only",
+        about="about 2 h on 2 CPU cores for the default 7 arms, one budget and two seeds (16-feature network, "
+              "nnU-Net's validation of the fold skipped: the test split is the measure); short schedules: trends only",
         tiny=True, max_features=16, batch_size=2, max_cases=None, num_test=30, num_reference=20, num_val=10,
-        budgets=[10], seeds=[0, 1], pretrain=_sched(8, 25, 2), finetune=_sched(8, 20, 2), tta=False,
-        n_proc_da="1", def_n_proc="1", sec_per_iter=1.3, gpu=False),
+        budgets=[10], seeds=[0, 1], pretrain=_sched(8, 25, 2), finetune=_sched(8, 20, 2) + ",final_validation=False",
+        tta=False, n_proc_da="1", def_n_proc="1", sec_per_iter=1.1, gpu=False),
     "full": dict(
         about="GPUs: nnU-Net default plans, 1000 x 250 iterations of pre-training, nnU-Net's default 1000-epoch "
               "fine-tuning schedule, 3 budgets x 3 seeds, test-time mirroring",
@@ -295,7 +295,8 @@ def estimate(args, n_test: int, n_val_cases: int, pretrain_methods: List[str], r
     for r in runs:
         c = cost[r.trainer]
         fin += startup + fe * (fi * spi * c + fv * 0.3 * spi * c + per_epoch)
-        fin += 15 + val_cases * (2.0 if not gpu else 0.5)  # nnU-Net's final validation (8x mirroring)
+        if "final_validation=false" not in (args.finetune_settings or "").replace(" ", "").lower():
+            fin += 15 + val_cases * (2.0 if not gpu else 0.5)  # nnU-Net's final validation (8x mirroring)
         fin += 25 + n_test * per_case_pred + 10  # nnUNetv2_predict + evaluation
     return {"pretraining_s": pre, "finetuning_s": fin, "total_s": pre + fin + 300, "sec_per_iter": spi,
             "cost": cost, "pretrain_schedule": (pe, pi, pv), "finetune_schedule": (fe, fi, fv)}
