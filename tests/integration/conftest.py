@@ -15,10 +15,11 @@ Fixtures
     ``nnUNetPlans`` with ``2d`` and ``3d_fullres``; only ``3d_fullres`` is preprocessed). Returns
     :class:`PlannedDownstream`; ``unused_case_ids`` lists hippocampus cases NOT in the dataset (use them as
     unlabeled images). The planning runs once per test session; each module gets its own copy.
-``ssl_datasets`` (module): on top of ``planned_downstream``: tiny plans ``nnUNetPlansTiny`` (16 features, batch 2),
-    6 unused hippocampus images ingested as the unlabeled ``Dataset512_HippoUnlabeled`` and 6 further labeled cases
-    prepared as the ReFs reference ``Dataset513_HippoRef`` (``nnunet_ssl prepare-reference``). Returns
-    :class:`SSLDatasets` (``env``: subprocess environment with ``nnUNet_n_proc_DA=0``).
+``ssl_datasets`` (module; built once per session, copied into each module's folders): on top of
+    ``planned_downstream``: tiny plans ``nnUNetPlansTiny`` (16 features, batch 2), 6 unused hippocampus images
+    ingested as the unlabeled ``Dataset512_HippoUnlabeled`` and 6 further labeled cases prepared as the ReFs
+    reference ``Dataset513_HippoRef`` (``nnunet_ssl prepare-reference``). Returns :class:`SSLDatasets`
+    (``env``: subprocess environment with ``nnUNet_n_proc_DA=0``).
 """
 from __future__ import annotations
 
@@ -167,19 +168,26 @@ class SSLDatasets:
     ref_name: str = REF_NAME
 
 
-@pytest.fixture(scope="module")
-def ssl_datasets(nnunet_env, planned_downstream, tmp_path_factory) -> SSLDatasets:
+@pytest.fixture(scope="session")
+def _ssl_datasets_template(tmp_path_factory, _planned_downstream_template, shared_data) -> NnUNetEnv:
+    """Builds the datasets of ``ssl_datasets`` once per session in their own folders."""
     from nnunet_ssl.ingest import ingest_unlabeled
     from nnunet_ssl.plans_tools import derive_plans
-    derive_plans(planned_downstream.dataset_name, "nnUNetPlans", TINY, max_features=16, batch_size=2)
-    unused = planned_downstream.unused_case_ids
-    folder = tmp_path_factory.mktemp("unlabeled")
-    for c in unused[:6]:
-        shutil.copyfile(planned_downstream.image_file(c), folder / f"{c}_0000.nii.gz")
-    ingest_unlabeled(folder, SSL_ID, "HippoUnlabeled", planned_downstream.dataset_id, plans_identifier=TINY,
-                     configurations=["3d_fullres"], num_processes=2, verbose=False)
-    hippo = planned_downstream.shared_data / "hippocampus"
-    ref = nnunet_env.raw / REF_NAME
+    template, _, unused = _planned_downstream_template
+    e = _make_env(tmp_path_factory.mktemp("ssl_datasets_template"))
+    for src_root, dst_root in ((template.raw, e.raw), (template.preprocessed, e.preprocessed)):
+        shutil.copytree(src_root / DOWNSTREAM_NAME, dst_root / DOWNSTREAM_NAME)
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            mp.setenv(k, e.env[k])
+        derive_plans(DOWNSTREAM_NAME, "nnUNetPlans", TINY, max_features=16, batch_size=2)
+        folder = tmp_path_factory.mktemp("unlabeled")
+        hippo = shared_data / "hippocampus"
+        for c in unused[:6]:
+            shutil.copyfile(hippo / "imagesTr" / f"{c}_0000.nii.gz", folder / f"{c}_0000.nii.gz")
+        ingest_unlabeled(folder, SSL_ID, "HippoUnlabeled", DOWNSTREAM_ID, plans_identifier=TINY,
+                         configurations=["3d_fullres"], num_processes=2, verbose=False)
+    ref = e.raw / REF_NAME
     (ref / "imagesTr").mkdir(parents=True)
     (ref / "labelsTr").mkdir()
     for c in unused[6:12]:
@@ -188,6 +196,18 @@ def ssl_datasets(nnunet_env, planned_downstream, tmp_path_factory) -> SSLDataset
     dj = json.loads((hippo / "dataset.json").read_text())
     dj["numTraining"] = 6
     (ref / "dataset.json").write_text(json.dumps(dj))
-    env = dict(nnunet_env.env, nnUNet_n_proc_DA="0")
-    run([nnunet_bin("nnunet_ssl"), "prepare-reference", "-r", REF_ID, "--ssl", SSL_ID, "-p", TINY], env)
-    return SSLDatasets(env=env)
+    run([nnunet_bin("nnunet_ssl"), "prepare-reference", "-r", REF_ID, "--ssl", SSL_ID, "-p", TINY],
+        dict(e.env, nnUNet_n_proc_DA="0"))
+    return e
+
+
+@pytest.fixture(scope="module")
+def ssl_datasets(nnunet_env, planned_downstream, _ssl_datasets_template) -> SSLDatasets:
+    t = _ssl_datasets_template
+    shutil.copyfile(t.preprocessed / DOWNSTREAM_NAME / f"{TINY}.json",
+                    planned_downstream.preprocessed_folder / f"{TINY}.json")
+    for name in (SSL_NAME, REF_NAME):
+        for src_root, dst_root in ((t.raw, nnunet_env.raw), (t.preprocessed, nnunet_env.preprocessed)):
+            if (src_root / name).exists() and not (dst_root / name).exists():
+                shutil.copytree(src_root / name, dst_root / name)
+    return SSLDatasets(env=dict(nnunet_env.env, nnUNet_n_proc_DA="0"))
