@@ -2,7 +2,7 @@
 """Low-label benchmark: does SSL pre-training help nnU-Net when only a few labeled cases are available?
 
     python scripts/benchmark_low_label.py --profile smoke            # minutes: checks the pipeline end to end
-    python scripts/benchmark_low_label.py --profile quick            # ~2.5 h on 2 CPU cores (1 budget, 2 seeds)
+    python scripts/benchmark_low_label.py --profile quick            # ~4.5 h on 2 CPU cores (1 budget, 2 seeds)
     python scripts/benchmark_low_label.py --profile full --device cuda   # the real experiment (GPUs, days)
     python scripts/benchmark_low_label.py --profile quick --dry-run  # the plan, the expected time, no work
 
@@ -97,10 +97,12 @@ PROFILES = {
         budgets=[3], seeds=[0], pretrain=_sched(1, 2, 1), finetune=_sched(2, 2, 1), tta=False,
         n_proc_da="0", def_n_proc="1", sec_per_iter=1.3, gpu=False),
     "quick": dict(
-        about="about 2 h on 2 CPU cores for the default 7 arms, one budget and two seeds (16-feature network, "
-              "nnU-Net's validation of the fold skipped: the test split is the measure); short schedules: trends only",
+        about="about 4.5 h on 2 CPU cores for the default 7 arms, one budget and two seeds (measured: 12.5 min per "
+              "fine-tuning run, 45 min for ideal-semi); 16-feature network, nnU-Net's validation of the fold "
+              "skipped (the test split is the measure). 600 fine-tuning iterations: with 160, no arm segmented "
+              "anything. Short schedules: trends only",
         tiny=True, max_features=16, batch_size=2, max_cases=None, num_test=30, num_reference=20, num_val=10,
-        budgets=[10], seeds=[0, 1], pretrain=_sched(8, 25, 2), finetune=_sched(8, 20, 2) + ",final_validation=False",
+        budgets=[10], seeds=[0, 1], pretrain=_sched(8, 25, 2), finetune=_sched(30, 20, 2) + ",final_validation=False",
         tta=False, n_proc_da="1", def_n_proc="1", sec_per_iter=1.1, gpu=False),
     "full": dict(
         about="GPUs: nnU-Net default plans, 1000 x 250 iterations of pre-training, nnU-Net's default 1000-epoch "
