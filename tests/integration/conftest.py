@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List
@@ -46,16 +45,6 @@ def _shared_data_dir() -> Path:
     if env:
         return Path(env).expanduser()
     return Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
-def _nnunet_command(name: str) -> str:
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} not found next to {sys.executable} or on PATH: install nnunetv2 in this environment")
-    return found
 
 
 @dataclass
@@ -131,7 +120,7 @@ def _planned_downstream_template(tmp_path_factory, shared_data):
     dataset_json["numTraining"] = len(cases)
     dataset_json["name"] = "HippoSmall"
     (ds / "dataset.json").write_text(json.dumps(dataset_json, indent=4))
-    cmd = [_nnunet_command("nnUNetv2_plan_and_preprocess"), "-d", str(DOWNSTREAM_ID), "-c", "3d_fullres",
+    cmd = [nnunet_bin("nnUNetv2_plan_and_preprocess"), "-d", str(DOWNSTREAM_ID), "-c", "3d_fullres",
            "-np", "2"]
     proc = subprocess.run(cmd, env=e.env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
