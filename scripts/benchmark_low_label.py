@@ -647,6 +647,44 @@ def paired_stats(per_case, labels, arms, budgets, names):
     return out
 
 
+def per_seed_table(rows: List[dict], labels: List[int], names: Dict[str, str]) -> List[str]:
+    """Per run (arm x budget x seed): mean Dice per class and how many test cases got ANY foreground predicted.
+
+    A run that predicts nothing on every test case has not left nnU-Net's initial all-background phase within the
+    schedule; its Dice 0 measures the schedule length, not the pre-training, so the table flags it.
+    """
+    per_run: Dict[tuple, Dict[str, dict]] = {}
+    for r in rows:
+        case = per_run.setdefault((r["arm"], r["budget"], r["seed"]), {}).setdefault(r["case"], {})
+        case[str(r["class_id"])] = r["dice"]
+        case["predicted"] = case.get("predicted", False) or bool(r.get("n_pred") or 0)
+    if not per_run:
+        return []
+    classes = [str(lb) for lb in labels]
+    lines = ["", "## Per seed (does the run segment anything at all?)", "",
+             "| arm | budget | seed | " + " | ".join(names.get(c, c) for c in classes) +
+             " | foreground mean | test cases with any foreground predicted |",
+             "|---|---|---|" + "---|" * (len(classes) + 2)]
+    empty = []
+    order = sorted(per_run, key=lambda k: (k[1], ARM_ORDER.index(k[0]) if k[0] in ARM_ORDER else 99, k[2]))
+    for key in order:
+        cases = per_run[key]
+        per_class = [_mean([c.get(cl) for c in cases.values()]) for cl in classes]
+        fg = _mean([_mean([c.get(cl) for cl in classes]) for c in cases.values()])
+        n_pred = sum(1 for c in cases.values() if c["predicted"])
+        flag = "" if n_pred else " **(none: still all background)**"
+        if not n_pred:
+            empty.append(key)
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(_fmt(v) for v in per_class) +
+                     f" | {_fmt(fg)} | {n_pred}/{len(cases)}{flag} |")
+    if empty:
+        lines += ["", f"{len(empty)} of {len(per_run)} runs predicted no foreground on any test case: their schedule "
+                      "ended before nnU-Net left its initial all-background phase. Their Dice 0 says the schedule was "
+                      "too short for that start and those labeled cases, not how good the representation is; with "
+                      "such runs in the table, differences between arms are not evidence about the methods."]
+    return lines
+
+
 def _log_curves(folder: Path) -> Dict[str, List[float]]:
     """Per-epoch train loss and mean pseudo Dice (nnU-Net's validation-patch estimate) from the training logs."""
     import re
@@ -767,6 +805,7 @@ def write_report(args, data: dict, split: Split, runs: List[Run], est: dict, t_t
                          f"{_fmt(s['wilcoxon_p'], 4)} |")
         lines += ["", "Wilcoxon signed-rank test (scipy.stats.wilcoxon, two-sided) over the per-case differences; "
                       "no correction for the number of comparisons."]
+    lines += per_seed_table(rows, labels, names)
     lines += curves_table(args, data, runs)
     lines += ["", "## Notes", "",
               "- ReFs reference: " + (f"{args.reference_source} (another labeled dataset)" if args.reference_source

@@ -1,0 +1,49 @@
+"""The low-label benchmark's per-seed table flags runs that segmented nothing (pure Python, no nnU-Net run)."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_low_label.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("benchmark_low_label", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _rows(arm, seed, dice_by_case, n_pred_by_case):
+    rows = []
+    for case, (d1, d2) in dice_by_case.items():
+        for cls, d in ((1, d1), (2, d2)):
+            rows.append({"arm": arm, "budget": 10, "seed": seed, "case": case, "class_id": cls, "dice": d,
+                         "n_pred": n_pred_by_case[case][cls - 1]})
+    return rows
+
+
+def test_per_seed_table_flags_only_runs_without_any_foreground(bench):
+    rows = _rows("scratch", 0, {"a": (0.5, 0.7), "b": (0.3, 0.1)}, {"a": (10, 5), "b": (3, 1)})
+    # gmim seed 1: nothing predicted anywhere (evaluate_simple reports Dice 0 when the reference is not empty)
+    rows += _rows("gmim", 1, {"a": (0.0, 0.0), "b": (0.0, 0.0)}, {"a": (0, 0), "b": (0, 0)})
+    # pgl seed 0: Dice 0 everywhere, but case b got voxels predicted (in the wrong place): not "nothing"
+    rows += _rows("pgl", 0, {"a": (0.0, 0.0), "b": (0.0, 0.0)}, {"a": (0, 0), "b": (4, 0)})
+    lines = bench.per_seed_table(rows, [1, 2], {"1": "Anterior", "2": "Posterior"})
+    by_arm = {ln.split("|")[1].strip(): ln for ln in lines if ln.startswith("| ") and "budget" not in ln}
+    assert "2/2 |" in by_arm["scratch"] and "none" not in by_arm["scratch"]
+    assert "0.4000" in by_arm["scratch"] and "0.4000" in by_arm["scratch"].split("|")[4]  # Anterior mean
+    assert "0.4000" in by_arm["scratch"].split("|")[6]  # foreground mean (0.6 + 0.2) / 2
+    assert "0/2 **(none: still all background)**" in by_arm["gmim"]
+    assert "1/2 |" in by_arm["pgl"] and "none" not in by_arm["pgl"]
+    assert any(ln.startswith("1 of 3 runs predicted no foreground") for ln in lines)
+
+
+def test_per_seed_table_without_empty_runs_has_no_warning(bench):
+    rows = _rows("scratch", 0, {"a": (0.5, 0.7)}, {"a": (10, 5)})
+    lines = bench.per_seed_table(rows, [1, 2], {})
+    assert not any("predicted no foreground" in ln for ln in lines)
+    assert bench.per_seed_table([], [1, 2], {}) == []
