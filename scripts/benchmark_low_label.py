@@ -64,7 +64,8 @@ import _bench_common as bc  # noqa: E402
 from nnunet_ssl.errors import UserInputError  # noqa: E402
 
 PRETRAIN_TRAINERS = {"mae": "MAETrainer", "gmim": "GMIMTrainer", "pgl": "PGLTrainer", "ideal": "IDEALTrainer",
-                     "refs": "ReFsTrainer"}
+                     "refs": "ReFsTrainer", "mae50": "MAETrainer"}
+PRETRAIN_SETTINGS = {"mae50": "mask_ratio=0.5"}  # extra pre-training NNUNET_SSL_SETTINGS of a method
 ARMS = {  # arm -> (fine-tuning trainer, pre-training method or None, uses the unlabeled pool)
     "scratch": ("SSLScratchTrainer", None, False),
     "mae": ("SSLFinetuneTrainer", "mae", False),
@@ -75,10 +76,12 @@ ARMS = {  # arm -> (fine-tuning trainer, pre-training method or None, uses the u
     "refs": ("SSLFinetuneTrainer", "refs", False),
     # opt-in diagnostic arm (not in the default set): the MAE checkpoint with its decoder left random
     "mae-encoder": ("SSLFinetuneTrainer", "mae", False),
+    # opt-in diagnostic arm: MAE pre-trained with half the input masked instead of 75 %
+    "mae50": ("SSLFinetuneTrainer", "mae50", False),
 }
 ARM_SETTINGS = {"mae-encoder": "load_decoder=False"}  # extra fine-tuning NNUNET_SSL_SETTINGS of an arm
 ARM_ORDER = list(ARMS)
-DEFAULT_ARMS = [a for a in ARM_ORDER if a != "mae-encoder"]
+DEFAULT_ARMS = [a for a in ARM_ORDER if a not in ("mae-encoder", "mae50")]
 # time per training iteration relative to a stock fine-tuning iteration (our estimate; --cost-json replaces them
 # with measured ratios from scripts/benchmark_cost.py)
 # (defaults: the CPU figures of scripts/results/cost_*.md, ReFs after cosine_every=10)
@@ -153,7 +156,8 @@ def parse_args(argv=None):
     g.add_argument("-np", "--num-processes", type=int, default=2, help="processes for planning/ingestion")
     g = p.add_argument_group("experiment")
     g.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=ARM_ORDER,
-                   help="default: every arm but the diagnostic mae-encoder (MAE, encoder-only transfer)")
+                   help="default: every arm but the diagnostics mae-encoder (MAE, encoder-only transfer) and mae50 "
+                        "(MAE pre-trained with mask_ratio=0.5)")
     g.add_argument("--budgets", nargs="+", type=int, default=None)
     g.add_argument("--seeds", nargs="+", type=int, default=None)
     g.add_argument("--fold", default="0", help="fine-tuning fold (0; 'all' also works: then the budget picks from "
@@ -451,7 +455,8 @@ def run_pretraining(args, data: dict, method: str, runner: Runner, device: str) 
     folder.mkdir(parents=True, exist_ok=True)
     trainer = PRETRAIN_TRAINERS[method]
     cont = ["--c"] if (ckpt.parent / "checkpoint_latest.pth").is_file() else []
-    env = {"nnUNet_results": str(folder / "nnUNet_results"), "NNUNET_SSL_SETTINGS": args.pretrain_settings}
+    settings = _settings(args.pretrain_settings, PRETRAIN_SETTINGS.get(method, ""))
+    env = {"nnUNet_results": str(folder / "nnUNet_results"), "NNUNET_SSL_SETTINGS": settings}
     if method == "refs":
         if data["reference"] is None:
             raise UserInputError("refs: no reference dataset was prepared")
@@ -461,7 +466,7 @@ def run_pretraining(args, data: dict, method: str, runner: Runner, device: str) 
                                      data["plans"], "-device", device] + cont, env, folder / "train.log")
     if not ckpt.is_file():
         raise UserInputError(f"pre-training {method} ended without {ckpt}; see {folder / 'train.log'}")
-    bc.write_json({"method": method, "trainer": trainer, "seconds": secs, "settings": args.pretrain_settings},
+    bc.write_json({"method": method, "trainer": trainer, "seconds": secs, "settings": settings},
                   folder / "run.json")
     bc.log(f"pre-training {method}: finished in {bc.fmt_duration(secs)}")
     return secs
@@ -877,6 +882,9 @@ def describe(args, split: Split, est: dict, pre_methods: List[str], runs: List[R
     print(f"  arms {', '.join(args.arms)}; budgets {args.budgets}; seeds {args.seeds} -> "
           f"{len(pre_methods)} pre-training(s), {len(runs)} fine-tune/predict run(s)")
     print(f"  pre-training NNUNET_SSL_SETTINGS='{args.pretrain_settings}'")
+    for m in pre_methods:
+        if m in PRETRAIN_SETTINGS:
+            print(f"    + for {m}: {PRETRAIN_SETTINGS[m]}")
     print(f"  fine-tuning NNUNET_SSL_SETTINGS='{_settings(args.finetune_settings, 'label_budget=N,label_seed=S')}'")
     print(f"  test-time mirroring {'on' if args.tta else 'off'}; nnUNet_n_proc_DA="
           f"{os.environ.get('nnUNet_n_proc_DA', 'nnU-Net default')}, nnUNet_def_n_proc="
