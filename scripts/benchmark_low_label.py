@@ -702,6 +702,17 @@ def _log_curves(folder: Path) -> Dict[str, List[float]]:
     return {"train_loss": loss, "pseudo_dice": dice}
 
 
+def first_epoch_reaching(values: List[float], threshold: float) -> Optional[int]:
+    """Index of the first epoch whose value is >= threshold (None if never): when did foreground emerge?"""
+    for i, v in enumerate(values):
+        if math.isfinite(v) and v >= threshold:
+            return i
+    return None
+
+
+EMERGE_DICE = 0.1  # pseudo Dice that counts as "the run has started to segment"
+
+
 def curves_table(args, data: dict, runs: List[Run]) -> List[str]:
     """Fine-tuning dynamics per arm (mean over seeds): does a pre-trained start learn faster or slower?"""
     per_arm: Dict[tuple, List[Dict[str, List[float]]]] = {}
@@ -716,16 +727,21 @@ def curves_table(args, data: dict, runs: List[Run]) -> List[str]:
         vals = [c[key][i] for c in curves if len(c[key]) > abs(i) and math.isfinite(c[key][i])]
         return _fmt(_mean(vals), 3) if vals else "-"
 
+    def emerged(curves):
+        firsts = [first_epoch_reaching(c["pseudo_dice"], EMERGE_DICE) for c in curves]
+        return ", ".join("never" if f is None else str(f) for f in firsts)
+
     lines = ["", "## Fine-tuning curves (training logs; mean over seeds)", "",
-             "| arm | budget | train loss epoch 0 | epoch 1 | mid | last | pseudo Dice epoch 1 | mid | last |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| arm | budget | train loss epoch 0 | epoch 1 | mid | last | pseudo Dice epoch 1 | mid | last | "
+             f"first epoch with pseudo Dice >= {EMERGE_DICE} (per seed) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for (arm, budget), curves in sorted(per_arm.items(), key=lambda kv: (kv[0][1], ARM_ORDER.index(kv[0][0]))):
         n = min(len(c["train_loss"]) for c in curves)
         mid = max(0, n // 2)
         lines.append(f"| {arm} | {budget} | {at(curves, 'train_loss', 0)} | {at(curves, 'train_loss', 1)} | "
                      f"{at(curves, 'train_loss', mid)} | {at(curves, 'train_loss', -1)} | "
                      f"{at(curves, 'pseudo_dice', 1)} | {at(curves, 'pseudo_dice', mid)} | "
-                     f"{at(curves, 'pseudo_dice', -1)} |")
+                     f"{at(curves, 'pseudo_dice', -1)} | {emerged(curves)} |")
     lines += ["", "Train loss = nnU-Net's Dice + CE (lower is better, negative once Dice dominates); pseudo Dice = "
                   "nnU-Net's per-epoch estimate on validation patches, foreground classes averaged."]
     return lines

@@ -47,3 +47,9 @@ def test_per_seed_table_without_empty_runs_has_no_warning(bench):
     lines = bench.per_seed_table(rows, [1, 2], {})
     assert not any("predicted no foreground" in ln for ln in lines)
     assert bench.per_seed_table([], [1, 2], {}) == []
+
+
+def test_first_epoch_reaching_threshold(bench):
+    assert bench.first_epoch_reaching([0.0, 0.05, float("nan"), 0.12, 0.0, 0.5], 0.1) == 3
+    assert bench.first_epoch_reaching([0.0, 0.09, float("nan")], 0.1) is None
+    assert bench.first_epoch_reaching([], 0.1) is None
