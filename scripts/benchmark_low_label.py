@@ -103,7 +103,9 @@ PROFILES = {
         about="about 4.5 h on 2 CPU cores for the default 7 arms, one budget and two seeds (measured: 12.5 min per "
               "fine-tuning run, 45 min for ideal-semi); 16-feature network, nnU-Net's validation of the fold "
               "skipped (the test split is the measure). 600 fine-tuning iterations: with 160, no arm segmented "
-              "anything. Short schedules: trends only",
+              "anything; with 600 the runs sit at the point where nnU-Net leaves its all-background phase, so some "
+              "runs of any arm still segment nothing (flagged in the report). Checks the pipeline and shows trends; "
+              "it cannot rank methods",
         tiny=True, max_features=16, batch_size=2, max_cases=None, num_test=30, num_reference=20, num_val=10,
         budgets=[10], seeds=[0, 1], pretrain=_sched(8, 25, 2), finetune=_sched(30, 20, 2) + ",final_validation=False",
         tta=False, n_proc_da="1", def_n_proc="1", sec_per_iter=1.1, gpu=False),
