@@ -654,38 +654,38 @@ def paired_stats(per_case, labels, arms, budgets, names):
     return out
 
 
-def per_seed_table(rows: List[dict], labels: List[int], names: Dict[str, str]) -> List[str]:
-    """Per run (arm x budget x seed): mean Dice per class and how many test cases got ANY foreground predicted.
+def per_seed_table(rows: List[dict], seed_means: Dict[tuple, Optional[float]], labels: List[int],
+                   names: Dict[str, str]) -> List[str]:
+    """Per run (arm x budget x seed): mean Dice per class (``seed_means`` of :func:`aggregate`) and how many test
+    cases got ANY foreground predicted.
 
     A run that predicts nothing on every test case has not left nnU-Net's initial all-background phase within the
     schedule; its Dice 0 measures the schedule length, not the pre-training, so the table flags it.
     """
-    per_run: Dict[tuple, Dict[str, dict]] = {}
+    cases: Dict[tuple, set] = {}
+    predicted: Dict[tuple, set] = {}
     for r in rows:
-        case = per_run.setdefault((r["arm"], r["budget"], r["seed"]), {}).setdefault(r["case"], {})
-        case[str(r["class_id"])] = r["dice"]
-        case["predicted"] = case.get("predicted", False) or bool(r.get("n_pred") or 0)
-    if not per_run:
+        run = (r["arm"], r["budget"], r["seed"])
+        cases.setdefault(run, set()).add(r["case"])
+        if r.get("n_pred"):
+            predicted.setdefault(run, set()).add(r["case"])
+    if not cases:
         return []
-    classes = [str(lb) for lb in labels]
+    classes = [str(lb) for lb in labels] + ["mean"]
     lines = ["", "## Per seed (does the run segment anything at all?)", "",
-             "| arm | budget | seed | " + " | ".join(names.get(c, c) for c in classes) +
+             "| arm | budget | seed | " + " | ".join(names.get(c, c) for c in classes[:-1]) +
              " | foreground mean | test cases with any foreground predicted |",
-             "|---|---|---|" + "---|" * (len(classes) + 2)]
+             "|---|---|---|" + "---|" * (len(classes) + 1)]
     empty = []
-    order = sorted(per_run, key=lambda k: (k[1], ARM_ORDER.index(k[0]) if k[0] in ARM_ORDER else 99, k[2]))
-    for key in order:
-        cases = per_run[key]
-        per_class = [_mean([c.get(cl) for c in cases.values()]) for cl in classes]
-        fg = _mean([_mean([c.get(cl) for cl in classes]) for c in cases.values()])
-        n_pred = sum(1 for c in cases.values() if c["predicted"])
-        flag = "" if n_pred else " **(none: still all background)**"
+    for run in sorted(cases, key=lambda k: (k[1], ARM_ORDER.index(k[0]), k[2])):
+        n_pred = len(predicted.get(run, ()))
         if not n_pred:
-            empty.append(key)
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join(_fmt(v) for v in per_class) +
-                     f" | {_fmt(fg)} | {n_pred}/{len(cases)}{flag} |")
+            empty.append(run)
+        lines.append(f"| {run[0]} | {run[1]} | {run[2]} | " +
+                     " | ".join(_fmt(seed_means.get(run + (c,))) for c in classes) +
+                     f" | {n_pred}/{len(cases[run])}" + ("" if n_pred else " **(none: still all background)**") + " |")
     if empty:
-        lines += ["", f"{len(empty)} of {len(per_run)} runs predicted no foreground on any test case: their schedule "
+        lines += ["", f"{len(empty)} of {len(cases)} runs predicted no foreground on any test case: their schedule "
                       "ended before nnU-Net left its initial all-background phase. Their Dice 0 says the schedule was "
                       "too short for that start and those labeled cases, not how good the representation is; with "
                       "such runs in the table, differences between arms are not evidence about the methods."]
@@ -828,7 +828,7 @@ def write_report(args, data: dict, split: Split, runs: List[Run], est: dict, t_t
                          f"{_fmt(s['wilcoxon_p'], 4)} |")
         lines += ["", "Wilcoxon signed-rank test (scipy.stats.wilcoxon, two-sided) over the per-case differences; "
                       "no correction for the number of comparisons."]
-    lines += per_seed_table(rows, labels, names)
+    lines += per_seed_table(rows, seed_means, labels, names)
     lines += curves_table(args, data, runs)
     lines += ["", "## Notes", "",
               "- ReFs reference: " + (f"{args.reference_source} (another labeled dataset)" if args.reference_source

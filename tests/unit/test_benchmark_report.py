@@ -32,7 +32,7 @@ def test_per_seed_table_flags_only_runs_without_any_foreground(bench):
     rows += _rows("gmim", 1, {"a": (0.0, 0.0), "b": (0.0, 0.0)}, {"a": (0, 0), "b": (0, 0)})
     # pgl seed 0: Dice 0 everywhere, but case b got voxels predicted (in the wrong place): not "nothing"
     rows += _rows("pgl", 0, {"a": (0.0, 0.0), "b": (0.0, 0.0)}, {"a": (0, 0), "b": (4, 0)})
-    lines = bench.per_seed_table(rows, [1, 2], {"1": "Anterior", "2": "Posterior"})
+    lines = bench.per_seed_table(rows, bench.aggregate(rows, [1, 2])[1], [1, 2], {"1": "Anterior", "2": "Posterior"})
     by_arm = {ln.split("|")[1].strip(): ln for ln in lines if ln.startswith("| ") and "budget" not in ln}
     assert "2/2 |" in by_arm["scratch"] and "none" not in by_arm["scratch"]
     assert "0.4000" in by_arm["scratch"] and "0.4000" in by_arm["scratch"].split("|")[4]  # Anterior mean
@@ -44,9 +44,9 @@ def test_per_seed_table_flags_only_runs_without_any_foreground(bench):
 
 def test_per_seed_table_without_empty_runs_has_no_warning(bench):
     rows = _rows("scratch", 0, {"a": (0.5, 0.7)}, {"a": (10, 5)})
-    lines = bench.per_seed_table(rows, [1, 2], {})
+    lines = bench.per_seed_table(rows, bench.aggregate(rows, [1, 2])[1], [1, 2], {})
     assert not any("predicted no foreground" in ln for ln in lines)
-    assert bench.per_seed_table([], [1, 2], {}) == []
+    assert bench.per_seed_table([], {}, [1, 2], {}) == []
 
 
 def test_first_epoch_reaching_threshold(bench):
