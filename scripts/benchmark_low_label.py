@@ -93,6 +93,9 @@ def _sched(epochs: int, iters: int, val_iters: int) -> str:
     return f"num_epochs={epochs},num_iterations_per_epoch={iters},num_val_iterations_per_epoch={val_iters}"
 
 
+# the CPU profiles' data split, budget, seeds, plans shape and pre-training schedule
+QUICK_SPLIT = dict(tiny=True, batch_size=2, max_cases=None, num_test=30, num_reference=20, num_val=10, budgets=[10],
+                   seeds=[0, 1], pretrain=_sched(8, 25, 2), tta=False, n_proc_da="1", def_n_proc="1", gpu=False)
 PROFILES = {
     "smoke": dict(
         about="minutes, checks the whole pipeline (numbers meaningless)",
@@ -100,22 +103,20 @@ PROFILES = {
         budgets=[3], seeds=[0], pretrain=_sched(1, 2, 1), finetune=_sched(2, 2, 1), tta=False,
         n_proc_da="0", def_n_proc="1", sec_per_iter=1.3, gpu=False),
     "quick": dict(
+        QUICK_SPLIT,
         about="about 4.5 h on 2 CPU cores for the default 7 arms, one budget and two seeds (measured: 12.5 min per "
               "fine-tuning run, 45 min for ideal-semi); 16-feature network, nnU-Net's validation of the fold "
               "skipped (the test split is the measure). 600 fine-tuning iterations: with 160, no arm segmented "
               "anything; with 600 the runs sit at the point where nnU-Net leaves its all-background phase, so some "
               "runs of any arm still segment nothing (flagged in the report). Checks the pipeline and shows trends; "
               "it cannot rank methods",
-        tiny=True, max_features=16, batch_size=2, max_cases=None, num_test=30, num_reference=20, num_val=10,
-        budgets=[10], seeds=[0, 1], pretrain=_sched(8, 25, 2), finetune=_sched(30, 20, 2) + ",final_validation=False",
-        tta=False, n_proc_da="1", def_n_proc="1", sec_per_iter=1.1, gpu=False),
+        max_features=16, finetune=_sched(30, 20, 2) + ",final_validation=False", sec_per_iter=1.1),
     "cpu-rank": dict(
+        QUICK_SPLIT,
         about="the quick profile's split and budget past nnU-Net's all-background phase on a CPU: 8-feature network "
               "(measured 0.37 s per training step on 2 cores, 2.3x cheaper than 16 features), 2000 fine-tuning "
               "iterations (3.3x quick's), 200 pre-training iterations; about 15 min per fine-tuning run",
-        tiny=True, max_features=8, batch_size=2, max_cases=None, num_test=30, num_reference=20, num_val=10,
-        budgets=[10], seeds=[0, 1], pretrain=_sched(8, 25, 2), finetune=_sched(40, 50, 4) + ",final_validation=False",
-        tta=False, n_proc_da="1", def_n_proc="1", sec_per_iter=0.45, gpu=False),
+        max_features=8, finetune=_sched(40, 50, 4) + ",final_validation=False", sec_per_iter=0.45),
     "full": dict(
         about="GPUs: nnU-Net default plans, 1000 x 250 iterations of pre-training, nnU-Net's default 1000-epoch "
               "fine-tuning schedule, 3 budgets x 3 seeds, test-time mirroring",
