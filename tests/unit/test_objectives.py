@@ -24,6 +24,16 @@ def _voxels(x):
     return [[[float(flat[i, ch, v]) for ch in range(c)] for v in range(flat.shape[2])] for i in range(b)]
 
 
+def _two_maps(seed, channels, ndim):
+    """Seeds torch, then two random (2, channels, *spatial) maps."""
+    torch.manual_seed(seed)
+    return torch.randn(2, channels, *SPATIAL[ndim]), torch.randn(2, channels, *SPATIAL[ndim])
+
+
+def _random_mask(ndim, p_false):
+    return torch.rand(2, 1, *SPATIAL[ndim]) > p_false
+
+
 def _dot(a, b):
     return sum(x * y for x, y in zip(a, b))
 
@@ -47,10 +57,8 @@ def test_local_consistency_zero_for_same_direction(ndim):
 
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_local_consistency_matches_loop_formula_with_mask(ndim):
-    torch.manual_seed(1)
-    p = torch.randn(2, 4, *SPATIAL[ndim])
-    z = torch.randn(2, 4, *SPATIAL[ndim])
-    valid = torch.rand(2, 1, *SPATIAL[ndim]) > 0.4
+    p, z = _two_maps(1, 4, ndim)
+    valid = _random_mask(ndim, 0.4)
     pv, zv = _voxels(p), _voxels(z)
     vv = valid.reshape(2, -1)
     terms_all, terms_valid = [], []
@@ -129,9 +137,7 @@ def _infonce_loop(q, k, t, valid=None):
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("temperature", [0.1, 0.5])
 def test_dense_infonce_matches_loop_formula(ndim, temperature):
-    torch.manual_seed(3)
-    q = torch.randn(2, 4, *SPATIAL[ndim])
-    k = torch.randn(2, 4, *SPATIAL[ndim])
+    q, k = _two_maps(3, 4, ndim)
     loss = DenseInfoNCELoss(temperature=temperature, num_samples=1000)
     assert loss(q, k).item() == pytest.approx(_infonce_loop(q, k, temperature), rel=1e-5)
 
@@ -228,9 +234,7 @@ def test_cross_correlation_tokens_match_loop_formula():
 
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_cross_correlation_dense_input_equals_tokens(ndim):
-    torch.manual_seed(8)
-    za = torch.randn(2, 5, *SPATIAL[ndim])
-    zb = torch.randn(2, 5, *SPATIAL[ndim])
+    za, zb = _two_maps(8, 5, ndim)
     loss = CrossCorrelationLoss()
     tokens_a = za.flatten(2).transpose(1, 2)
     tokens_b = zb.flatten(2).transpose(1, 2)
@@ -262,10 +266,8 @@ def test_cross_correlation_identical_decorrelated_inputs_near_zero():
 
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_masked_mse_matches_formula(ndim):
-    torch.manual_seed(10)
-    pred = torch.randn(2, 3, *SPATIAL[ndim])
-    target = torch.randn(2, 3, *SPATIAL[ndim])
-    mask = torch.rand(2, 1, *SPATIAL[ndim]) > 0.5
+    pred, target = _two_maps(10, 3, ndim)
+    mask = _random_mask(ndim, 0.5)
     full = mask.expand_as(pred)
     expected = ((pred - target)[full] ** 2).mean()
     assert MaskedMSELoss()(pred, target, mask).item() == pytest.approx(expected.item(), rel=1e-6)
@@ -302,9 +304,7 @@ def test_masked_mse_nothing_masked_is_zero_with_grad_path():
 
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_cps_gradient_only_from_own_term(ndim):
-    torch.manual_seed(12)
-    la0 = torch.randn(2, 3, *SPATIAL[ndim])
-    lb0 = torch.randn(2, 3, *SPATIAL[ndim])
+    la0, lb0 = _two_maps(12, 3, ndim)
     loss = CrossPseudoSupervisionLoss()
 
     # la requires grad, lb does not: gradient of la == gradient of CE(la, argmax lb)
