@@ -1,0 +1,148 @@
+"""Does a pre-trained checkpoint let gradients through at the first fine-tuning step?
+
+For a downstream dataset, its plans and one or more pre-trained checkpoints, build the fine-tuning network exactly as
+nnU-Net does, load each checkpoint the way ``SSLFinetuneTrainer`` does (``nnunet_ssl.transfer.transfer_weights``,
+optionally encoder only), run one batch of real preprocessed training cases through nnU-Net's Dice + CE loss
+(full resolution, no deep supervision) and print, against a randomly initialised network of the same seed:
+
+* the gradient norm reaching the encoder, the decoder and the output layer;
+* the last decoder stage's features (what the new output layer sees): fraction > 0 and the spread of each channel
+  over the batch (a channel with std near 0 passes almost no signal or gradient).
+
+A checkpoint whose encoder gradient is far below the random network's starts fine-tuning with a blocked network:
+nnU-Net then stays longer in its initial all-background phase (README, low-label benchmark).
+
+    python scripts/probe_finetune_start.py -d Dataset960_LowLabelDownstream -p nnUNetPlansTiny8 \\
+        gmim=/path/checkpoint_final.pth mae=/path/checkpoint_final.pth [--encoder-only] [--cases 4]
+
+Uses ``nnUNet_preprocessed``; CPU is enough (one forward/backward per checkpoint).
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _bench_common as bc  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-d", "--dataset", required=True, help="downstream dataset name or id (preprocessed)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans")
+    p.add_argument("-c", "--configuration", default="3d_fullres")
+    p.add_argument("checkpoints", nargs="+", metavar="NAME=PATH", help="pre-trained checkpoints to probe")
+    p.add_argument("--encoder-only", action="store_true", help="transfer the encoder only (load_decoder=False)")
+    p.add_argument("--cases", type=int, default=4, help="training cases in the batch (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    pairs = []
+    for item in args.checkpoints:
+        name, sep, path = item.partition("=")
+        if not sep or not Path(path).is_file():
+            p.error(f"{item!r}: expected NAME=PATH of an existing checkpoint file")
+        pairs.append((name, path))
+    args.checkpoints = pairs
+    return args
+
+
+def _center_crop_or_pad(x: np.ndarray, patch) -> np.ndarray:
+    out = np.zeros((x.shape[0], *patch), dtype=np.float32)
+    src, dst = [], []
+    for size, want in zip(x.shape[1:], patch):
+        a = max(0, (size - want) // 2)
+        b = max(0, (want - size) // 2)
+        n = min(size, want)
+        src.append(slice(a, a + n))
+        dst.append(slice(b, b + n))
+    out[(slice(None), *dst)] = x[(slice(None), *src)]
+    return out
+
+
+def load_batch(folder: str, patch, num_cases: int):
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    cls = infer_dataset_class(folder)
+    ids = sorted(cls.get_identifiers(folder))[:num_cases]
+    dataset = cls(folder, ids)
+    images, segs = [], []
+    for i in ids:
+        data, seg, _, _ = dataset.load_case(i)
+        images.append(_center_crop_or_pad(np.asarray(data), patch))
+        segs.append(_center_crop_or_pad(np.asarray(seg), patch))
+    # -1 marks voxels outside the nonzero mask; nnU-Net's training transforms set them to background too
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(segs)).round().long().clamp_(min=0)
+
+
+def probe(network, x, y, loss_fn) -> dict:
+    from nnunet_ssl.network_parts import is_encoder_key
+    seen = {}
+    hook = network.decoder.stages[-1].register_forward_hook(lambda m, i, o: seen.__setitem__("features", o.detach()))
+    network.zero_grad()
+    loss = loss_fn(network(x), y)
+    loss.backward()
+    hook.remove()
+    groups = {"encoder": 0.0, "decoder": 0.0, "output layer": 0.0}
+    for name, prm in network.named_parameters():
+        if prm.grad is None:
+            continue
+        group = "output layer" if ".seg_layers." in name else ("encoder" if is_encoder_key(name) else "decoder")
+        groups[group] += prm.grad.pow(2).sum().item()
+    f = seen["features"]
+    channel_std = f.transpose(0, 1).flatten(1).std(dim=1)
+    return dict(loss=loss.item(), **{k: v ** 0.5 for k, v in groups.items()},
+                positive=(f > 0).float().mean().item(), std_min=channel_std.min().item(),
+                std_median=channel_std.median().item())
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunet_ssl.checkpoint import load_checkpoint_file
+    from nnunet_ssl.transfer import transfer_weights
+
+    name = maybe_convert_to_dataset_name(args.dataset)
+    root = Path(os.environ["nnUNet_preprocessed"]) / name
+    plans = PlansManager(bc.load_json(root / f"{args.plans}.json"))
+    dataset_json = bc.load_json(root / "dataset.json")
+    cm = plans.get_configuration(args.configuration)
+    lm = plans.get_label_manager(dataset_json)
+    if lm.has_regions:
+        sys.exit("region-based datasets are not supported by this probe")
+    x, y = load_batch(str(root / cm.data_identifier), cm.patch_size, args.cases)
+    loss_fn = DC_and_CE_loss({"batch_dice": cm.batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                             weight_ce=1, weight_dice=1, ignore_label=lm.ignore_label,
+                             dice_class=MemoryEfficientSoftDiceLoss)
+    n_in = determine_num_input_channels(plans, cm, dataset_json)
+
+    def network():
+        torch.manual_seed(args.seed)
+        return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
+                                      cm.network_arch_init_kwargs_req_import, n_in, lm.num_segmentation_heads,
+                                      deep_supervision=False)
+
+    print(f"{name} {args.plans} {args.configuration}: {x.shape[0]} training cases, patch {list(cm.patch_size)}, "
+          f"nnU-Net's Dice + CE at full resolution; transfer: {'encoder only' if args.encoder_only else 'all but the output layer'}")
+    rows = [("random init", probe(network(), x, y, loss_fn))]
+    for label, path in args.checkpoints:
+        net = network()
+        transfer_weights(net, load_checkpoint_file(path, map_location="cpu"), load_decoder=not args.encoder_only)
+        rows.append((label, probe(net, x, y, loss_fn)))
+    ref = rows[0][1]["encoder"]
+    print("\n| start | loss | grad encoder | vs random | grad decoder | grad output layer | last decoder features > 0 "
+          "| their channel std: min / median |")
+    print("|---|---|---|---|---|---|---|---|")
+    for label, r in rows:
+        print(f"| {label} | {r['loss']:.3f} | {r['encoder']:.4f} | {r['encoder'] / ref:.2f}x | {r['decoder']:.4f} | "
+              f"{r['output layer']:.4f} | {r['positive']:.2f} | {r['std_min']:.3f} / {r['std_median']:.3f} |")
+
+
+if __name__ == "__main__":
+    bc.run_main(main)
