@@ -12,7 +12,7 @@ Rules (each key of the fine-tuning network ends up in exactly one bucket of the 
 * segmentation layers (``.seg_layers.``): never loaded (task-specific output).
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -123,3 +123,25 @@ def transfer_weights(network: nn.Module, checkpoint: Dict, load_decoder: bool = 
     merged.update(new_state)
     net.load_state_dict(merged)
     return report
+
+
+def recommended_load_decoder(checkpoint: Dict,
+                             decoder_transfers_of: Optional[Callable[[str], Optional[bool]]] = None
+                             ) -> Tuple[bool, str]:
+    """Whether fine-tuning should load this checkpoint's decoder, and why.
+
+    Our pre-training checkpoints say so themselves (``checkpoint["nnunet_ssl"]["transfer_decoder"]``, set from the
+    trainer's ``decoder_transfers``); for older ones of ours ``decoder_transfers_of(trainer_name)`` is asked. A
+    decoder trained to reconstruct the input (MAE, GMIM, ReFs on MAE) is not transferred: at the first fine-tuning
+    step it passes the encoder 2-25 % of the gradient a random decoder passes (``scripts/probe_finetune_start.py``),
+    and nnU-Net then stays longer in its all-background phase. Any other checkpoint (nnssl's, stock nnU-Net's):
+    decoder loaded."""
+    meta = checkpoint.get("nnunet_ssl") or {}
+    name = checkpoint.get("trainer_name") or "unknown trainer"
+    value = meta.get("transfer_decoder")
+    if value is None and meta.get("kind") == "pretraining" and decoder_transfers_of is not None:
+        value = decoder_transfers_of(name)
+    if value is None or value:
+        return True, f"{name} checkpoint: decoder loaded where shapes match"
+    return False, (f"{name} checkpoint: decoder left at its initialisation (it was trained to reconstruct the input "
+                   f"and blocks the gradient to the encoder); load_decoder=True loads it")

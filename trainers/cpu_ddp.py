@@ -3,10 +3,11 @@
 nnU-Net's trainer assumes DDP means CUDA: under an initialised process group it moves itself to
 ``cuda:<rank>`` and wraps the network with ``DDP(device_ids=[rank])``, which torch refuses for CPU modules. With
 this mixin (placed directly above ``nnUNetTrainer`` in the MRO), a trainer created with ``device=cpu`` inside a
-CPU (gloo) process group stays on the CPU and is wrapped with ``DDP(device_ids=None)``. Everything else of
-nnU-Net's DDP path is unchanged: per-rank batch size and oversampling, batch Dice across ranks, gradient
-averaging, rank-0-only logging and checkpoints. On GPUs (the normal ``nnUNetv2_train -num_gpus N``) nothing
-changes.
+CPU (gloo) process group stays on the CPU and is wrapped with ``DDP(device_ids=None)``. The mixin does the DDP
+wrap on GPUs as well (``nnUNetv2_train -num_gpus N``), the way nnU-Net does it (SyncBatchNorm conversion, then
+``DDP(device_ids=[local_rank])``) plus ``find_unused_parameters`` where a trainer needs it (pre-training), so the
+network is wrapped exactly once. Everything else of nnU-Net's DDP path is unchanged: per-rank batch size and
+oversampling, batch Dice across ranks, gradient averaging, rank-0-only logging and checkpoints.
 
 :func:`nnunet_ssl.cpu_ddp.run_cpu_ddp` launches such a run the way nnU-Net's ``run_ddp`` does.
 """
@@ -20,6 +21,9 @@ def _cpu_process_group() -> bool:
 
 
 class CPUDistributedMixin:
+    #: passed to DDP; pre-training sets it (some parameters, e.g. the lower-resolution outputs, get no gradient)
+    ddp_find_unused_parameters = False
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
@@ -29,9 +33,10 @@ class CPUDistributedMixin:
             self.print_to_log_file(f"DDP on CPU (gloo): rank {self.local_rank} of {dist.get_world_size()}")
 
     def initialize(self):
-        if not (self.is_ddp and self.device.type == "cpu") or self.was_initialized:
+        if not self.is_ddp or self.was_initialized:
             return super().initialize()
-        # nnU-Net's initialize with the DDP wrap left out; the DDP-dependent parts are redone below
+        # nnU-Net's initialize with its DDP wrap left out (it cannot take CPU modules or DDP options); the
+        # DDP-dependent parts are redone below and the network is wrapped exactly once
         self.is_ddp = False
         try:
             super().initialize()
@@ -39,5 +44,8 @@ class CPUDistributedMixin:
             self.is_ddp = True
         self._set_batch_size_and_oversample()
         self.loss = self._build_loss()
-        # no SyncBatchNorm conversion: it is CUDA-only (nnU-Net's plans use instance norm anyway)
-        self.network = DDP(self.network, device_ids=None)
+        on_gpu = self.device.type == "cuda"
+        if on_gpu:  # as nnU-Net does (SyncBatchNorm is CUDA-only; nnU-Net's plans use instance norm anyway)
+            self.network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.network)
+        self.network = DDP(self.network, device_ids=[self.local_rank] if on_gpu else None,
+                           find_unused_parameters=self.ddp_find_unused_parameters)

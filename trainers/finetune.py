@@ -6,7 +6,10 @@
 ``-pretrained_weights``:
 
 * the encoder is loaded, the decoder where shapes match, segmentation layers never; the training log lists every
-  key as loaded / adapted / skipped with the reason (:mod:`nnunet_ssl.transfer`);
+  key as loaded / adapted / skipped with the reason (:mod:`nnunet_ssl.transfer`). Exception: a decoder trained to
+  reconstruct the input (MAE, GMIM, ReFs on MAE) is left at its initialisation, because it blocks the gradient to
+  the encoder (``recommended_load_decoder``); ``load_decoder=True`` / ``False`` in ``NNUNET_SSL_SETTINGS`` decides
+  explicitly;
 * a different input-channel count adapts the stem as nnssl does; a truly incompatible checkpoint is refused
   naming the first mismatching layer and both shapes;
 * CUDA-saved checkpoints load on CPU-only machines; checkpoints are written atomically (temp file + rename);
@@ -29,13 +32,19 @@ from nnunet_ssl.checkpoint import atomic_file, load_checkpoint_file
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
 from nnunet_ssl.label_budget import LABEL_BUDGET_SETTINGS
 from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
-from nnunet_ssl.transfer import transfer_weights
+from nnunet_ssl.transfer import recommended_load_decoder, transfer_weights
 from nnunet_ssl_trainers.cpu_ddp import CPUDistributedMixin
 from nnunet_ssl_trainers.label_budget import LabelBudgetMixin
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.lr_schedule.nnUNetTrainer_warmup import nnUNetTrainer_warmup
 
 PRETRAINED_ENV = "NNUNET_SSL_PRETRAINED"
+
+
+def _decoder_transfers_of(trainer_name: str):
+    """``decoder_transfers`` of one of our pre-training trainers (checkpoints written before it was stored)."""
+    from nnunet_ssl_trainers import index
+    return getattr(getattr(index, trainer_name, None), "decoder_transfers", None)
 
 
 class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer_warmup):
@@ -45,7 +54,7 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer_wa
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.load_decoder = True
+        self.load_decoder = None  # None: as the pre-training recommends (recommended_load_decoder)
         self.final_validation = True  # False: skip nnU-Net's sliding-window validation of the fold (demo, benchmarks)
         self.transfer_report = None
         self._resumed = False
@@ -98,9 +107,13 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer_wa
 
     def load_pretrained(self, path: str):
         ckpt = load_checkpoint_file(path, map_location="cpu")
-        report = transfer_weights(self.network, ckpt, load_decoder=self.load_decoder)
+        load_decoder, why = recommended_load_decoder(ckpt, _decoder_transfers_of)
+        if self.load_decoder is not None:
+            load_decoder, why = self.load_decoder, f"load_decoder={self.load_decoder} (NNUNET_SSL_SETTINGS)"
+        report = transfer_weights(self.network, ckpt, load_decoder=load_decoder)
         self.transfer_report = report
         self.print_to_log_file(f"Pre-trained weights from {path}")
+        self.print_to_log_file(f"Decoder: {why}")
         self.print_to_log_file(report.summary())
         return report
 

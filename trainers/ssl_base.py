@@ -44,6 +44,12 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
     """Pre-training on unlabeled data. Not usable by itself: subclasses define the SSL objective."""
 
     ssl_curve_keys: Tuple[str, ...] = ()
+    # pre-training leaves some parameters unused (e.g. the lower-resolution output layers while deep supervision is
+    # off); DDP must be told, or the first backward fails
+    ddp_find_unused_parameters = True
+    # whether fine-tuning should load this method's decoder (nnunet_ssl.transfer.recommended_load_decoder); stored
+    # in the checkpoint
+    decoder_transfers = True
     tunable_settings: Dict[str, type] = dict(COMMON_SETTINGS, max_nonfinite_in_a_row=int, grad_clip=float)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -81,13 +87,7 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
             raise RuntimeError("initialize called twice")
         try:
             apply_env_settings(self, self.tunable_settings)
-            super().initialize()
-            if self.is_ddp:
-                # pre-training leaves some parameters unused (e.g. the lower-resolution output layers while deep
-                # supervision is off); DDP must be told, or the first backward fails
-                from torch.nn.parallel import DistributedDataParallel as DDP
-                self.network = DDP(self.network.module, device_ids=[self.local_rank] if self.device.type == "cuda"
-                                   else None, find_unused_parameters=True)
+            super().initialize()  # wraps DDP once, with find_unused_parameters (CPUDistributedMixin)
             self.build_ssl_modules()
         except UserInputError as e:
             exit_on_user_error(e)
@@ -257,7 +257,8 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
             "ssl_state": to_cpu({k: unwrap(m).state_dict() for k, m in self.ssl_modules.items()}),
             "nnunet_ssl": {"best_val_loss": self._best_val_loss, "kind": "pretraining",
                            "configuration": self.configuration_name,
-                           "nonfinite_in_a_row": self._nonfinite_in_a_row},
+                           "nonfinite_in_a_row": self._nonfinite_in_a_row,
+                           "transfer_decoder": self.decoder_transfers},
             "nnssl_adaptation_plan": adaptation_plan(net, self.plans_manager.plans, self.configuration_name,
                                                      self.num_input_channels),
         }

@@ -14,6 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from nnunet_ssl.network_parts import is_encoder_key
 from nnunet_ssl.plans_tools import derive_plans
 
 from helpers import nnunet_bin, run, training_logs
@@ -86,23 +87,26 @@ def test_pretraining_checkpoint_is_a_full_cpu_network_with_adaptation_plan(workf
     assert "recon_loss" in log and "val_loss" in log
 
 
-def test_our_route_transferred_every_non_output_tensor(workflow_run, nnunet_env):
+def test_our_route_transferred_the_encoder_and_left_the_mae_decoder_random(workflow_run, nnunet_env):
+    """MAE checkpoints: encoder transferred bit-exactly, the reconstruction decoder left at its initialisation
+    (``recommended_load_decoder``); the ReFs test covers ``load_decoder=True`` (everything but the output layer)."""
     summary = json.loads((workflow_run["report"] / "workflow_summary.json").read_text())
     pre = _weights(summary["checkpoint"])
     ft_folder = summary["arms"]["pretrained"]["output_folder"]
     ft = _weights(os.path.join(ft_folder, "checkpoint_final.pth"))
     scratch = _weights(os.path.join(summary["arms"]["scratch"]["output_folder"], "checkpoint_final.pth"))
-    compared = 0
-    for k, v in ft.items():
-        if ".seg_layers." in k:
-            continue
-        assert torch.equal(v, pre[k]), f"{k} was not transferred"
-        compared += 1
-    assert compared > 20
+    encoder = [k for k in ft if is_encoder_key(k)]
+    decoder = [k for k in ft if not is_encoder_key(k) and ".seg_layers." not in k and k.endswith("conv.weight")]
+    assert len(encoder) > 10 and len(decoder) > 3
+    for k in encoder:
+        assert torch.equal(ft[k], pre[k]), f"{k} was not transferred"
+    for k in decoder:
+        assert not torch.equal(ft[k], pre[k]), f"{k}: the MAE decoder was transferred"
     # the scratch arm really is different (so the equality above is not trivial)
-    assert not all(torch.equal(scratch[k], pre[k]) for k in scratch if ".seg_layers." not in k)
+    assert not all(torch.equal(scratch[k], pre[k]) for k in encoder)
     log = training_logs(ft_folder)
     assert "nnunet_ssl weight transfer:" in log and "skipped  decoder.seg_layers" in log
+    assert "Decoder: MAETrainer checkpoint: decoder left at its initialisation" in log
 
 
 def test_predictions_have_the_input_geometry(workflow_run):

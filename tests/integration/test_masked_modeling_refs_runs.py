@@ -73,13 +73,18 @@ def test_refs_trains_logs_matching_resumes_and_fine_tunes(datasets, nnunet_env, 
     assert resumed["logging"]["grad_cosine"][:2] == cosines
     assert "Epoch 2" in _log(folder) and "Epoch 3" not in _log(folder)
 
-    # our fine-tuning route: everything but the output layer arrives; the reference head does not exist there
-    env = dict(datasets, NNUNET_SSL_SETTINGS=LR0, NNUNET_SSL_PRETRAINED=str(folder / "checkpoint_final.pth"))
+    # our fine-tuning route with load_decoder=True (ReFs on MAE would leave the decoder random by default):
+    # everything but the output layer arrives; the reference head does not exist there
+    env = dict(datasets, NNUNET_SSL_SETTINGS=LR0 + ",load_decoder=True",
+               NNUNET_SSL_PRETRAINED=str(folder / "checkpoint_final.pth"))
     _run([_bin("nnUNetv2_train"), planned_downstream.dataset_name, "3d_fullres", "3", "-tr", "SSLFinetuneTrainer",
           "-p", TINY, "-device", "cpu"], env)
     ft = _ckpt(_folder(nnunet_env, planned_downstream.dataset_name, "SSLFinetuneTrainer", 3) / "checkpoint_final.pth")
     assert not any("ref_head" in k for k in ft["network_weights"])
     _assert_all_but_output_layer_equal(ft["network_weights"], resumed["network_weights"])
+    assert resumed["nnunet_ssl"]["transfer_decoder"] is False
+    assert "Decoder: load_decoder=True (NNUNET_SSL_SETTINGS)" in _log(
+        _folder(nnunet_env, planned_downstream.dataset_name, "SSLFinetuneTrainer", 3))
 
 
 def test_refs_reference_errors_are_clear(datasets, nnunet_env):

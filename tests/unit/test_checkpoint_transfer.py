@@ -154,3 +154,26 @@ def test_settings_parse_and_reject_unknown_names():
         parse_settings("num_epochs=two", COMMON_SETTINGS)
     with pytest.raises(UserInputError, match="name=value"):
         parse_settings("num_epochs", COMMON_SETTINGS)
+
+
+# ---------------------------------------------------------------- which checkpoints transfer their decoder
+
+def test_recommended_load_decoder_follows_the_checkpoint_then_the_trainer_then_loads():
+    from nnunet_ssl.transfer import recommended_load_decoder
+    from nnunet_ssl_trainers.finetune import _decoder_transfers_of
+    ours = {"kind": "pretraining"}
+    # stored in the checkpoint: wins over the trainer name
+    load, why = recommended_load_decoder({"trainer_name": "PGLTrainer",
+                                          "nnunet_ssl": dict(ours, transfer_decoder=False)}, _decoder_transfers_of)
+    assert load is False and "load_decoder=True loads it" in why and why.startswith("PGLTrainer")
+    assert recommended_load_decoder({"trainer_name": "MAETrainer", "nnunet_ssl": dict(ours, transfer_decoder=True)},
+                                    _decoder_transfers_of)[0] is True
+    # older checkpoints of ours: the trainer class decides (variants inherit it)
+    for name, expected in [("MAETrainer", False), ("GMIMTrainer_noSiamese", False), ("ReFsTrainer", False),
+                           ("ReFsTrainer_PGL", True), ("PGLTrainer", True), ("IDEALTrainer", True),
+                           ("SomebodyElsesTrainer", True)]:
+        got, _ = recommended_load_decoder({"trainer_name": name, "nnunet_ssl": ours}, _decoder_transfers_of)
+        assert got is expected, name
+    # not a pre-training checkpoint of ours (nnssl, stock nnU-Net): decoder loaded, whatever the name
+    assert recommended_load_decoder({"trainer_name": "MAETrainer"}, _decoder_transfers_of)[0] is True
+    assert recommended_load_decoder({"network_weights": {}})[0] is True
