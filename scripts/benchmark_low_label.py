@@ -74,16 +74,18 @@ ARMS = {  # arm -> (fine-tuning trainer, pre-training method or None, uses the u
     "ideal": ("SSLFinetuneTrainer", "ideal", False),
     "ideal-semi": ("IDEALSemiSupervisedTrainer", "ideal", True),
     "refs": ("SSLFinetuneTrainer", "refs", False),
-    # opt-in diagnostic arm (not in the default set): the MAE checkpoint with its decoder left random
-    "mae-encoder": ("SSLFinetuneTrainer", "mae", False),
+    # opt-in diagnostic arms (not in the default set): the decoder transferred as well, which fine-tuning does not
+    # do by default for these reconstruction-trained checkpoints (the behaviour before that default)
+    "mae-decoder": ("SSLFinetuneTrainer", "mae", False),
+    "gmim-decoder": ("SSLFinetuneTrainer", "gmim", False),
+    "refs-decoder": ("SSLFinetuneTrainer", "refs", False),
     # opt-in diagnostic arm: MAE pre-trained with half the input masked instead of 75 %
     "mae50": ("SSLFinetuneTrainer", "mae50", False),
-    # opt-in diagnostic arm: the GMIM checkpoint with its decoder left random
-    "gmim-encoder": ("SSLFinetuneTrainer", "gmim", False),
 }
 # extra fine-tuning NNUNET_SSL_SETTINGS of an arm
-ARM_SETTINGS = {"mae-encoder": "load_decoder=False", "gmim-encoder": "load_decoder=False"}
-DIAGNOSTIC_ARMS = ("mae-encoder", "mae50", "gmim-encoder")
+ARM_SETTINGS = {"mae-decoder": "load_decoder=True", "gmim-decoder": "load_decoder=True",
+                "refs-decoder": "load_decoder=True"}
+DIAGNOSTIC_ARMS = ("mae-decoder", "gmim-decoder", "refs-decoder", "mae50")
 ARM_ORDER = list(ARMS)
 DEFAULT_ARMS = [a for a in ARM_ORDER if a not in DIAGNOSTIC_ARMS]
 # time per training iteration relative to a stock fine-tuning iteration (our estimate; --cost-json replaces them
@@ -170,8 +172,8 @@ def parse_args(argv=None):
     g.add_argument("-np", "--num-processes", type=int, default=2, help="processes for planning/ingestion")
     g = p.add_argument_group("experiment")
     g.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=ARM_ORDER,
-                   help="default: every arm but the diagnostics mae-encoder and gmim-encoder (encoder-only transfer) "
-                        "and mae50 (MAE pre-trained with mask_ratio=0.5)")
+                   help="default: every arm but the diagnostics mae-decoder, gmim-decoder, refs-decoder (decoder "
+                        "transferred too) and mae50 (MAE pre-trained with mask_ratio=0.5)")
     g.add_argument("--budgets", nargs="+", type=int, default=None)
     g.add_argument("--seeds", nargs="+", type=int, default=None)
     g.add_argument("--fold", default="0", help="fine-tuning fold (0; 'all' also works: then the budget picks from "
