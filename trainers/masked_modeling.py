@@ -28,11 +28,10 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 class MAETrainer(nnUNetSSLTrainer):
     """Masked-autoencoder-style baseline: fixed grid and ratio, no hierarchy, no target branch."""
 
+    # the reconstruction-trained decoder blocks the encoder's gradient in fine-tuning (README, low-label benchmark)
+    decoder_transfers = False
     ssl_curve_keys = ("recon_loss", "masked_fraction")
     tunable_settings = dict(nnUNetSSLTrainer.tunable_settings, mask_ratio=float, mask_grid=int)
-    # the decoder learns to reconstruct intensities; fine-tuning starts better without it (README, low-label
-    # benchmark: it passes the encoder 2-25 % of a random decoder's gradient)
-    decoder_transfers = False
 
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
