@@ -91,15 +91,16 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer_wa
         if not self.was_initialized:
             self.initialize()
         if isinstance(filename_or_checkpoint, dict):
-            checkpoint = filename_or_checkpoint
-        else:  # read once, handed to nnU-Net's loader as a dict
-            checkpoint = load_checkpoint_file(os.fspath(filename_or_checkpoint), map_location=self.device)
-        epoch = checkpoint["current_epoch"]
+            raise TypeError("SSLFinetuneTrainer.load_checkpoint expects the path of a checkpoint file")
+        # read here for the epoch, and again by nnU-Net's loader: nnU-Net 2.8's load_checkpoint takes only a path
+        # (given a dict it fails with UnboundLocalError, found by tests/integration/test_interruption.py)
+        path = os.fspath(filename_or_checkpoint)
+        epoch = load_checkpoint_file(path, map_location="cpu")["current_epoch"]
         # (no epoch left - e.g. --c of a finished run: nnU-Net's poly scheduler would divide by zero; both stages
         # use the same SGD, so the optimizer state loads either way)
         stage = "train" if self.warmup_duration_whole_net <= epoch < self.num_epochs else "warmup_all"
         self.optimizer, self.lr_scheduler = self.configure_optimizers(stage)
-        nnUNetTrainer.load_checkpoint(self, checkpoint)
+        nnUNetTrainer.load_checkpoint(self, path)
 
     def pretrained_checkpoint_path(self):
         path = os.environ.get(PRETRAINED_ENV, "").strip()
