@@ -121,8 +121,9 @@ PROFILES = {
         QUICK_SPLIT,
         about="the quick profile's split and budget past nnU-Net's all-background phase on a CPU: 8-feature network "
               "(measured 0.37 s per training step on 2 cores, 2.3x cheaper than 16 features), 2000 fine-tuning "
-              "iterations (3.3x quick's), 200 pre-training iterations; about 15 min per fine-tuning run",
-        max_features=8, finetune=_sched(40, 50, 4) + ",final_validation=False", sec_per_iter=0.45),
+              "iterations (3.3x quick's), 200 pre-training iterations; measured 20.5-23 min per fine-tuning run "
+              "(27 s per 50-iteration epoch)",
+        max_features=8, finetune=_sched(40, 50, 4) + ",final_validation=False", sec_per_iter=0.54),
     "full": dict(
         about="GPUs: nnU-Net default plans, 1000 x 250 iterations of pre-training, nnU-Net's default 1000-epoch "
               "fine-tuning schedule, 3 budgets x 3 seeds, test-time mirroring",
