@@ -1,0 +1,116 @@
+"""scripts/probe_finetune_start.py: the first-step gradient probe behind the decoder-transfer default (README).
+
+The probe must (1) see a blocked decoder when there is one, (2) run end to end on an nnU-Net preprocessed dataset
+with a real checkpoint file and print a row per checkpoint against the random network, (3) refuse bad arguments
+with a message, not a traceback.
+"""
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_nnunet_data import CONFIG, tiny_plans, write_tiny_dataset  # noqa: E402
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_finetune_start.py"
+DATASET = "Dataset950_Fake"
+
+
+@pytest.fixture(scope="module")
+def probe_mod():
+    spec = importlib.util.spec_from_file_location("probe_finetune_start", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _network(plans, seed=0):
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    arch = plans["configurations"][CONFIG]["architecture"]
+    torch.manual_seed(seed)
+    return get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"], 1, 3,
+                                  deep_supervision=False)
+
+
+def _close_last_decoder_stage(net):
+    """What reconstruction pre-training did to MAE/GMIM decoders, exaggerated: norm scales ~0, shifts negative."""
+    with torch.no_grad():
+        for m in net.decoder.stages[-1].modules():
+            if isinstance(m, torch.nn.InstanceNorm3d):
+                m.weight.mul_(0.01)
+                m.bias.fill_(-2.0)
+
+
+@pytest.fixture
+def tiny_env(tmp_path, monkeypatch):
+    pre = tmp_path / "pre"
+    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
+    plans, *_ = write_tiny_dataset(pre, DATASET, n_cases=4, n_val=1, plans=tiny_plans(DATASET))
+    return dict(pre=pre, plans=plans, tmp=tmp_path)
+
+
+def _batch(probe_mod, tiny_env, n=2):
+    folder = tiny_env["pre"] / DATASET / tiny_env["plans"]["configurations"][CONFIG]["data_identifier"]
+    return probe_mod.load_batch(str(folder), tiny_env["plans"]["configurations"][CONFIG]["patch_size"], n)
+
+
+def _loss():
+    from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    return DC_and_CE_loss({"batch_dice": False, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
+                          weight_dice=1, dice_class=MemoryEfficientSoftDiceLoss)
+
+
+def test_load_batch_crops_to_the_patch_and_maps_outside_mask_to_background(probe_mod, tiny_env):
+    x, y = _batch(probe_mod, tiny_env, n=3)
+    assert x.shape == (3, 1, 16, 16, 16) and y.shape == (3, 1, 16, 16, 16)
+    assert y.dtype == torch.long and int(y.min()) >= 0 and set(y.unique().tolist()) == {0, 1, 2}
+
+
+def test_probe_sees_a_blocked_decoder(probe_mod, tiny_env, one_thread):
+    x, y = _batch(probe_mod, tiny_env)
+    open_ = probe_mod.probe(_network(tiny_env["plans"]), x, y, _loss())
+    blocked_net = _network(tiny_env["plans"])
+    _close_last_decoder_stage(blocked_net)
+    blocked = probe_mod.probe(blocked_net, x, y, _loss())
+    assert open_["encoder"] > 0 and open_["output layer"] > 0
+    # the same weights apart from one decoder stage: far less gradient reaches the encoder, fewer features positive
+    assert blocked["encoder"] < 0.2 * open_["encoder"]
+    assert blocked["positive"] < 0.5 * open_["positive"]
+    assert blocked["std_median"] < open_["std_median"]
+
+
+def test_main_prints_one_row_per_checkpoint(probe_mod, tiny_env, capsys, one_thread):
+    from nnunet_ssl.checkpoint import atomic_torch_save
+    plans = tiny_env["plans"]
+    same = _network(plans)  # the probe's random network uses seed 0 too: the "same" checkpoint is that network
+    blocked = _network(plans, seed=0)
+    _close_last_decoder_stage(blocked)
+    paths = {}
+    for name, net in (("same", same), ("blocked", blocked)):
+        paths[name] = tiny_env["tmp"] / f"{name}.pth"
+        atomic_torch_save({"network_weights": net.state_dict()}, str(paths[name]))
+    probe_mod.main(["-d", DATASET, "-p", plans["plans_name"], "--cases", "2",
+                    f"same={paths['same']}", f"blocked={paths['blocked']}"])
+    out = capsys.readouterr().out
+    ratio = {m.group(1): float(m.group(2)) for m in re.finditer(r"^\| ([\w ]+) \| [-\d.]+ \| [\d.]+ \| ([\d.]+)x",
+                                                                out, re.M)}
+    assert set(ratio) == {"random init", "same", "blocked"}, out
+    assert ratio["random init"] == 1.0 and ratio["same"] == pytest.approx(1.0, abs=0.01)
+    assert ratio["blocked"] < 0.2
+    # encoder only: the closed decoder is not transferred, so the blocked checkpoint behaves like the random network
+    probe_mod.main(["-d", DATASET, "-p", plans["plans_name"], "--cases", "2", "--encoder-only",
+                    f"blocked={paths['blocked']}"])
+    out = capsys.readouterr().out
+    assert "transfer: encoder only" in out
+    assert re.search(r"^\| blocked \| [-\d.]+ \| [\d.]+ \| 1\.00x", out, re.M), out
+
+
+def test_bad_checkpoint_argument_is_a_usage_error(probe_mod, tiny_env, capsys):
+    with pytest.raises(SystemExit) as exc:
+        probe_mod.main(["-d", DATASET, f"x={tiny_env['tmp'] / 'missing.pth'}"])
+    assert exc.value.code == 2
+    assert "expected NAME=PATH of an existing checkpoint file" in capsys.readouterr().err
