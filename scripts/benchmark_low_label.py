@@ -58,6 +58,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import numpy as np
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench_common as bc  # noqa: E402
 
@@ -764,6 +766,52 @@ def curves_table(args, data: dict, runs: List[Run]) -> List[str]:
     return lines
 
 
+def voxel_confusion(label_dir, pred_dir, classes: List[int]) -> List[List[int]]:
+    """Voxel counts [true class][predicted class] summed over the test cases (labels outside ``classes`` ignored)."""
+    import SimpleITK as sitk
+    k = max(classes) + 1
+    counts = np.zeros((k, k), dtype=np.int64)
+    for name in bc.nifti_files(label_dir):
+        ref = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(str(label_dir), name))).astype(np.int64).ravel()
+        pred = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(str(pred_dir), name))).astype(np.int64).ravel()
+        keep = (ref < k) & (pred < k) & (ref >= 0) & (pred >= 0)
+        counts += np.bincount(ref[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
+    return [[int(counts[t, q]) for q in classes] for t in classes]
+
+
+def confusion_table(args, data: dict, runs: List[Run], names: Dict[str, str], n_test: int) -> List[str]:
+    """Where the voxels of each true class end up (summed over test cases and seeds): tells a class lost to the
+    background (missed) from one confused with another class, and over- from under-segmentation."""
+    classes = [0] + [int(lb) for lb in data["labels"]]
+    per_arm: Dict[tuple, np.ndarray] = {}
+    for run in runs:
+        _, pred, summary = run_paths(args, data, run)
+        if not (summary.is_file() and predictions_complete(pred, n_test)):
+            continue
+        cache = run.folder / "confusion.json"
+        cached = bc.load_json(cache) if cache.is_file() else {}
+        if cached.get("classes") != classes or cached.get("summary_mtime") != summary.stat().st_mtime:
+            cached = {"classes": classes, "summary_mtime": summary.stat().st_mtime,
+                      "counts": voxel_confusion(data["test_labels"], pred, classes)}
+            bc.write_json(cached, cache)
+        key = (run.arm, run.budget)
+        per_arm[key] = per_arm.get(key, 0) + np.asarray(cached["counts"], dtype=np.int64)
+    if not per_arm:
+        return []
+    cname = lambda c: "background" if c == 0 else names.get(str(c), str(c))  # noqa: E731
+    lines = ["", "## Where each class's voxels go (test set, summed over cases and seeds)", "",
+             "| arm | budget | true class | " + " | ".join(f"-> {cname(c)}" for c in classes) +
+             " | predicted / true volume |", "|---|---|---|" + "---|" * (len(classes) + 1)]
+    for (arm, budget), m in sorted(per_arm.items(), key=lambda kv: (kv[0][1], ARM_ORDER.index(kv[0][0]))):
+        for i, c in enumerate(classes[1:], start=1):
+            row = m[i] / max(1, m[i].sum())
+            lines.append(f"| {arm} | {budget} | {cname(c)} | " + " | ".join(f"{v:.2f}" for v in row) +
+                         f" | {m[:, i].sum() / max(1, m[i].sum()):.2f} |")
+    lines += ["", "Row = voxels of the true class, split by the predicted class (sums to 1); predicted / true "
+                  "volume > 1 means over-segmentation."]
+    return lines
+
+
 def _fmt(x, nd=4):
     return "-" if x is None else f"{x:.{nd}f}"
 
@@ -845,6 +893,7 @@ def write_report(args, data: dict, split: Split, runs: List[Run], est: dict, t_t
                       "no correction for the number of comparisons."]
     lines += per_seed_table(rows, seed_means, labels, names)
     lines += curves_table(args, data, runs)
+    lines += confusion_table(args, data, runs, names, len(split.test))
     lines += ["", "## Notes", "",
               "- ReFs reference: " + (f"{args.reference_source} (another labeled dataset)" if args.reference_source
                                       else f"{len(split.reference)} source cases disjoint from test and pool: same "

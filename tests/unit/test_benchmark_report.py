@@ -1,4 +1,4 @@
-"""The low-label benchmark's per-seed table flags runs that segmented nothing (pure Python, no nnU-Net run)."""
+"""The low-label benchmark's report helpers: per-seed table, voxel confusion (pure Python, no nnU-Net run)."""
 import importlib.util
 import sys
 from pathlib import Path
@@ -53,3 +53,25 @@ def test_first_epoch_reaching_threshold(bench):
     assert bench.first_epoch_reaching([0.0, 0.05, float("nan"), 0.12, 0.0, 0.5], 0.1) == 3
     assert bench.first_epoch_reaching([0.0, 0.09, float("nan")], 0.1) is None
     assert bench.first_epoch_reaching([], 0.1) is None
+
+
+def test_voxel_confusion_counts_true_against_predicted(bench, tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    ref = np.zeros((2, 3, 4), np.uint8)
+    ref[0, 0, :] = 1  # 4 voxels of class 1
+    ref[1, 2, :2] = 2  # 2 voxels of class 2
+    pred = ref.copy()
+    pred[0, 0, 0] = 2  # one class-1 voxel confused with class 2
+    pred[0, 0, 1] = 0  # one missed
+    pred[1, 2, 0] = 0  # one class-2 voxel missed
+    pred[1, 0, 0] = 1  # one background voxel over-segmented as class 1
+    for name in ("a.nii.gz", "b.nii.gz"):  # two cases: counts add up
+        sitk.WriteImage(sitk.GetImageFromArray(ref), str(ref_dir / name))
+        sitk.WriteImage(sitk.GetImageFromArray(pred), str(pred_dir / name))
+    m = bench.voxel_confusion(ref_dir, pred_dir, [0, 1, 2])
+    n_bg = ref.size - 6
+    assert m == [[2 * (n_bg - 1), 2, 0], [2, 4, 2], [2, 0, 2]]
