@@ -732,6 +732,12 @@ def first_epoch_reaching(values: List[float], threshold: float) -> Optional[int]
 EMERGE_DICE = 0.1  # pseudo Dice that counts as "the run has started to segment"
 
 
+def _budget_then_arm(item) -> tuple:
+    """Sort key of ``{(arm, budget): ...}.items()``: by budget, then in the arms' report order."""
+    (arm, budget), _ = item
+    return budget, ARM_ORDER.index(arm)
+
+
 def curves_table(args, data: dict, runs: List[Run]) -> List[str]:
     """Fine-tuning dynamics per arm (mean over seeds): does a pre-trained start learn faster or slower?"""
     per_arm: Dict[tuple, List[Dict[str, List[float]]]] = {}
@@ -754,7 +760,7 @@ def curves_table(args, data: dict, runs: List[Run]) -> List[str]:
              "| arm | budget | train loss epoch 0 | epoch 1 | mid | last | pseudo Dice epoch 1 | mid | last | "
              f"first epoch with pseudo Dice >= {EMERGE_DICE} (per seed) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for (arm, budget), curves in sorted(per_arm.items(), key=lambda kv: (kv[0][1], ARM_ORDER.index(kv[0][0]))):
+    for (arm, budget), curves in sorted(per_arm.items(), key=_budget_then_arm):
         n = min(len(c["train_loss"]) for c in curves)
         mid = max(0, n // 2)
         lines.append(f"| {arm} | {budget} | {at(curves, 'train_loss', 0)} | {at(curves, 'train_loss', 1)} | "
@@ -771,9 +777,11 @@ def voxel_confusion(label_dir, pred_dir, classes: List[int]) -> List[List[int]]:
     import SimpleITK as sitk
     k = max(classes) + 1
     counts = np.zeros((k, k), dtype=np.int64)
+    def voxels(folder, name):
+        return sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(str(folder), name))).astype(np.int64).ravel()
+
     for name in bc.nifti_files(label_dir):
-        ref = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(str(label_dir), name))).astype(np.int64).ravel()
-        pred = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(str(pred_dir), name))).astype(np.int64).ravel()
+        ref, pred = voxels(label_dir, name), voxels(pred_dir, name)
         keep = (ref < k) & (pred < k) & (ref >= 0) & (pred >= 0)
         counts += np.bincount(ref[keep] * k + pred[keep], minlength=k * k).reshape(k, k)
     return [[int(counts[t, q]) for q in classes] for t in classes]
@@ -802,7 +810,7 @@ def confusion_table(args, data: dict, runs: List[Run], names: Dict[str, str], n_
     lines = ["", "## Where each class's voxels go (test set, summed over cases and seeds)", "",
              "| arm | budget | true class | " + " | ".join(f"-> {cname(c)}" for c in classes) +
              " | predicted / true volume |", "|---|---|---|" + "---|" * (len(classes) + 1)]
-    for (arm, budget), m in sorted(per_arm.items(), key=lambda kv: (kv[0][1], ARM_ORDER.index(kv[0][0]))):
+    for (arm, budget), m in sorted(per_arm.items(), key=_budget_then_arm):
         for i, c in enumerate(classes[1:], start=1):
             row = m[i] / max(1, m[i].sum())
             lines.append(f"| {arm} | {budget} | {cname(c)} | " + " | ".join(f"{v:.2f}" for v in row) +
