@@ -119,11 +119,17 @@ PROFILES = {
               "pseudo Dice >= 0.1 at iteration 400): the profile measures how much sooner a pre-trained start gets "
               "there, not where methods end up; cpu-rank ranks them",
         budgets=[5], max_features=8, finetune=_sched(10, 50, 4) + ",final_validation=False", sec_per_iter=0.54),
+    "quick600it16f": dict(
+        QUICK_SPLIT,
+        about="the quick profile until 2026-11-29, kept to reproduce scripts/results/low_label_quick600it16f*: "
+              "16-feature network, budget 10, 600 fine-tuning iterations; about 4.5 h on 2 CPU cores, and too short "
+              "to rank methods (runs of any arm may still segment nothing)",
+        max_features=16, finetune=_sched(30, 20, 2) + ",final_validation=False", sec_per_iter=1.1),
     "cpu-rank": dict(
         QUICK_SPLIT,
-        about="the quick profile's split and budget past nnU-Net's all-background phase on a CPU: 8-feature network "
-              "(measured 0.37 s per training step on 2 cores, 2.3x cheaper than 16 features), 2000 fine-tuning "
-              "iterations (3.3x quick's), 200 pre-training iterations; measured 20.5-23 min per fine-tuning run "
+        about="ranks methods on a CPU: the quick profile's split and 8-feature network (measured 0.37 s per "
+              "training step on 2 cores, 2.3x cheaper than 16 features), budget 10, 2000 fine-tuning iterations "
+              "(4x quick's, well past nnU-Net's all-background phase), 200 pre-training iterations; measured 20.5-23 min per fine-tuning run "
               "(27 s per 50-iteration epoch)",
         max_features=8, finetune=_sched(40, 50, 4) + ",final_validation=False", sec_per_iter=0.54),
     "full": dict(
