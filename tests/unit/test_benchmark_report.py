@@ -75,3 +75,20 @@ def test_voxel_confusion_counts_true_against_predicted(bench, tmp_path):
     m = bench.voxel_confusion(ref_dir, pred_dir, [0, 1, 2])
     n_bg = ref.size - 6
     assert m == [[2 * (n_bg - 1), 2, 0], [2, 4, 2], [2, 0, 2]]
+
+
+def test_quick_profile_plans_within_three_hours_and_cpu_rank_does_not(bench):
+    """The issue's budget for the quick profile (7 default arms, one budget, two seeds, 2 CPU cores) is 3 hours;
+    the time model (calibrated on measured cpu-rank runs) must keep it there, and must not call the 2000-iteration
+    ranking schedule quick."""
+    def planned_hours(profile, extra=()):
+        args = bench.parse_args(["--profile", profile, "--work-dir", "/nonexistent", *extra])
+        runs = bench.make_runs(args)
+        pre = sorted({bench.ARMS[a][1] for a in args.arms if bench.ARMS[a][1]})
+        est = bench.estimate(args, args.num_test, args.num_val, pre, runs, bench.cost_table(args))
+        return est["total_s"] / 3600, len(runs), len(args.budgets), len(args.seeds)
+
+    hours, n_runs, n_budgets, n_seeds = planned_hours("quick")
+    assert (n_budgets, n_seeds) == (1, 2) and n_runs == 14  # every default arm incl. ideal-semi
+    assert hours <= 3.0
+    assert planned_hours("cpu-rank", ["--seeds", "0", "1"])[0] > 3.0
