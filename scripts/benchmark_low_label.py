@@ -112,13 +112,13 @@ PROFILES = {
         n_proc_da="0", def_n_proc="1", sec_per_iter=1.3, gpu=False),
     "quick": dict(
         QUICK_SPLIT,
-        about="at most 3 h on 2 CPU cores for the default 7 arms, the smallest budget (5) and two seeds (estimate "
-              "2h16m); cpu-rank's 8-feature network for 500 fine-tuning iterations (a quarter of cpu-rank's 2000), "
-              "nnU-Net's validation of the fold skipped (the test split is the measure). 500 iterations at 5 labels "
-              "is just past the point where nnU-Net from scratch leaves its all-background phase (cpu-rank: first "
-              "pseudo Dice >= 0.1 at iteration 400): the profile measures how much sooner a pre-trained start gets "
-              "there, not where methods end up; cpu-rank ranks them",
-        budgets=[5], max_features=8, finetune=_sched(10, 50, 4) + ",final_validation=False", sec_per_iter=0.54),
+        about="at most 3 h on 2 CPU cores for the default 7 arms, the smallest budget (5) and two seeds; cpu-rank's "
+              "8-feature network for 800 fine-tuning iterations (cpu-rank: 2000), nnU-Net's validation of the fold "
+              "skipped (the test split is the measure). Measured: 14 min setup + pre-training, 7.5 min per "
+              "fine-tuning run, about 25 min for ideal-semi. 800 iterations at 5 labels end soon after nnU-Net from "
+              "scratch starts to segment at all (with 500, no arm segmented anything): the profile checks the "
+              "pipeline and shows how much sooner a pre-trained start gets there; cpu-rank ranks methods",
+        budgets=[5], max_features=8, finetune=_sched(16, 50, 4) + ",final_validation=False", sec_per_iter=0.47),
     "quick600it16f": dict(
         QUICK_SPLIT,
         about="the quick profile until 2026-11-29, kept to reproduce scripts/results/low_label_quick600it16f*: "
