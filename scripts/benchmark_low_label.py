@@ -2,7 +2,8 @@
 """Low-label benchmark: does SSL pre-training help nnU-Net when only a few labeled cases are available?
 
     python scripts/benchmark_low_label.py --profile smoke            # minutes: checks the pipeline end to end
-    python scripts/benchmark_low_label.py --profile quick            # ~4.5 h on 2 CPU cores (1 budget, 2 seeds)
+    python scripts/benchmark_low_label.py --profile quick            # < 3 h on 2 CPU cores (1 budget, 2 seeds)
+    python scripts/benchmark_low_label.py --profile cpu-rank         # ranks methods on a CPU (~21 min per run)
     python scripts/benchmark_low_label.py --profile full --device cuda   # the real experiment (GPUs, days)
     python scripts/benchmark_low_label.py --profile quick --dry-run  # the plan, the expected time, no work
 
@@ -129,8 +130,8 @@ PROFILES = {
         QUICK_SPLIT,
         about="ranks methods on a CPU: the quick profile's split and 8-feature network (measured 0.37 s per "
               "training step on 2 cores, 2.3x cheaper than 16 features), budget 10, 2000 fine-tuning iterations "
-              "(4x quick's, well past nnU-Net's all-background phase), 200 pre-training iterations; measured 20.5-23 min per fine-tuning run "
-              "(27 s per 50-iteration epoch)",
+              "(2.5x quick's, well past nnU-Net's all-background phase), 200 pre-training iterations; measured "
+              "20.5-23 min per fine-tuning run (27 s per 50-iteration epoch)",
         max_features=8, finetune=_sched(40, 50, 4) + ",final_validation=False", sec_per_iter=0.54),
     "full": dict(
         about="GPUs: nnU-Net default plans, 1000 x 250 iterations of pre-training, nnU-Net's default 1000-epoch "
