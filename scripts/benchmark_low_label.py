@@ -115,8 +115,8 @@ PROFILES = {
         QUICK_SPLIT,
         about="at most 3 h on 2 CPU cores for the default 7 arms, the smallest budget (5) and two seeds; cpu-rank's "
               "8-feature network for 800 fine-tuning iterations (cpu-rank: 2000), nnU-Net's validation of the fold "
-              "skipped (the test split is the measure). Measured: 14 min setup + pre-training, 7.5 min per "
-              "fine-tuning run, about 25 min for ideal-semi. 800 iterations at 5 labels end soon after nnU-Net from "
+              "skipped (the test split is the measure). Measured: 14 min setup + pre-training, 7-8.5 min per "
+              "fine-tuning run, 27 min for ideal-semi, 2h38m in all. 800 iterations at 5 labels end soon after nnU-Net from "
               "scratch starts to segment at all (with 500, no arm segmented anything): the profile checks the "
               "pipeline and shows how much sooner a pre-trained start gets there; cpu-rank ranks methods",
         budgets=[5], max_features=8, finetune=_sched(16, 50, 4) + ",final_validation=False", sec_per_iter=0.47),
