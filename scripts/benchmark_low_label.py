@@ -116,9 +116,9 @@ PROFILES = {
         about="at most 3 h on 2 CPU cores for the default 7 arms, the smallest budget (5) and two seeds; cpu-rank's "
               "8-feature network for 800 fine-tuning iterations (cpu-rank: 2000), nnU-Net's validation of the fold "
               "skipped (the test split is the measure). Measured: 14 min setup + pre-training, 7-8.5 min per "
-              "fine-tuning run, 27 min for ideal-semi, 2h38m in all. 800 iterations at 5 labels end soon after nnU-Net from "
-              "scratch starts to segment at all (with 500, no arm segmented anything): the profile checks the "
-              "pipeline and shows how much sooner a pre-trained start gets there; cpu-rank ranks methods",
+              "fine-tuning run, 27 min for ideal-semi, 2h38m in all. 800 iterations at 5 labels end soon after "
+              "nnU-Net from scratch starts to segment at all (with 500, no arm segmented anything): the profile "
+              "checks the pipeline and shows how much sooner a pre-trained start gets there; cpu-rank ranks methods",
         budgets=[5], max_features=8, finetune=_sched(16, 50, 4) + ",final_validation=False", sec_per_iter=0.47),
     "quick600it16f": dict(
         QUICK_SPLIT,
@@ -496,6 +496,11 @@ def run_pretraining(args, data: dict, method: str, runner: Runner, device: str) 
                   folder / "run.json")
     bc.log(f"pre-training {method}: finished in {bc.fmt_duration(secs)}")
     return secs
+
+
+def pretrain_methods(arms: List[str]) -> List[str]:
+    """The pre-trainings the selected arms need, each once, in PRETRAIN_TRAINERS order."""
+    return sorted({ARMS[a][1] for a in arms if ARMS[a][1]}, key=list(PRETRAIN_TRAINERS).index)
 
 
 def make_runs(args) -> List[Run]:
@@ -1018,7 +1023,7 @@ def main(argv=None) -> int:
             raise UserInputError("--device cuda but torch sees no GPU. Fix: --device cpu (or auto).")
     if prof["gpu"] and device != "cuda" and not args.dry_run:
         bc.log("WARNING: the full profile is meant for GPUs; on CPU it takes months. Use --profile quick.")
-    pre_methods = sorted({ARMS[a][1] for a in args.arms if ARMS[a][1]}, key=list(PRETRAIN_TRAINERS).index)
+    pre_methods = pretrain_methods(args.arms)
     runs = make_runs(args)
     n_val_cases = len(split.pool) if args.fold == "all" else (len(split.val) or math.ceil(len(split.pool) / 5))
     est = estimate(args, len(split.test), n_val_cases, pre_methods, runs, cost_table(args))

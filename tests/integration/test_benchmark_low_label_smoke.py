@@ -39,8 +39,9 @@ def _bench_common():
 def _invoke(args, env, log: Path) -> str:
     proc = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], env=env, capture_output=True, text=True,
                           timeout=TIMEOUT)
-    log.write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, f"benchmark failed ({proc.returncode}); last output:\n{(proc.stdout + proc.stderr)[-4000:]}"
+    output = proc.stdout + proc.stderr
+    log.write_text(output)
+    assert proc.returncode == 0, f"benchmark failed ({proc.returncode}); last output:\n{output[-4000:]}"
     return proc.stdout
 
 
@@ -50,8 +51,9 @@ def smoke(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("low_label_smoke")
     source = shared_data / "hippocampus"
     bc = _bench_common()
-    subset = set(bc.seeded_shuffle(bc.SourceDataset(source).cases, 0)[:16])  # the smoke profile's --max-cases 16
-    outside = sorted(set(bc.SourceDataset(source).cases) - subset)[:3]
+    cases = bc.SourceDataset(source).cases
+    subset = set(bc.seeded_shuffle(cases, 0)[:16])  # the smoke profile's --max-cases 16
+    outside = sorted(set(cases) - subset)[:3]
     images, labels = root / "ext" / "imagesTs", root / "ext" / "labelsTs"
     images.mkdir(parents=True)
     labels.mkdir(parents=True)

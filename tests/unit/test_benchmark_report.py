@@ -84,8 +84,8 @@ def test_quick_profile_plans_within_three_hours_and_cpu_rank_does_not(bench):
     def planned_hours(profile, extra=()):
         args = bench.parse_args(["--profile", profile, "--work-dir", "/nonexistent", *extra])
         runs = bench.make_runs(args)
-        pre = sorted({bench.ARMS[a][1] for a in args.arms if bench.ARMS[a][1]})
-        est = bench.estimate(args, args.num_test, args.num_val, pre, runs, bench.cost_table(args))
+        est = bench.estimate(args, args.num_test, args.num_val, bench.pretrain_methods(args.arms), runs,
+                             bench.cost_table(args))
         return est["total_s"] / 3600, len(runs), len(args.budgets), len(args.seeds)
 
     hours, n_runs, n_budgets, n_seeds = planned_hours("quick")
