@@ -41,6 +41,9 @@ Design (printed again at the start of every run)
   seed x case x class), ``..._aggregated.csv`` (per seed and over seeds), ``..._paired_vs_scratch.csv`` (per case,
   Dice averaged over seeds, arm minus scratch: mean difference and Wilcoxon signed-rank p, scipy), ``.md``
   (tables) and ``.png`` (Dice vs label budget, one line per arm, seeds as points).
+* ``--merge-per-case CSV``: add the per-case rows of an earlier report (e.g. the ``_per_case.csv`` in the results
+  directory) for selected runs this work dir has not finished, so a report survives a lost work dir. The rows
+  must cover exactly this split's test cases; training curves and voxel tables cover only this work dir's runs.
 
 Parallel use (full profile on several GPUs): run ``--stage setup`` once, then e.g. one process per GPU with
 ``CUDA_VISIBLE_DEVICES=k`` and disjoint ``--arms`` (ideal and ideal-semi share the IDEAL pre-training: keep them
@@ -201,6 +204,9 @@ def parse_args(argv=None):
                                                      "s/iter and ratios for the estimate")
     g = p.add_argument_group("output")
     g.add_argument("--out", default=str(DEFAULT_OUT), help="folder for the report files (default: %(default)s)")
+    g.add_argument("--merge-per-case", nargs="+", default=[], metavar="CSV",
+                   help="per-case CSVs of earlier reports of the same split: their rows of selected runs that this "
+                        "work dir has not finished are added to the report (Dice tables and paired statistics)")
     g.add_argument("--verbose", action="store_true", help="stream nnU-Net's output instead of per-run log files")
     g.add_argument("--stop-on-error", action="store_true", help="stop at the first failed run (default: go on)")
     args = p.parse_args(argv)
@@ -214,6 +220,9 @@ def parse_args(argv=None):
     args.arms = [a for a in ARM_ORDER if a in args.arms]
     args.budgets = sorted(set(args.budgets))
     args.seeds = sorted(set(args.seeds))
+    for f in args.merge_per_case:
+        if not Path(f).is_file():
+            p.error(f"--merge-per-case: {f} is not a file")
     if (args.test_images is None) != (args.test_labels is None):
         p.error("--test-images and --test-labels go together")
     if any(b < 1 for b in args.budgets):
@@ -611,6 +620,42 @@ def collect(args, data: dict, runs: List[Run]) -> List[dict]:
     return rows
 
 
+def merged_rows(paths: List[str], runs: List[Run], own_rows: List[dict], test_cases: List[str]) -> List[dict]:
+    """Rows of earlier per-case CSVs for the selected runs that ``own_rows`` lacks (first file wins per run).
+
+    Raises UserInputError when a merged run's cases are not exactly ``test_cases`` (another split)."""
+    wanted = {(r.arm, r.budget, r.seed) for r in runs}
+    have = {(r["arm"], r["budget"], r["seed"]) for r in own_rows}
+    found: Dict[tuple, List[dict]] = {}
+    for path in paths:
+        per_file: Dict[tuple, List[dict]] = {}
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = {"arm", "budget", "seed", "case", "class_id", "dice"} - set(reader.fieldnames or [])
+            if missing:
+                raise UserInputError(f"--merge-per-case {path}: not a per-case CSV of this script (no column(s) "
+                                     f"{', '.join(sorted(missing))}).")
+            for row in reader:
+                key = (row["arm"], int(row["budget"]), int(row["seed"]))
+                if key in wanted and key not in have and key not in found:
+                    per_file.setdefault(key, []).append(row)
+        for key, rows in per_file.items():
+            cases = {r["case"] for r in rows}
+            if cases != set(test_cases):
+                raise UserInputError(
+                    f"--merge-per-case {path}: run {key[0]}/budget{key[1]}/seed{key[2]} has {len(cases)} test cases "
+                    f"that are not this split's {len(test_cases)} (e.g. {sorted(cases ^ set(test_cases))[:3]}). "
+                    f"Fix: merge only reports of the same split (same --split-seed, --num-test, source).")
+            for r in rows:
+                r.update(budget=int(r["budget"]), seed=int(r["seed"]), class_id=int(r["class_id"]),
+                         dice=_fin(r["dice"]), iou=_fin(r.get("iou")))
+            found[key] = rows
+    if found:
+        bc.log("report: merged from earlier per-case CSVs: " + ", ".join(f"{a}/budget{b}/seed{s}"
+                                                                        for a, b, s in sorted(found)))
+    return [r for key in sorted(found) for r in found[key]]
+
+
 def _mean(values) -> Optional[float]:
     v = [x for x in values if x is not None]
     return sum(v) / len(v) if v else None
@@ -841,6 +886,8 @@ def write_report(args, data: dict, split: Split, runs: List[Run], est: dict, t_t
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"low_label_{args.profile}"
     rows = collect(args, data, runs)
+    merged = merged_rows(args.merge_per_case, runs, rows, split.test)
+    rows += merged
     labels = data["labels"]
     if not rows:
         bc.log("report: no finished runs yet")
@@ -876,6 +923,7 @@ def write_report(args, data: dict, split: Split, runs: List[Run], est: dict, t_t
     # markdown
     classes = [str(lb) for lb in labels] + ["mean"]
     done = sum(1 for r in runs if run_is_done(args, data, r, len(split.test)))
+    merged_runs = sorted({(r["arm"], r["budget"], r["seed"]) for r in merged})
     lines = [f"# Low-label benchmark ({args.profile} profile)", "",
              f"- source {args.source}; test {len(split.test)} cases "
              f"({'external' if split.external_test else f'seeded split, seed {args.split_seed}'}); pool "
@@ -888,7 +936,10 @@ def write_report(args, data: dict, split: Split, runs: List[Run], est: dict, t_t
              f"- pre-training NNUNET_SSL_SETTINGS '{args.pretrain_settings}'; fine-tuning '{args.finetune_settings}"
              f"' + label_budget/label_seed; test-time mirroring {'on' if args.tta else 'off'}",
              f"- {done} of {len(runs)} runs finished" + (f"; wall time of this invocation "
-                                                           f"{bc.fmt_duration(t_total)}" if t_total else ""), "",
+                                                           f"{bc.fmt_duration(t_total)}" if t_total else "")
+             + (f"; {len(merged_runs)} more merged from earlier reports (--merge-per-case: "
+                f"{', '.join(f'{a}/budget{b}/seed{s}' for a, b, s in merged_runs)}; not in the curve and voxel "
+                f"tables)" if merged_runs else ""), "",
              "## Dice on the test set (mean over cases; mean ± sd over seeds, n seeds)", "",
              "| arm | budget | " + " | ".join(names.get(c, c) for c in classes) + " | seeds |",
              "|---|---|" + "---|" * (len(classes) + 1)]

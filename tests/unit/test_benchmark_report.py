@@ -92,3 +92,44 @@ def test_quick_profile_plans_within_three_hours_and_cpu_rank_does_not(bench):
     assert (n_budgets, n_seeds) == (1, 2) and n_runs == 14  # every default arm incl. ideal-semi
     assert hours <= 3.0
     assert planned_hours("cpu-rank", ["--seeds", "0", "1"])[0] > 3.0
+
+
+def _write_per_case(path, rows):
+    import csv
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["arm", "trainer", "budget", "seed", "case", "class_id", "dice", "iou"])
+        w.writeheader()
+        for r in rows:
+            w.writerow({"trainer": "T", "iou": "", **{k: r[k] for k in ("arm", "budget", "seed", "case",
+                                                                          "class_id", "dice")}})
+
+
+def _run(bench, arm):
+    return bench.Run(arm=arm, budget=10, seed=0, trainer="T", pretrain=None, folder=Path("."))
+
+
+def test_merge_per_case_adds_only_selected_runs_missing_here(bench, tmp_path):
+    runs = [_run(bench, "scratch"), _run(bench, "gmim")]
+    old = _rows("scratch", 0, {"a": (0.5, 0.7), "b": (0.3, 0.1)}, {"a": (1, 1), "b": (1, 1)})
+    old += _rows("gmim", 0, {"a": (0.9, 0.9), "b": (0.9, 0.9)}, {"a": (1, 1), "b": (1, 1)})
+    old += _rows("pgl", 0, {"a": (0.2, 0.2), "b": (0.2, 0.2)}, {"a": (1, 1), "b": (1, 1)})  # not selected
+    _write_per_case(tmp_path / "old.csv", old)
+    own = _rows("gmim", 0, {"a": (0.6, 0.6), "b": (0.6, 0.6)}, {"a": (1, 1), "b": (1, 1)})  # finished here: kept
+    merged = bench.merged_rows([str(tmp_path / "old.csv")], runs, own, ["a", "b"])
+    assert {(r["arm"], r["budget"], r["seed"]) for r in merged} == {("scratch", 10, 0)}
+    assert len(merged) == 4 and sorted(r["dice"] for r in merged) == [0.1, 0.3, 0.5, 0.7]
+    assert all(isinstance(r["class_id"], int) for r in merged)
+    stats = bench.paired_stats(bench.aggregate(own + merged, [1, 2])[0], [1, 2], ["scratch", "gmim"], [10],
+                               {"1": "A", "2": "P", "mean": "fg"})
+    mean_row = [s for s in stats if s["arm"] == "gmim" and s["class"] == "mean"][0]
+    assert mean_row["n_cases"] == 2 and mean_row["mean_diff"] == pytest.approx(0.6 - 0.4)
+
+
+def test_merge_per_case_refuses_another_split(bench, tmp_path):
+    _write_per_case(tmp_path / "old.csv", _rows("scratch", 0, {"a": (0.5, 0.7), "x": (0.3, 0.1)},
+                                                {"a": (1, 1), "x": (1, 1)}))
+    with pytest.raises(bench.UserInputError, match="not this split"):
+        bench.merged_rows([str(tmp_path / "old.csv")], [_run(bench, "scratch")], [], ["a", "b"])
+    (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
+    with pytest.raises(bench.UserInputError, match="not a per-case CSV"):
+        bench.merged_rows([str(tmp_path / "bad.csv")], [], [], ["a"])
