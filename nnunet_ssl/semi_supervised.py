@@ -12,7 +12,10 @@ One step::
   as in CPS).
 * ``w(epoch) = consistency_weight * exp(-5 (1 - t)^2)``, ``t = min(epoch / rampup_epochs, 1)``: the sigmoid-shaped
   ramp-up of Laine & Aila (ICLR 2017) / mean teacher. **Our choice** (the paper gives no values): maximum weight
-  1.0, ramp-up over the first 10 % of the epochs (100 of nnU-Net's 1000).
+  1.0, ramp-up over :func:`default_rampup_epochs`: 10 % of the epochs (100 of nnU-Net's 1000), but at least the
+  epochs of the first ``MIN_RAMPUP_ITERATIONS`` iterations and at most half of the training. The floor is for short
+  schedules: nnU-Net predicts only background for its first few hundred iterations, and cross pseudo supervision at
+  full weight in that phase rewards the two decoders for agreeing on background (measured: README, benchmarks).
 * Labeled and unlabeled batches go through the network in ONE forward (concatenated along the batch axis; nnU-Net's
   instance norm keeps samples independent), then the outputs are split again.
 * With ``w == 0`` (or no unlabeled batch) the unlabeled batch is not used at all: the step is exactly the
@@ -23,9 +26,24 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["sigmoid_rampup", "consistency_weight_at", "split_outputs", "two_decoder_semi_supervised_loss"]
+__all__ = ["MIN_RAMPUP_ITERATIONS", "default_rampup_epochs", "sigmoid_rampup", "consistency_weight_at", "split_outputs", "two_decoder_semi_supervised_loss"]
 
 Outputs = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+MIN_RAMPUP_ITERATIONS = 2000
+
+
+def default_rampup_epochs(num_epochs: int, iterations_per_epoch: int,
+                          min_iterations: int = MIN_RAMPUP_ITERATIONS) -> int:
+    """Ramp-up length in epochs: ``max(num_epochs // 10, ceil(min_iterations / iterations_per_epoch))``, capped at
+    ``num_epochs // 2``, at least 1.
+
+    nnU-Net's 1000 x 250 schedule: 100 epochs (the 10 %); 40 x 50: 20 (the cap); 16 x 50: 8 (the cap)."""
+    if num_epochs < 1 or iterations_per_epoch < 1:
+        raise ValueError(f"num_epochs={num_epochs} and iterations_per_epoch={iterations_per_epoch} must be >= 1")
+    floor = math.ceil(min_iterations / iterations_per_epoch)
+    return max(1, min(max(num_epochs // 10, floor), num_epochs // 2))
 
 
 def sigmoid_rampup(current: float, rampup_length: float) -> float:

@@ -16,7 +16,9 @@
   load by name; ``decoder_b`` starts from its random initialisation) and the label budget.
 
 Settings (``NNUNET_SSL_SETTINGS``), besides the fine-tuning and label-budget ones: ``consistency_weight`` (maximum
-weight, default 1.0), ``consistency_rampup_epochs`` (default 10 % of ``num_epochs``), ``cps_confidence_threshold``
+weight, default 1.0), ``consistency_rampup_epochs`` (default
+:func:`~nnunet_ssl.semi_supervised.default_rampup_epochs`: 10 % of ``num_epochs``, at least the first 2000
+iterations' epochs, at most half), ``cps_confidence_threshold``
 (default 0.0 = every voxel), ``unlabeled_batch_size`` (default: the labeled batch size). The defaults are our
 choice; the paper does not give them. Label training only (no regions), no cascade.
 """
@@ -32,7 +34,8 @@ from torch import autocast
 from nnunet_ssl.distributed import mean_over_ranks
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
 from nnunet_ssl.objectives.cross_pseudo_supervision import CrossPseudoSupervisionLoss
-from nnunet_ssl.semi_supervised import consistency_weight_at, two_decoder_semi_supervised_loss
+from nnunet_ssl.semi_supervised import (consistency_weight_at, default_rampup_epochs,
+                                        two_decoder_semi_supervised_loss)
 from nnunet_ssl.two_decoder_unet import TwoDecoderUNet, build_two_decoder_unet
 from nnunet_ssl.unlabeled_pool import (UNLABELED_DATASET_ENV, PoolSource, UnlabeledDataLoader, UnlabeledPool,
                                        resolve_unlabeled_dataset)
@@ -51,7 +54,7 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.consistency_weight = 1.0
-        self.consistency_rampup_epochs = None  # -> max(1, num_epochs // 10) in initialize
+        self.consistency_rampup_epochs = None  # -> default_rampup_epochs(...) in initialize
         self.cps_confidence_threshold = 0.0
         self.unlabeled_batch_size = None  # -> the labeled batch size
         self.cps_loss = None
@@ -83,7 +86,8 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
         super().initialize()  # applies NNUNET_SSL_SETTINGS, builds the network and nnU-Net's loss
         try:
             if self.consistency_rampup_epochs is None:
-                self.consistency_rampup_epochs = max(1, self.num_epochs // 10)
+                self.consistency_rampup_epochs = default_rampup_epochs(self.num_epochs,
+                                                                       self.num_iterations_per_epoch)
             if self.consistency_weight < 0 or self.consistency_rampup_epochs < 0:
                 raise UserInputError(f"consistency_weight={self.consistency_weight} and consistency_rampup_epochs="
                                      f"{self.consistency_rampup_epochs} must be >= 0.")

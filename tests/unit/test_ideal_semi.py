@@ -11,7 +11,8 @@ from torch import nn
 from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.objectives.cross_pseudo_supervision import CrossPseudoSupervisionLoss
 from nnunet_ssl.plans_compat import DATA_ASPECTS, plans_differences
-from nnunet_ssl.semi_supervised import consistency_weight_at, sigmoid_rampup, two_decoder_semi_supervised_loss
+from nnunet_ssl.semi_supervised import (consistency_weight_at, default_rampup_epochs, sigmoid_rampup,
+                                        two_decoder_semi_supervised_loss)
 from nnunet_ssl.two_decoder_unet import TwoDecoderUNet, build_two_decoder_unet
 
 from tiny_nnunet_data import CONFIG, make_trainer, tiny_plans, write_tiny_dataset
@@ -199,6 +200,18 @@ def test_rampup():
     values = [sigmoid_rampup(e, 10) for e in range(12)]
     assert all(x <= y for x, y in zip(values, values[1:]))
     assert consistency_weight_at(5, 2.0, 10) == pytest.approx(2.0 * math.exp(-5 * 0.25))
+
+
+def test_default_rampup_epochs():
+    assert default_rampup_epochs(1000, 250) == 100  # nnU-Net's schedule: 10 % of the epochs
+    assert default_rampup_epochs(100, 250) == 10  # 10 % (2500 iterations) is above the 2000-iteration floor
+    assert default_rampup_epochs(200, 5) == 100  # floor 400 epochs, capped at half the training
+    assert default_rampup_epochs(16, 50) == 8  # the benchmark's quick schedule: the cap, not 1 epoch
+    assert default_rampup_epochs(60, 100) == 20  # the floor: 2000 iterations
+    assert default_rampup_epochs(60, 100, min_iterations=0) == 6
+    assert default_rampup_epochs(1, 250) == 1 and default_rampup_epochs(3, 1) == 1
+    with pytest.raises(ValueError):
+        default_rampup_epochs(0, 250)
 
 
 # ---------------------------------------------------------------- plans comparison
