@@ -26,7 +26,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 
-__all__ = ["MIN_RAMPUP_ITERATIONS", "default_rampup_epochs", "sigmoid_rampup", "consistency_weight_at", "split_outputs", "two_decoder_semi_supervised_loss"]
+__all__ = ["MIN_RAMPUP_ITERATIONS", "default_rampup_epochs", "sigmoid_rampup", "consistency_weight_at",
+           "split_outputs", "two_decoder_semi_supervised_loss"]
 
 Outputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 

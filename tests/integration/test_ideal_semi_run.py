@@ -118,3 +118,25 @@ def test_prediction_geometry_and_dice(ideal_run):
                                         [1, 2], None, num_processes=1, chill=True)
     dice = metrics["foreground_mean"]["Dice"]
     assert 0.0 <= dice <= 1.0  # 4 iterations of training: only the pipeline is tested, not the accuracy
+
+
+def test_probe_two_decoders_average_matches_stock_predict(ideal_run, nnunet_env):
+    """scripts/probe_two_decoders.py: its 'average' output is what nnUNetv2_predict wrote; one row per output."""
+    import sys
+    import numpy as np
+    import SimpleITK as sitk
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[2] / "scripts" / "probe_two_decoders.py"
+    out, md = ideal_run["root"] / "probe", ideal_run["root"] / "probe.md"
+    _run([sys.executable, str(script), "-m", str(ideal_run["fold"].parent),
+          "-f", "0", "-i", str(ideal_run["test_in"]), "-l", str(ideal_run["test_gt"]), "-o", str(out),
+          "--out-md", str(md), "--device", "cpu"], dict(nnunet_env.env), ideal_run["root"] / "probe.log")
+    for c in ideal_run["test_cases"]:
+        stock = sitk.GetArrayFromImage(sitk.ReadImage(str(ideal_run["pred"] / f"{c}.nii.gz")))
+        probe = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "average" / f"{c}.nii.gz")))
+        assert np.array_equal(stock, probe), c
+        for which in ("decoder_a", "decoder_b"):
+            assert (out / which / f"{c}.nii.gz").is_file()
+    rows = [ln.split("|")[1].strip() for ln in md.read_text().splitlines()
+            if ln.startswith("| ") and "output" not in ln]
+    assert rows == ["average", "decoder_a", "decoder_b"]
