@@ -19,7 +19,8 @@ Settings (``NNUNET_SSL_SETTINGS``), besides the fine-tuning and label-budget one
 weight, default 1.0), ``consistency_rampup_epochs`` (default
 :func:`~nnunet_ssl.semi_supervised.default_rampup_epochs`: 10 % of ``num_epochs``, at least the first 2000
 iterations' epochs, at most half), ``cps_confidence_threshold``
-(default 0.0 = every voxel), ``unlabeled_batch_size`` (default: the labeled batch size). The defaults are our
+(default 0.9: only voxels where the teaching decoder's softmax maximum is >= 0.9 teach; 0.0 = every voxel),
+``unlabeled_batch_size`` (default: the labeled batch size). The defaults are our
 choice; the paper does not give them. Label training only (no regions), no cascade.
 """
 import os
@@ -55,7 +56,7 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.consistency_weight = 1.0
         self.consistency_rampup_epochs = None  # -> default_rampup_epochs(...) in initialize
-        self.cps_confidence_threshold = 0.0
+        self.cps_confidence_threshold = 0.9  # 0.0 merged the two hippocampus classes (README, benchmarks item 8)
         self.unlabeled_batch_size = None  # -> the labeled batch size
         self.cps_loss = None
         self.unlabeled_pool = None

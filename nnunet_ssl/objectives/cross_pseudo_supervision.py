@@ -9,7 +9,8 @@ Zeng, Wang, "Semi-Supervised Semantic Segmentation with Cross Pseudo Supervision
 Here: ``loss = CE(la, argmax softmax(lb)) + CE(lb, argmax softmax(la))``. Pseudo-labels are computed under
 ``torch.no_grad`` from detached logits, so ``la`` receives gradient only from its own CE term (and likewise
 ``lb``). "Thresholded" is read as hard (argmax) labels; optionally only voxels where the OTHER decoder's maximum
-softmax probability is ``>= confidence_threshold`` are kept. Default 0.0 = every voxel (**choice**). Each CE term
+softmax probability is ``>= confidence_threshold`` are kept. The module's default is 0.0 = every voxel;
+``IDEALSemiSupervisedTrainer`` passes 0.9 (**choice**, measured: README). Each CE term
 is averaged over its kept voxels; a term with no kept voxel is 0 (with a zero gradient path).
 
 Deep supervision: nnU-Net networks return a list of logits (full resolution first) when deep supervision is on.

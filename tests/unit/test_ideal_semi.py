@@ -278,6 +278,13 @@ def test_no_unlabeled_pool_is_a_clear_error(env):
     assert "NNUNET_SSL_UNLABELED_DATASET=" in str(e.value) and "budget_rest=unlabeled" in str(e.value)
 
 
+def test_consistency_defaults_and_overrides(env):
+    trainer = _ideal(env, "label_budget=3,num_epochs=16,num_iterations_per_epoch=50")
+    assert trainer.cps_loss.confidence_threshold == 0.9 and trainer.consistency_rampup_epochs == 8
+    trainer = _ideal(env, "label_budget=3,cps_confidence_threshold=0.0,consistency_rampup_epochs=3")
+    assert trainer.cps_loss.confidence_threshold == 0.0 and trainer.consistency_rampup_epochs == 3
+
+
 def test_budget_rest_pool_and_train_step(env):
     trainer = _ideal(env, "label_budget=3,label_seed=2,budget_rest=unlabeled,batch_size=2,"
                           "consistency_rampup_epochs=0")
