@@ -844,6 +844,12 @@ def voxel_confusion(label_dir, pred_dir, classes: List[int]) -> List[List[int]]:
     return [[int(counts[t, q]) for q in classes] for t in classes]
 
 
+def class_fate(counts, i: int) -> np.ndarray:
+    """Row ``i`` of voxel-confusion counts as fractions: where true class ``i``'s voxels went (sums to 1)."""
+    row = np.asarray(counts[i], dtype=np.float64)
+    return row / max(1, row.sum())
+
+
 def confusion_table(args, data: dict, runs: List[Run], names: Dict[str, str], n_test: int) -> List[str]:
     """Where the voxels of each true class end up (summed over test cases and seeds): tells a class lost to the
     background (missed) from one confused with another class, and over- from under-segmentation."""
@@ -869,7 +875,7 @@ def confusion_table(args, data: dict, runs: List[Run], names: Dict[str, str], n_
              " | predicted / true volume |", "|---|---|---|" + "---|" * (len(classes) + 1)]
     for (arm, budget), m in sorted(per_arm.items(), key=_budget_then_arm):
         for i, c in enumerate(classes[1:], start=1):
-            row = m[i] / max(1, m[i].sum())
+            row = class_fate(m, i)
             lines.append(f"| {arm} | {budget} | {cname(c)} | " + " | ".join(f"{v:.2f}" for v in row) +
                          f" | {m[:, i].sum() / max(1, m[i].sum()):.2f} |")
     lines += ["", "Row = voxels of the true class, split by the predicted class (sums to 1); predicted / true "

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _bench_common as bc  # noqa: E402
 from nnunet_ssl.errors import UserInputError  # noqa: E402
-from benchmark_low_label import voxel_confusion  # noqa: E402
+from benchmark_low_label import class_fate, voxel_confusion  # noqa: E402
 
 OUTPUTS = ("average", "decoder_a", "decoder_b")
 
@@ -52,7 +52,7 @@ def select_output(network, which: str) -> None:
     from nnunet_ssl.two_decoder_unet import TwoDecoderUNet
     if not isinstance(network, TwoDecoderUNet):
         raise UserInputError(f"the model's network is a {type(network).__name__}, not IDEAL's two-decoder network "
-                                f"(train it with IDEALSemiSupervisedTrainer)")
+                             f"(train it with IDEALSemiSupervisedTrainer)")
     if which == "average":
         network.__dict__.pop("forward", None)
     else:
@@ -91,10 +91,7 @@ def main(argv=None) -> int:
              f"images {args.images}; labels {args.labels}; nnU-Net predictor, no mirroring", "", header,
              "|---" * (2 + 2 * len(labels)) + "|"]
     for which, dice, conf in rows:
-        fractions = []
-        for t in range(1, len(labels) + 1):
-            total = max(1, sum(conf[t]))
-            fractions.append("/".join(f"{c / total:.2f}" for c in conf[t]))
+        fractions = ["/".join(f"{f:.2f}" for f in class_fate(conf, t)) for t in range(1, len(labels) + 1)]
         lines.append(f"| {which} | " + " | ".join(f"{d:.4f}" for d in dice) + f" | {sum(dice) / len(dice):.4f} | "
                      + " | ".join(fractions) + " |")
     lines += ["", "Fractions: the true class's voxels predicted as background / each class (sum to 1)."]
