@@ -40,6 +40,8 @@ def parse_args(argv=None):
     for name in ("model_folder", "images", "labels"):
         if not Path(getattr(args, name)).is_dir():
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)} is not a folder")
+    if args.fold != "all" and not args.fold.isdigit():
+        p.error(f"-f/--fold must be a fold number or 'all', not {args.fold!r}")
     fold = args.fold if args.fold == "all" else int(args.fold)
     if not (Path(args.model_folder) / f"fold_{fold}" / args.checkpoint).is_file():
         p.error(f"{Path(args.model_folder) / f'fold_{fold}' / args.checkpoint} does not exist")
