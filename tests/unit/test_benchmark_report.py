@@ -1,20 +1,12 @@
 """The low-label benchmark's report helpers: per-seed table, voxel confusion (pure Python, no nnU-Net run)."""
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_low_label.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_low_label", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up there
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_script):
+    return load_script("benchmark_low_label")
 
 
 def _rows(arm, seed, dice_by_case, n_pred_by_case):

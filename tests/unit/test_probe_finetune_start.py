@@ -4,7 +4,6 @@ The probe must (1) see a blocked decoder when there is one, (2) run end to end o
 with a real checkpoint file and print a row per checkpoint against the random network, (3) refuse bad arguments
 with a message, not a traceback.
 """
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -15,16 +14,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_nnunet_data import CONFIG, tiny_plans, write_tiny_dataset  # noqa: E402
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_finetune_start.py"
 DATASET = "Dataset950_Fake"
 
 
 @pytest.fixture(scope="module")
-def probe_mod():
-    spec = importlib.util.spec_from_file_location("probe_finetune_start", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def probe_mod(load_script):
+    return load_script("probe_finetune_start")
 
 
 def _network(plans, seed=0):

@@ -3,20 +3,12 @@
 Its end-to-end behaviour (the 'average' output equals nnUNetv2_predict's) is tested in
 tests/integration/test_ideal_semi_run.py.
 """
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_two_decoders.py"
 
 
 @pytest.fixture(scope="module")
-def probe():
-    spec = importlib.util.spec_from_file_location("probe_two_decoders", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def probe(load_script):
+    return load_script("probe_two_decoders")
 
 
 @pytest.fixture
