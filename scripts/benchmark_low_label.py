@@ -85,13 +85,15 @@ ARMS = {  # arm -> (fine-tuning trainer, pre-training method or None, uses the u
     "mae-decoder": ("SSLFinetuneTrainer", "mae", False),
     "gmim-decoder": ("SSLFinetuneTrainer", "gmim", False),
     "refs-decoder": ("SSLFinetuneTrainer", "refs", False),
+    # opt-in diagnostic arm: the IDEAL checkpoint without its decoder (which fine-tuning transfers by default)
+    "ideal-encoder": ("SSLFinetuneTrainer", "ideal", False),
     # opt-in diagnostic arm: MAE pre-trained with half the input masked instead of 75 %
     "mae50": ("SSLFinetuneTrainer", "mae50", False),
 }
 # extra fine-tuning NNUNET_SSL_SETTINGS of an arm
 ARM_SETTINGS = {"mae-decoder": "load_decoder=True", "gmim-decoder": "load_decoder=True",
-                "refs-decoder": "load_decoder=True"}
-DIAGNOSTIC_ARMS = ("mae-decoder", "gmim-decoder", "refs-decoder", "mae50")
+                "refs-decoder": "load_decoder=True", "ideal-encoder": "load_decoder=False"}
+DIAGNOSTIC_ARMS = ("mae-decoder", "gmim-decoder", "refs-decoder", "ideal-encoder", "mae50")
 ARM_ORDER = list(ARMS)
 DEFAULT_ARMS = [a for a in ARM_ORDER if a not in DIAGNOSTIC_ARMS]
 # time per training iteration relative to a stock fine-tuning iteration (our estimate; --cost-json replaces them
@@ -186,7 +188,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("experiment")
     g.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=ARM_ORDER,
                    help="default: every arm but the diagnostics mae-decoder, gmim-decoder, refs-decoder (decoder "
-                        "transferred too) and mae50 (MAE pre-trained with mask_ratio=0.5)")
+                        "transferred too), ideal-encoder (IDEAL's decoder not transferred) and mae50 (MAE pre-trained "
+                        "with mask_ratio=0.5)")
     g.add_argument("--budgets", nargs="+", type=int, default=None)
     g.add_argument("--seeds", nargs="+", type=int, default=None)
     g.add_argument("--fold", default="0", help="fine-tuning fold (0; 'all' also works: then the budget picks from "
