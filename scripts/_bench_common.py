@@ -12,6 +12,7 @@ Every step prints what it does; user-fixable problems raise :class:`nnunet_ssl.e
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -352,6 +353,13 @@ def check_dataset_id(value: int, what: str) -> int:
     if not 1 <= int(value) <= 999:
         raise UserInputError(f"{what} {value} is out of range: nnU-Net dataset ids are 1..999.")
     return int(value)
+
+
+def fold_arg(text: str) -> str:
+    """argparse ``type`` of a fold option: a fold number or ``all`` (as nnU-Net's commands take it)."""
+    if text != "all" and not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a fold number or 'all', not {text!r}")
+    return text
 
 
 def run_main(main) -> None:

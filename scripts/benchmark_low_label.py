@@ -192,7 +192,7 @@ def parse_args(argv=None):
                         "with mask_ratio=0.5)")
     g.add_argument("--budgets", nargs="+", type=int, default=None)
     g.add_argument("--seeds", nargs="+", type=int, default=None)
-    g.add_argument("--fold", default="0", help="fine-tuning fold (0; 'all' also works: then the budget picks from "
+    g.add_argument("--fold", default="0", type=bc.fold_arg, help="fine-tuning fold (0; 'all' also works: then the budget picks from "
                                                "every pool case and nnU-Net validates on the training cases)")
     g.add_argument("--pretrain-settings", default=None, help="NNUNET_SSL_SETTINGS of every pre-training")
     g.add_argument("--finetune-settings", default=None,
@@ -235,11 +235,6 @@ def parse_args(argv=None):
             p.error(f"--finetune-settings must not set {key}: the script sets it per run")
     bc.check_dataset_id(args.dataset_id, "--dataset-id")
     bc.check_dataset_id(args.dataset_id + 2, "--dataset-id + 2")
-    if args.fold != "all":
-        try:
-            int(args.fold)
-        except ValueError:
-            p.error("--fold must be an integer or 'all'")
     return args
 
 

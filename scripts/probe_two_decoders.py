@@ -29,7 +29,7 @@ OUTPUTS = ("average", "decoder_a", "decoder_b")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-m", "--model-folder", required=True, help="the trainer folder (holds fold_X and plans.json)")
-    p.add_argument("-f", "--fold", default="0")
+    p.add_argument("-f", "--fold", default="0", type=bc.fold_arg)
     p.add_argument("-i", "--images", required=True, help="images in nnU-Net raw layout (CASE_0000.nii.gz)")
     p.add_argument("-l", "--labels", required=True, help="reference segmentations (CASE.nii.gz)")
     p.add_argument("-o", "--work", required=True, help="folder for the three prediction folders")
@@ -40,8 +40,6 @@ def parse_args(argv=None):
     for name in ("model_folder", "images", "labels"):
         if not Path(getattr(args, name)).is_dir():
             p.error(f"--{name.replace('_', '-')} {getattr(args, name)} is not a folder")
-    if args.fold != "all" and not args.fold.isdigit():
-        p.error(f"-f/--fold must be a fold number or 'all', not {args.fold!r}")
     fold = args.fold if args.fold == "all" else int(args.fold)
     if not (Path(args.model_folder) / f"fold_{fold}" / args.checkpoint).is_file():
         p.error(f"{Path(args.model_folder) / f'fold_{fold}' / args.checkpoint} does not exist")

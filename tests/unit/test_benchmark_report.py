@@ -125,3 +125,16 @@ def test_merge_per_case_refuses_another_split(bench, tmp_path):
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
     with pytest.raises(bench.UserInputError, match="not a per-case CSV"):
         bench.merged_rows([str(tmp_path / "bad.csv")], [], [], ["a"])
+
+
+@pytest.mark.parametrize("fold", ["x", "-1", "1.5"])
+def test_bad_fold_is_a_usage_error(bench, capsys, fold):
+    with pytest.raises(SystemExit) as exc:
+        bench.parse_args(["--profile", "quick", "--fold", fold])
+    assert exc.value.code == 2
+    assert f"argument --fold: must be a fold number or 'all', not '{fold}'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fold", ["0", "3", "all"])
+def test_fold_numbers_and_all_are_accepted(bench, fold):
+    assert bench.parse_args(["--profile", "quick", "--fold", fold]).fold == fold

@@ -29,7 +29,7 @@ def _argv(root, *extra):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["-f", "abc"], "-f/--fold must be a fold number or 'all'"),
+    (["-f", "abc"], "argument -f/--fold: must be a fold number or 'all', not 'abc'"),
     (["-f", "3"], "fold_3"),
     (["--checkpoint", "checkpoint_best.pth"], "checkpoint_best.pth does not exist"),
 ])
