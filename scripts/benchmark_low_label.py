@@ -764,16 +764,21 @@ def per_seed_table(rows: List[dict], seed_means: Dict[tuple, Optional[float]], l
     return lines
 
 
-def _log_curves(folder: Path) -> Dict[str, List[float]]:
-    """Per-epoch train loss and mean pseudo Dice (nnU-Net's validation-patch estimate) from the training logs."""
+def parse_training_log(text: str) -> Dict[str, List[float]]:
+    """Per-epoch train loss, mean pseudo Dice (nnU-Net's validation-patch estimate, foreground classes averaged)
+    and the lowest class's pseudo Dice from the text of nnU-Net's training logs."""
     import re
-    text = "".join(p.read_text() for p in sorted(folder.glob("training_log*.txt")))
     loss = [float(v) for v in re.findall(r": train_loss (\S+)", text)]
-    dice = []
+    dice, worst = [], []
     for inner in re.findall(r": Pseudo dice \[(.*)\]", text):
         vals = [float(v) for v in re.findall(r"([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\)?(?:,|$)", inner)]
         dice.append(sum(vals) / len(vals) if vals else float("nan"))
-    return {"train_loss": loss, "pseudo_dice": dice}
+        worst.append(min(vals) if vals else float("nan"))
+    return {"train_loss": loss, "pseudo_dice": dice, "pseudo_dice_worst_class": worst}
+
+
+def _log_curves(folder: Path) -> Dict[str, List[float]]:
+    return parse_training_log("".join(p.read_text() for p in sorted(folder.glob("training_log*.txt"))))
 
 
 def first_epoch_reaching(values: List[float], threshold: float) -> Optional[int]:
@@ -785,6 +790,7 @@ def first_epoch_reaching(values: List[float], threshold: float) -> Optional[int]
 
 
 EMERGE_DICE = 0.1  # pseudo Dice that counts as "the run has started to segment"
+SEPARATE_DICE = 0.5  # every class's pseudo Dice at least this: "the run segments each class, not one of them"
 
 
 def _budget_then_arm(item) -> tuple:
@@ -807,23 +813,27 @@ def curves_table(args, data: dict, runs: List[Run]) -> List[str]:
         vals = [c[key][i] for c in curves if len(c[key]) > abs(i) and math.isfinite(c[key][i])]
         return _fmt(_mean(vals), 3) if vals else "-"
 
-    def emerged(curves):
-        firsts = [first_epoch_reaching(c["pseudo_dice"], EMERGE_DICE) for c in curves]
+    def first(curves, key, threshold):
+        firsts = [first_epoch_reaching(c[key], threshold) for c in curves]
         return ", ".join("never" if f is None else str(f) for f in firsts)
 
     lines = ["", "## Fine-tuning curves (training logs; mean over seeds)", "",
              "| arm | budget | train loss epoch 0 | epoch 1 | mid | last | pseudo Dice epoch 1 | mid | last | "
-             f"first epoch with pseudo Dice >= {EMERGE_DICE} (per seed) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             f"first epoch with pseudo Dice >= {EMERGE_DICE} (per seed) | "
+             f"first epoch with every class >= {SEPARATE_DICE} (per seed) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (arm, budget), curves in sorted(per_arm.items(), key=_budget_then_arm):
         n = min(len(c["train_loss"]) for c in curves)
         mid = max(0, n // 2)
         lines.append(f"| {arm} | {budget} | {at(curves, 'train_loss', 0)} | {at(curves, 'train_loss', 1)} | "
                      f"{at(curves, 'train_loss', mid)} | {at(curves, 'train_loss', -1)} | "
                      f"{at(curves, 'pseudo_dice', 1)} | {at(curves, 'pseudo_dice', mid)} | "
-                     f"{at(curves, 'pseudo_dice', -1)} | {emerged(curves)} |")
+                     f"{at(curves, 'pseudo_dice', -1)} | {first(curves, 'pseudo_dice', EMERGE_DICE)} | "
+                     f"{first(curves, 'pseudo_dice_worst_class', SEPARATE_DICE)} |")
     lines += ["", "Train loss = nnU-Net's Dice + CE (lower is better, negative once Dice dominates); pseudo Dice = "
-                  "nnU-Net's per-epoch estimate on validation patches, foreground classes averaged."]
+                  "nnU-Net's per-epoch estimate on validation patches, foreground classes averaged; epochs count "
+                  "from 0. The last column is when the run segments every class, not only one of them (with few "
+                  "labels a run often predicts one class for the whole structure first)."]
     return lines
 
 

@@ -88,6 +88,14 @@ def test_report_holds_every_arm_case_and_class(smoke):
     assert {r["arm"] for r in paired} == {"mae"}
     md = (smoke["out"] / "low_label_smoke.md").read_text()
     assert "| scratch | 3 |" in md and "| mae | 3 |" in md
+    # the curves table is parsed from nnU-Net's real training logs: a train loss for both arms, both epoch columns
+    curves = md.split("## Fine-tuning curves")[1].split("\n## ")[0]
+    assert "first epoch with every class >= 0.5" in curves
+    rows = [ln.split("|")[1:-1] for ln in curves.splitlines() if ln.startswith(("| scratch | 3 |", "| mae | 3 |"))]
+    assert len(rows) == 2 and all(len(cells) == 11 for cells in rows)
+    for cells in rows:
+        float(cells[2])  # train loss at epoch 0
+        assert all(x.strip() == "never" or x.strip().isdigit() for x in cells[-1].split(","))
     assert (smoke["out"] / "low_label_smoke.png").stat().st_size > 1000
     # every fine-tuning run went through nnUNetv2_predict on the external images
     for arm in ("scratch", "mae"):

@@ -47,6 +47,27 @@ def test_first_epoch_reaching_threshold(bench):
     assert bench.first_epoch_reaching([], 0.1) is None
 
 
+NNUNET_LOG = """\
+2026-11-29 15:54:49.355572: train_loss 0.4461
+2026-11-29 15:54:49.355700: val_loss 0.2012
+2026-11-29 15:54:49.355800: Pseudo dice [np.float32(0.0), np.float32(0.0)]
+2026-11-29 15:55:16.988263: train_loss 0.1483
+2026-11-29 15:55:16.988400: Pseudo dice [np.float32(0.4277), np.float32(0.0)]
+2026-11-29 15:55:43.769510: train_loss -0.3150
+2026-11-29 15:55:43.769600: Pseudo dice [np.float32(0.6), np.float32(0.52)]
+"""
+
+
+def test_parse_training_log_keeps_mean_and_worst_class(bench):
+    c = bench.parse_training_log(NNUNET_LOG)
+    assert c["train_loss"] == [0.4461, 0.1483, -0.315]
+    assert c["pseudo_dice"] == pytest.approx([0.0, 0.21385, 0.56])
+    assert c["pseudo_dice_worst_class"] == pytest.approx([0.0, 0.0, 0.52])
+    # one class segmented (mean 0.21 >= 0.1) is "emerged" but not "every class"
+    assert bench.first_epoch_reaching(c["pseudo_dice"], bench.EMERGE_DICE) == 1
+    assert bench.first_epoch_reaching(c["pseudo_dice_worst_class"], bench.SEPARATE_DICE) == 2
+
+
 def test_voxel_confusion_counts_true_against_predicted(bench, tmp_path):
     import numpy as np
     import SimpleITK as sitk
