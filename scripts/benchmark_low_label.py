@@ -192,8 +192,9 @@ def parse_args(argv=None):
                         "with mask_ratio=0.5)")
     g.add_argument("--budgets", nargs="+", type=int, default=None)
     g.add_argument("--seeds", nargs="+", type=int, default=None)
-    g.add_argument("--fold", default="0", type=bc.fold_arg, help="fine-tuning fold (0; 'all' also works: then the budget picks from "
-                                               "every pool case and nnU-Net validates on the training cases)")
+    g.add_argument("--fold", default="0", type=bc.fold_arg,
+                   help="fine-tuning fold (0; 'all' also works: then the budget picks from every pool case and "
+                        "nnU-Net validates on the training cases)")
     g.add_argument("--pretrain-settings", default=None, help="NNUNET_SSL_SETTINGS of every pre-training")
     g.add_argument("--finetune-settings", default=None,
                    help="NNUNET_SSL_SETTINGS of every fine-tuning (label_budget/label_seed are added)")
