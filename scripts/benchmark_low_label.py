@@ -89,17 +89,22 @@ ARMS = {  # arm -> (fine-tuning trainer, pre-training method or None, uses the u
     "ideal-encoder": ("SSLFinetuneTrainer", "ideal", False),
     # opt-in diagnostic arm: MAE pre-trained with half the input masked instead of 75 %
     "mae50": ("SSLFinetuneTrainer", "mae50", False),
+    # opt-in diagnostic arms: the decoder warms up alone (encoder frozen, 10 % of the epochs) before the whole net
+    "mae-decoderwarmup": ("SSLFinetuneTrainer_decoderWarmup", "mae", False),
+    "gmim-decoderwarmup": ("SSLFinetuneTrainer_decoderWarmup", "gmim", False),
 }
 # extra fine-tuning NNUNET_SSL_SETTINGS of an arm
 ARM_SETTINGS = {"mae-decoder": "load_decoder=True", "gmim-decoder": "load_decoder=True",
                 "refs-decoder": "load_decoder=True", "ideal-encoder": "load_decoder=False"}
-DIAGNOSTIC_ARMS = ("mae-decoder", "gmim-decoder", "refs-decoder", "ideal-encoder", "mae50")
+DIAGNOSTIC_ARMS = ("mae-decoder", "gmim-decoder", "refs-decoder", "ideal-encoder", "mae50", "mae-decoderwarmup",
+                   "gmim-decoderwarmup")
 ARM_ORDER = list(ARMS)
 DEFAULT_ARMS = [a for a in ARM_ORDER if a not in DIAGNOSTIC_ARMS]
 # time per training iteration relative to a stock fine-tuning iteration (our estimate; --cost-json replaces them
 # with measured ratios from scripts/benchmark_cost.py)
 # (defaults: the CPU figures of scripts/results/cost_*.md, ReFs after cosine_every=10)
-DEFAULT_COST = {"SSLScratchTrainer": 1.0, "SSLFinetuneTrainer": 1.0, "IDEALSemiSupervisedTrainer": 4.0,
+DEFAULT_COST = {"SSLScratchTrainer": 1.0, "SSLFinetuneTrainer": 1.0, "SSLFinetuneTrainer_decoderWarmup": 1.0,
+                "IDEALSemiSupervisedTrainer": 4.0,
                 "MAETrainer": 1.1, "GMIMTrainer": 1.1, "PGLTrainer": 0.9, "IDEALTrainer": 0.9, "ReFsTrainer": 2.2}
 
 
@@ -356,7 +361,7 @@ def cost_table(args) -> Dict[str, float]:
                 cost[name] = float(s["ratio"])
                 if name == "nnUNetTrainer" and args.sec_per_iter == PROFILES[args.profile]["sec_per_iter"]:
                     args.sec_per_iter = float(s["median_s"])
-        for ft in ("SSLScratchTrainer", "SSLFinetuneTrainer"):
+        for ft in ("SSLScratchTrainer", "SSLFinetuneTrainer", "SSLFinetuneTrainer_decoderWarmup"):
             cost[ft] = 1.0
     return cost
 

@@ -14,7 +14,10 @@
   naming the first mismatching layer and both shapes;
 * CUDA-saved checkpoints load on CPU-only machines; checkpoints are written atomically (temp file + rename);
 * the whole network warms up linearly (nnU-Net's ``nnUNetTrainer_warmup`` schedule) before the normal poly
-  schedule: ``warmup_duration_whole_net`` epochs (default 50 of 1000, scaled down for short runs).
+  schedule: ``warmup_duration_whole_net`` epochs (default 50 of 1000, scaled down for short runs);
+* optionally the decoder warms up alone first, the encoder frozen (``warmup_duration_decoder`` epochs, default 0;
+  the variant ``SSLFinetuneTrainer_decoderWarmup`` uses 100 of 1000, the same share of shorter schedules):
+  stages ``warmup_decoder`` -> ``warmup_all`` -> ``train``, each named in the log when it starts.
 
 Without ``NNUNET_SSL_PRETRAINED`` it trains from scratch with exactly the same schedule (the fair baseline);
 ``SSLScratchTrainer`` is that baseline under its own name (it refuses ``NNUNET_SSL_PRETRAINED``).
@@ -29,14 +32,20 @@ import os
 import torch
 
 from nnunet_ssl.checkpoint import atomic_file, load_checkpoint_file
+from nnunet_ssl.encoder_freeze import EncoderFreeze, non_encoder_parameters
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
 from nnunet_ssl.label_budget import LABEL_BUDGET_SETTINGS
+from nnunet_ssl.network_parts import unwrap
 from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
 from nnunet_ssl.transfer import recommended_load_decoder, transfer_weights
 from nnunet_ssl_trainers.cpu_ddp import CPUDistributedMixin
 from nnunet_ssl_trainers.label_budget import LabelBudgetMixin
+from nnunet_ssl_trainers.variants import variant
+from nnunetv2.training.lr_scheduler.warmup import (Lin_incr_LRScheduler, Lin_incr_offset_LRScheduler,
+                                                   PolyLRScheduler_offset)
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.lr_schedule.nnUNetTrainer_warmup import nnUNetTrainer_warmup
+from nnunetv2.utilities.helpers import empty_cache
 
 PRETRAINED_ENV = "NNUNET_SSL_PRETRAINED"
 
@@ -48,13 +57,16 @@ def _decoder_transfers_of(trainer_name: str):
 
 
 class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer_warmup):
-    tunable_settings = dict(COMMON_SETTINGS, warmup_duration_whole_net=int, load_decoder=bool,
-                            final_validation=bool, **LABEL_BUDGET_SETTINGS)
+    tunable_settings = dict(COMMON_SETTINGS, warmup_duration_whole_net=int, warmup_duration_decoder=int,
+                            load_decoder=bool, final_validation=bool, **LABEL_BUDGET_SETTINGS)
+    STAGES = ("warmup_decoder", "warmup_all", "train")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.load_decoder = None  # None: as the pre-training recommends (recommended_load_decoder)
+        self.warmup_duration_decoder = 0  # epochs with the encoder frozen before the whole-net warm-up
+        self._encoder_freeze = None
         self.final_validation = True  # False: skip nnU-Net's sliding-window validation of the fold (demo, benchmarks)
         self.transfer_report = None
         self._resumed = False
@@ -64,10 +76,78 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer_wa
             applied = apply_env_settings(self, self.tunable_settings)
         except UserInputError as e:
             exit_on_user_error(e)
+        # keep nnU-Net's 5 % warm-up ratio for shortened schedules
         if "warmup_duration_whole_net" not in applied:
-            # keep nnU-Net's 5 % warm-up ratio for shortened schedules
             self.warmup_duration_whole_net = max(1, min(self.warmup_duration_whole_net, self.num_epochs // 20))
+        if "warmup_duration_decoder" not in applied and 0 < self.num_epochs < 1000:
+            # a class default (of 1000 epochs) keeps its share of a shorter schedule
+            d = max(int(self.warmup_duration_decoder > 0), self.warmup_duration_decoder * self.num_epochs // 1000)
+            self.warmup_duration_decoder = min(d, max(0, self.num_epochs - self.warmup_duration_whole_net - 1))
+        try:
+            self._check_warmup()
+        except UserInputError as e:
+            exit_on_user_error(e)
         super().initialize()
+
+    def _check_warmup(self):
+        d, w = self.warmup_duration_decoder, self.warmup_duration_whole_net
+        if d < 0 or w < 1:
+            raise UserInputError(f"warmup_duration_decoder must be >= 0 and warmup_duration_whole_net >= 1 epochs, "
+                                 f"got {d} and {w}. Fix: change them in NNUNET_SSL_SETTINGS.")
+        if d > 0 and d + w >= self.num_epochs:
+            raise UserInputError(
+                f"warmup_duration_decoder={d} + warmup_duration_whole_net={w} epochs leave none of the "
+                f"{self.num_epochs} epochs for the normal schedule. Fix: shorten them or raise num_epochs in "
+                f"NNUNET_SSL_SETTINGS.")
+
+    def stage_at(self, epoch: int) -> str:
+        """``warmup_decoder`` (encoder frozen), ``warmup_all`` (nnU-Net's whole-net warm-up) or ``train`` (poly)."""
+        if epoch < self.warmup_duration_decoder:
+            return "warmup_decoder"
+        if epoch < self.warmup_duration_decoder + self.warmup_duration_whole_net:
+            return "warmup_all"
+        return "train"
+
+    def _sgd(self, params):
+        return torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+
+    def configure_optimizers(self, stage: str = None):
+        """nnU-Net's warm-up stages with the decoder-only stage in front; the learning rate of each stage comes from
+        nnU-Net's schedulers, offset by the stages before it. A stage keeps its optimizer when asked again; ``train``
+        continues the whole-net warm-up's optimizer (momentum), as in ``nnUNetTrainer_warmup``."""
+        stage = self.stage_at(self.current_epoch) if stage is None else stage
+        assert stage in self.STAGES, stage
+        if self.training_stage == stage:
+            return self.optimizer, self.lr_scheduler
+        if self._encoder_freeze is None:
+            self._encoder_freeze = EncoderFreeze(self.network)
+        d, w = self.warmup_duration_decoder, self.warmup_duration_whole_net
+        if stage == "warmup_decoder":
+            self._encoder_freeze.freeze()
+            optimizer = self._sgd(non_encoder_parameters(self.network))
+            lr_scheduler = Lin_incr_LRScheduler(optimizer, self.initial_lr, d)
+            what = "train decoder only (encoder frozen), warmup"
+        else:
+            self._encoder_freeze.release()
+            if stage == "warmup_all":
+                optimizer = self._sgd(unwrap(self.network).parameters())
+                lr_scheduler = Lin_incr_offset_LRScheduler(optimizer, self.initial_lr, w, d)
+                what = "train whole net, warmup"
+            else:
+                keep = self.training_stage == "warmup_all"
+                optimizer = self.optimizer if keep else self._sgd(unwrap(self.network).parameters())
+                lr_scheduler = PolyLRScheduler_offset(optimizer, self.initial_lr, self.num_epochs, d + w)
+                what = "train whole net, default schedule"
+        self.print_to_log_file(what)
+        self.print_to_log_file(f"Initialized {stage} optimizer and lr_scheduler at epoch {self.current_epoch}")
+        self.training_stage = stage
+        empty_cache(self.device)
+        return optimizer, lr_scheduler
+
+    def on_train_epoch_start(self):
+        # replaces nnUNetTrainer_warmup's two-stage switch
+        self.optimizer, self.lr_scheduler = self.configure_optimizers(self.stage_at(self.current_epoch))
+        nnUNetTrainer.on_train_epoch_start(self)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if not self.final_validation:
@@ -96,9 +176,10 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer_wa
         # (given a dict it fails with UnboundLocalError, found by tests/integration/test_interruption.py)
         path = os.fspath(filename_or_checkpoint)
         epoch = load_checkpoint_file(path, map_location="cpu")["current_epoch"]
-        # (no epoch left - e.g. --c of a finished run: nnU-Net's poly scheduler would divide by zero; both stages
-        # use the same SGD, so the optimizer state loads either way)
-        stage = "train" if self.warmup_duration_whole_net <= epoch < self.num_epochs else "warmup_all"
+        # the checkpoint's optimizer is that of the last finished epoch's stage (after the decoder warm-up's last
+        # epoch it holds the decoder only); the next on_train_epoch_start moves on to the stage of `epoch`.
+        # (A finished run, --c: its last epoch's stage; warmup_all and train share the whole-net SGD)
+        stage = self.stage_at(max(min(epoch, self.num_epochs) - 1, 0))
         self.optimizer, self.lr_scheduler = self.configure_optimizers(stage)
         nnUNetTrainer.load_checkpoint(self, path)
 
@@ -146,3 +227,9 @@ class SSLScratchTrainer(SSLFinetuneTrainer):
                 f"{PRETRAINED_ENV}={path} is set. Fix: unset it (unset {PRETRAINED_ENV}) for the baseline, or "
                 f"fine-tune the checkpoint with -tr SSLFinetuneTrainer.")
         return None
+
+
+SSLFinetuneTrainer_decoderWarmup = variant(
+    "SSLFinetuneTrainer_decoderWarmup", SSLFinetuneTrainer, __name__,
+    "Decoder-first warm-up: 100 of 1000 epochs (the same share of shorter runs) train the decoder with the encoder "
+    "frozen, then nnU-Net's whole-net warm-up and poly schedule.", warmup_duration_decoder=100)
