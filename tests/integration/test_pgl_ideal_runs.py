@@ -4,8 +4,9 @@
   the plain nnU-Net network and whose ``ssl_state`` holds heads and EMA teachers;
 * ``--c`` with ``num_epochs=3``: the trainer loads exactly the saved teachers, continues at epoch 2 and the EMA
   schedule resumes at step ``2 * iterations`` (the logged momentum matches the formula);
-* fine-tuning the checkpoint: stock ``-pretrained_weights`` (``-tr SSLScratchTrainer``: nnU-Net's own loader) and
-  ``NNUNET_SSL_PRETRAINED`` with ``-tr SSLFinetuneTrainer``, one short epoch each;
+* fine-tuning the checkpoint: stock ``-pretrained_weights`` (``-tr SSLScratchTrainer``: nnU-Net's own loader, one
+  short epoch) and ``NNUNET_SSL_PRETRAINED`` with ``-tr SSLFinetuneTrainer_decoderWarmup`` (one short epoch per
+  stage: decoder warm-up, whole-net warm-up, poly);
 * ``IDEALTrainer`` 2 epochs (started in the background at the beginning to use the waiting time).
 
 Pre-training runs directly on the labeled dataset (SSL trainers never read the labels). 2d is covered at unit
@@ -159,12 +160,15 @@ def test_pgl_checkpoint_finetunes_with_stock_and_plugin_loaders(pgl_run, nnunet_
     assert f"Loading pretrained weights from file  {ckpt_path}" in proc.stdout
     out = _results(nnunet_env, ds, "SSLScratchTrainer", 0)
     assert (out / "checkpoint_final.pth").is_file() and (out / "validation" / "summary.json").is_file()
-    # the plugin's loader
-    _run(_train_args(ds.dataset_id, "SSLFinetuneTrainer", 0),
+    # the plugin's loader, in its decoder-first variant: one epoch per stage
+    settings = settings.replace("num_epochs=1", "num_epochs=3") + ",warmup_duration_decoder=1,final_validation=False"
+    _run(_train_args(ds.dataset_id, "SSLFinetuneTrainer_decoderWarmup", 0),
          _env(nnunet_env, settings, NNUNET_SSL_PRETRAINED=str(ckpt_path)), "SSLFinetuneTrainer fine-tuning")
-    out = _results(nnunet_env, ds, "SSLFinetuneTrainer", 0)
+    out = _results(nnunet_env, ds, "SSLFinetuneTrainer_decoderWarmup", 0)
     log = training_logs(out)
     assert str(ckpt_path) in log and (out / "checkpoint_final.pth").is_file()
+    stages = re.findall(r"Initialized (\w+) optimizer and lr_scheduler at epoch (\d+)", log)
+    assert stages == [("warmup_decoder", "0"), ("warmup_all", "1"), ("train", "2")]
 
 
 def test_ideal_pretraining_runs(setup, nnunet_env):
