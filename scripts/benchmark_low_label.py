@@ -90,8 +90,7 @@ ARMS = {  # arm -> (fine-tuning trainer, pre-training method or None, uses the u
     # opt-in diagnostic arm: MAE pre-trained with half the input masked instead of 75 %
     "mae50": ("SSLFinetuneTrainer", "mae50", False),
     # opt-in diagnostic arms: the decoder warms up alone (encoder frozen, 10 % of the epochs) before the whole net
-    "mae-decoderwarmup": ("SSLFinetuneTrainer_decoderWarmup", "mae", False),
-    "gmim-decoderwarmup": ("SSLFinetuneTrainer_decoderWarmup", "gmim", False),
+    **{f"{m}-decoderwarmup": ("SSLFinetuneTrainer_decoderWarmup", m, False) for m in ("mae", "gmim")},
 }
 # extra fine-tuning NNUNET_SSL_SETTINGS of an arm
 ARM_SETTINGS = {"mae-decoder": "load_decoder=True", "gmim-decoder": "load_decoder=True",

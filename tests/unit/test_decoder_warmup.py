@@ -2,7 +2,6 @@
 (learning rates, optimizer contents, encoder untouched while frozen, resume, defaults equal to nnU-Net's
 warm-up trainer)."""
 import os
-import types
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from torch import nn
 
 from nnunet_ssl.encoder_freeze import EncoderFreeze, non_encoder_parameters
 
-from tiny_nnunet_data import make_trainer, write_tiny_dataset
+from tiny_nnunet_data import make_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,17 +69,8 @@ def test_freeze_keeps_the_encoder_still_and_release_lets_it_train():
 # ---------------------------------------------------------------- the trainer
 
 @pytest.fixture()
-def env(tmp_path, monkeypatch):
-    pre, res = tmp_path / "pre", tmp_path / "res"
-    pre.mkdir()
-    res.mkdir()
-    for k, v in (("nnUNet_preprocessed", pre), ("nnUNet_results", res), ("nnUNet_raw", tmp_path / "raw"),
-                 ("nnUNet_n_proc_DA", "0"), ("nnUNet_compile", "0")):
-        monkeypatch.setenv(k, str(v))
-    for k in ("NNUNET_SSL_PRETRAINED", "NNUNET_SSL_UNLABELED_DATASET", "NNUNET_SSL_SETTINGS"):
-        monkeypatch.delenv(k, raising=False)
-    plans, dataset_json, _, _ = write_tiny_dataset(pre)
-    return types.SimpleNamespace(plans=plans, dataset_json=dataset_json, mp=monkeypatch, tmp=tmp_path)
+def env(tiny_nnunet_env):
+    return tiny_nnunet_env
 
 
 def _trainer(env, settings, cls=None):

@@ -5,18 +5,15 @@ wraps). While frozen the ranks step without DDP errors and the encoder stays bit
 release the encoder trains and both ranks stay identical (its gradients are synchronised, which switching
 requires_grad after wrapping would not give).
 """
-import multiprocessing
-import os
-import tempfile
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_ssl.encoder_freeze import EncoderFreeze, non_encoder_parameters
+
+from gloo_ranks import run_on_gloo_ranks
 
 WORLD = 2
 
@@ -40,37 +37,25 @@ def _step(model, opt, rank, step):
     opt.step()
 
 
-def _worker(rank, tmpdir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="file://" + os.path.join(tmpdir, "rendezvous"), rank=rank,
-                            world_size=WORLD)
-    try:
-        net = _unet()
-        start = {k: v.clone() for k, v in net.state_dict().items()}
-        freeze = EncoderFreeze(net)
-        freeze.freeze()
-        opt = torch.optim.SGD(non_encoder_parameters(net), 0.05, momentum=0.9)
-        model = DDP(net)
-        for step in range(2):
-            _step(model, opt, rank, step)
-        frozen = {k: v.clone() for k, v in net.state_dict().items()}
-        freeze.release()
-        opt = torch.optim.SGD(net.parameters(), 0.05, momentum=0.9)
-        for step in range(2, 4):
-            _step(model, opt, rank, step)
-        torch.save({"start": start, "frozen": frozen, "end": net.state_dict()}, os.path.join(tmpdir, f"r{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _rank(rank):
+    net = _unet()
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    freeze = EncoderFreeze(net)
+    freeze.freeze()
+    opt = torch.optim.SGD(non_encoder_parameters(net), 0.05, momentum=0.9)
+    model = DDP(net)
+    for step in range(2):
+        _step(model, opt, rank, step)
+    frozen = {k: v.clone() for k, v in net.state_dict().items()}
+    freeze.release()
+    opt = torch.optim.SGD(net.parameters(), 0.05, momentum=0.9)
+    for step in range(2, 4):
+        _step(model, opt, rank, step)
+    return {"start": start, "frozen": frozen, "end": net.state_dict()}
 
 
 def test_frozen_encoder_under_ddp():
-    with tempfile.TemporaryDirectory() as tmpdir:
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        if method == "forkserver":
-            multiprocessing.set_forkserver_preload(["torch", "nnunet_ssl.encoder_freeze", __name__])
-        mp.start_processes(_worker, args=(tmpdir,), nprocs=WORLD, join=True, start_method=method)
-        out = [torch.load(os.path.join(tmpdir, f"r{r}.pt")) for r in range(WORLD)]
+    out = run_on_gloo_ranks(_rank, WORLD, preload=["nnunet_ssl.encoder_freeze", __name__])
     start, frozen, end = out[0]["start"], out[0]["frozen"], out[0]["end"]
     enc = [k for k in start if k.startswith("encoder.") and start[k].is_floating_point()]
     rest = [k for k in start if not k.startswith("encoder.") and not k.startswith("decoder.encoder.")]

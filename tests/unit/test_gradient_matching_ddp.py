@@ -7,18 +7,15 @@ Checks that ranks end with bit-identical parameters (shared params moved by the 
 ordinary optimizer from the matcher's .grad), that the result equals a single-process run on the mean of both
 ranks' losses, and that without averaging the ranks would diverge (so the test is not vacuous).
 """
-import multiprocessing
-import os
-import tempfile
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn import functional as F
 
 from nnunet_ssl.gradient_matching import FishGradientMatcher
+
+from gloo_ranks import run_on_gloo_ranks
 
 WORLD = 2
 STEPS = 3
@@ -81,30 +78,16 @@ def _train(net, datas, average=None, order="alternate"):
     return cosines
 
 
-def _worker(rank, tmpdir):
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method="file://" + os.path.join(tmpdir, "rendezvous"), rank=rank,
-                            world_size=WORLD)
-    try:
-        net = _net()
-        cos = _train(net, lambda step: [_data(rank, step)])
-        local = _net()
-        _train(local, lambda step: [_data(rank, step)], average=False)
-        torch.save({"state": net.state_dict(), "cos": cos, "local": local.state_dict()},
-                   os.path.join(tmpdir, f"rank{rank}.pt"))
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _rank(rank):
+    net = _net()
+    cos = _train(net, lambda step: [_data(rank, step)])
+    local = _net()
+    _train(local, lambda step: [_data(rank, step)], average=False)
+    return {"state": net.state_dict(), "cos": cos, "local": local.state_dict()}
 
 
 def test_fish_ddp_ranks_stay_identical():
-    with tempfile.TemporaryDirectory() as tmpdir:
-        # forkserver (spawn's clean start, but torch is imported once in the server instead of once per rank)
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        if method == "forkserver":
-            multiprocessing.set_forkserver_preload(["torch", "nnunet_ssl.gradient_matching", __name__])
-        mp.start_processes(_worker, args=(tmpdir,), nprocs=WORLD, join=True, start_method=method)
-        out = [torch.load(os.path.join(tmpdir, f"rank{r}.pt")) for r in range(WORLD)]
+    out = run_on_gloo_ranks(_rank, WORLD, preload=["nnunet_ssl.gradient_matching", __name__])
     s0, s1 = out[0]["state"], out[1]["state"]
     for k in s0:
         assert torch.equal(s0[k], s1[k]), k

@@ -249,18 +249,8 @@ def test_plans_differences():
 # ---------------------------------------------------------------- trainer, unlabeled pool
 
 @pytest.fixture()
-def env(tmp_path, monkeypatch):
-    pre, res = tmp_path / "pre", tmp_path / "res"
-    pre.mkdir()
-    res.mkdir()
-    for k, v in (("nnUNet_preprocessed", pre), ("nnUNet_results", res), ("nnUNet_raw", tmp_path / "raw"),
-                 ("nnUNet_n_proc_DA", "0"), ("nnUNet_compile", "0")):
-        monkeypatch.setenv(k, str(v))
-    for k in ("NNUNET_SSL_PRETRAINED", "NNUNET_SSL_UNLABELED_DATASET", "NNUNET_SSL_SETTINGS"):
-        monkeypatch.delenv(k, raising=False)
-    plans, dataset_json, train_keys, val_keys = write_tiny_dataset(pre)
-    return types.SimpleNamespace(pre=pre, plans=plans, dataset_json=dataset_json, train=train_keys, val=val_keys,
-                                 mp=monkeypatch)
+def env(tiny_nnunet_env):
+    return tiny_nnunet_env
 
 
 def _ideal(env, settings=""):
