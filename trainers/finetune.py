@@ -94,11 +94,9 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer_wa
         if d < 0 or w < 1:
             raise UserInputError(f"warmup_duration_decoder must be >= 0 and warmup_duration_whole_net >= 1 epochs, "
                                  f"got {d} and {w}. Fix: change them in NNUNET_SSL_SETTINGS.")
-        if d > 0 and d + w >= self.num_epochs:
-            raise UserInputError(
-                f"warmup_duration_decoder={d} + warmup_duration_whole_net={w} epochs leave none of the "
-                f"{self.num_epochs} epochs for the normal schedule. Fix: shorten them or raise num_epochs in "
-                f"NNUNET_SSL_SETTINGS.")
+        if d >= self.num_epochs:
+            self.print_to_log_file(f"warmup_duration_decoder={d} >= num_epochs={self.num_epochs}: the encoder stays "
+                                   f"frozen for the whole run (decoder-only training).")
 
     def stage_at(self, epoch: int) -> str:
         """``warmup_decoder`` (encoder frozen), ``warmup_all`` (nnU-Net's whole-net warm-up) or ``train`` (poly)."""

@@ -23,6 +23,9 @@ TRAINERS = {  # trainer -> (dataset, fold, extra settings, extra env)
     "ReFsTrainer": (SSL_ID, "all", "", {}),
     "IDEALSemiSupervisedTrainer": ("downstream", "0", ",final_validation=False,label_budget=8",
                                    {"NNUNET_SSL_UNLABELED_DATASET": str(SSL_ID)}),
+    # the encoder frozen (gradient hooks) under DDP: the decoder-only stage for the whole run
+    "SSLFinetuneTrainer_decoderWarmup": ("downstream", "0", ",final_validation=False,label_budget=8,"
+                                         "warmup_duration_decoder=1", {}),
 }
 
 
@@ -53,4 +56,7 @@ def test_two_gloo_ranks_stay_identical_and_see_different_data(trainer, ssl_datas
     ckpt = load_ckpt(folder / "checkpoint_final.pth")
     weights = {k[7:] if k.startswith("module.") else k: v for k, v in ckpt["network_weights"].items()}
     assert all(torch.equal(weights[k], v) for k, v in r0["network_weights"].items())
-    assert "DDP on CPU (gloo)" in "".join(p.read_text() for p in folder.glob("training_log*.txt"))
+    log = "".join(p.read_text() for p in folder.glob("training_log*.txt"))
+    assert "DDP on CPU (gloo)" in log
+    if trainer.endswith("_decoderWarmup"):
+        assert "Initialized warmup_decoder optimizer" in log and "Initialized warmup_all" not in log
