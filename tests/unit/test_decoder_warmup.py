@@ -174,3 +174,13 @@ def test_resume_restores_the_stage_and_its_optimizer(env, epoch):
     stage, lr, _ = _epoch_start(r, epoch + 1)  # the next epoch continues in its own stage
     assert stage == r.stage_at(epoch + 1) and r._encoder_freeze.frozen == (stage == "warmup_decoder")
     r.train_step(next(dl_tr))
+
+
+@pytest.mark.parametrize("settings,hint", [("load_decoder=False", True), ("load_decoder=True", False),
+                                           ("load_decoder=False,warmup_duration_decoder=2", False)])
+def test_random_decoder_start_logs_the_warmup_hint(env, settings, hint):
+    t = _trainer(env, "num_epochs=10," + settings)
+    path = os.path.join(str(env.tmp), "pretrained.pth")
+    torch.save({"network_weights": t.network.state_dict(), "trainer_name": "MAETrainer"}, path)
+    t.load_pretrained(path)
+    assert ("Hint: the decoder starts random" in open(t.log_file).read()) == hint
