@@ -17,17 +17,13 @@ from typing import List
 import torch
 from torch import nn
 
-from nnunet_ssl.network_parts import unwrap
-
-
-def encoder_parameter_list(network: nn.Module) -> List[nn.Parameter]:
-    return list(unwrap(network).encoder.parameters())
+from nnunet_ssl.network_parts import encoder_parameters, unwrap
 
 
 def non_encoder_parameters(network: nn.Module) -> List[nn.Parameter]:
     """Every parameter outside the encoder, each once (nnU-Net's decoders hold a reference to the encoder, so
     ``decoder.parameters()`` alone would include it)."""
-    encoder_ids = {id(p) for p in encoder_parameter_list(network)}
+    encoder_ids = {id(p) for _, p in encoder_parameters(network)}
     return [p for p in unwrap(network).parameters() if id(p) not in encoder_ids]
 
 
@@ -45,7 +41,7 @@ class EncoderFreeze:
     def freeze(self) -> None:
         if self.frozen:
             return
-        self._handles = [p.register_hook(torch.zeros_like) for p in encoder_parameter_list(self.network)
+        self._handles = [p.register_hook(torch.zeros_like) for _, p in encoder_parameters(self.network)
                          if p.requires_grad]
 
     def release(self) -> None:

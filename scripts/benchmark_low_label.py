@@ -99,11 +99,12 @@ DIAGNOSTIC_ARMS = ("mae-decoder", "gmim-decoder", "refs-decoder", "ideal-encoder
                    "gmim-decoderwarmup")
 ARM_ORDER = list(ARMS)
 DEFAULT_ARMS = [a for a in ARM_ORDER if a not in DIAGNOSTIC_ARMS]
+# fine-tuning trainers whose iteration is a stock nnU-Net iteration (cost 1.0 by definition)
+STOCK_COST_FINETUNE = ("SSLScratchTrainer", "SSLFinetuneTrainer", "SSLFinetuneTrainer_decoderWarmup")
 # time per training iteration relative to a stock fine-tuning iteration (our estimate; --cost-json replaces them
 # with measured ratios from scripts/benchmark_cost.py)
 # (defaults: the CPU figures of scripts/results/cost_*.md, ReFs after cosine_every=10)
-DEFAULT_COST = {"SSLScratchTrainer": 1.0, "SSLFinetuneTrainer": 1.0, "SSLFinetuneTrainer_decoderWarmup": 1.0,
-                "IDEALSemiSupervisedTrainer": 4.0,
+DEFAULT_COST = {**dict.fromkeys(STOCK_COST_FINETUNE, 1.0), "IDEALSemiSupervisedTrainer": 4.0,
                 "MAETrainer": 1.1, "GMIMTrainer": 1.1, "PGLTrainer": 0.9, "IDEALTrainer": 0.9, "ReFsTrainer": 2.2}
 
 
@@ -360,8 +361,7 @@ def cost_table(args) -> Dict[str, float]:
                 cost[name] = float(s["ratio"])
                 if name == "nnUNetTrainer" and args.sec_per_iter == PROFILES[args.profile]["sec_per_iter"]:
                     args.sec_per_iter = float(s["median_s"])
-        for ft in ("SSLScratchTrainer", "SSLFinetuneTrainer", "SSLFinetuneTrainer_decoderWarmup"):
-            cost[ft] = 1.0
+        cost.update(dict.fromkeys(STOCK_COST_FINETUNE, 1.0))
     return cost
 
 
