@@ -63,7 +63,7 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read() if os.path.isfile(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["nnunet_ssl", "nnunet_ssl.objectives", "nnunet_ssl.nnunet_ext_trainers", "nnunet_ssl_trainers"],
+    packages=["nnunet_ssl", "nnunet_ssl.objectives", "nnunet_ssl.benchmark", "nnunet_ssl.nnunet_ext_trainers", "nnunet_ssl_trainers"],
     package_dir={"nnunet_ssl_trainers": "trainers"},
     install_requires=[
         "nnunetv2>=2.8",

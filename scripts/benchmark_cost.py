@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _bench_common as bc  # noqa: E402
+from nnunet_ssl.benchmark import common as bc  # noqa: E402
 
 from nnunet_ssl.errors import UserInputError  # noqa: E402
 

@@ -65,7 +65,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _bench_common as bc  # noqa: E402
+from nnunet_ssl.benchmark import common as bc  # noqa: E402
 
 from nnunet_ssl.errors import UserInputError  # noqa: E402
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _bench_common as bc  # noqa: E402
+from nnunet_ssl.benchmark import common as bc  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _bench_common as bc  # noqa: E402
+from nnunet_ssl.benchmark import common as bc  # noqa: E402
 from nnunet_ssl.errors import UserInputError  # noqa: E402
 from benchmark_low_label import class_fate, voxel_confusion  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""Shared helpers of the benchmark scripts in ``scripts/`` (not a public API).
+"""Shared helpers of the benchmarks (the low-label benchmark and the scripts in ``scripts/``).
 
 * nnU-Net folders of a benchmark work directory (set in ``os.environ`` of this process, so nnunet_ssl, nnunetv2 and
   the stock ``nnUNetv2_*`` commands started from here all use them);
@@ -25,7 +25,7 @@ from typing import Dict, Iterable, List, Optional, Sequence
 
 from nnunet_ssl.errors import UserInputError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data" / "hippocampus"
 NNUNET_FOLDERS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
 TINY_SUFFIX = "Tiny"

@@ -26,14 +26,8 @@ TIMEOUT = 2400  # about 3-5 minutes of work on 2 free cores
 
 
 def _bench_common():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec = importlib.util.spec_from_file_location("_bench_common_for_test", SCRIPT.parent / "_bench_common.py")
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    from nnunet_ssl.benchmark import common
+    return common
 
 
 def _invoke(args, env, log: Path) -> str:

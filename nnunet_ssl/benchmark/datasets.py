@@ -1,0 +1,84 @@
+"""The benchmark's datasets: where they live, how cases group, which nnU-Net configuration, which budgets."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Tuple
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def _case_is_group(case: str) -> str:
+    return case
+
+
+def _acdc_patient(case: str) -> str:
+    """``acdc_patient012_frame02`` -> ``acdc_patient012``: both frames of a patient form one group."""
+    m = re.match(r"(.*patient\d+)", case)
+    return m.group(1) if m else case
+
+
+@dataclass(frozen=True)
+class BenchDataset:
+    key: str
+    folder_name: str  # under ../shared/data
+    dataset_id: int  # labeled downstream dataset; +1 unlabeled pool; +2 ReFs reference (the other dataset's labels)
+    configuration: str
+    why_configuration: str
+    group_of: Callable[[str], str]
+    group_word: str  # "case" or "patient"
+    num_test_groups: int
+    num_val_groups: int
+    budgets: Tuple[int, ...]  # labeled groups
+    reference: str  # key of the dataset whose labels serve as ReFs' reference task
+    num_reference_cases: int
+    # the CPU schedule every arm trains with (only these may differ from nnU-Net's defaults)
+    cpu_schedule: Dict[str, int] = field(default_factory=dict)
+
+    @property
+    def source(self) -> Path:
+        return SHARED_DATA / self.folder_name
+
+    @property
+    def downstream_name(self) -> str:
+        return f"Dataset{self.dataset_id:03d}_LowLabel{self.key.capitalize()}"
+
+    @property
+    def unlabeled_id(self) -> int:
+        return self.dataset_id + 1
+
+    @property
+    def unlabeled_name(self) -> str:
+        return f"Dataset{self.unlabeled_id:03d}_LowLabel{self.key.capitalize()}Unlabeled"
+
+    @property
+    def reference_id(self) -> int:
+        return self.dataset_id + 2
+
+    def groups(self, cases: List[str]) -> Dict[str, List[str]]:
+        out: Dict[str, List[str]] = {}
+        for c in sorted(cases):
+            out.setdefault(self.group_of(c), []).append(c)
+        return out
+
+
+DATASETS: Dict[str, BenchDataset] = {
+    "hippocampus": BenchDataset(
+        key="hippocampus", folder_name="hippocampus", dataset_id=401, configuration="3d_fullres",
+        why_configuration="nnU-Net plans only 3d_fullres (and 2d) for these small isotropic crops; 3d_fullres is "
+                          "its recommended configuration",
+        group_of=_case_is_group, group_word="case", num_test_groups=30, num_val_groups=10, budgets=(1, 2, 5),
+        reference="acdc", num_reference_cases=40,
+        cpu_schedule={"num_epochs": 50, "num_iterations_per_epoch": 40, "num_val_iterations_per_epoch": 5,
+                      "batch_size": 2}),
+    "acdc": BenchDataset(
+        key="acdc", folder_name="acdc", dataset_id=271, configuration="2d",
+        why_configuration="thick short-axis stacks (10 mm slices, 6-17 of them): nnU-Net plans both 2d and a "
+                          "3d_fullres whose patch is the whole stack (10x256x224); 2d costs about a tenth per "
+                          "sample on a CPU and is the configuration the semi-supervised ACDC literature uses",
+        group_of=_acdc_patient, group_word="patient", num_test_groups=20, num_val_groups=5, budgets=(1, 3, 7),
+        reference="hippocampus", num_reference_cases=40,
+        cpu_schedule={"num_epochs": 50, "num_iterations_per_epoch": 40, "num_val_iterations_per_epoch": 5,
+                      "batch_size": 8}),
+}

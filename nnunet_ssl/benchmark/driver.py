@@ -1,0 +1,207 @@
+"""Runs of the low-label benchmark: data setup, pre-training, fine-tuning, prediction and evaluation.
+
+Every step writes its result atomically or through nnU-Net's own checkpoints and is skipped when its result is on
+disk; an interrupted training continues with nnU-Net's ``--c``. Layout of a work directory::
+
+    WORK/nnUNet_raw, WORK/nnUNet_preprocessed       one nnU-Net tree for all datasets of the benchmark
+    WORK/<dataset>/split.json                        the fixed split (never changes for a work directory)
+    WORK/<dataset>/test/imagesTs, labelsTs           the test cases
+    WORK/<dataset>/pretrain/<method>/nnUNet_results  one pre-training per method and dataset
+    WORK/<dataset>/arms/<arm>/nnUNet_results         fine-tuning runs of an arm (one nnU-Net fold per budget/seed)
+    WORK/<dataset>/arms/<arm>/b<budget>_s<seed>/     predictions, summary.json, run.json, logs
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from nnunet_ssl.benchmark import common as bc
+from nnunet_ssl.benchmark.arms import ARMS, PRETRAIN_TRAINERS, Arm
+from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
+from nnunet_ssl.benchmark.splits import Split, fold_of, make_split, nnunet_folds
+from nnunet_ssl.errors import UserInputError
+
+PLANS = "nnUNetPlans"
+
+
+def settings_text(values: Dict[str, object], *extra: str) -> str:
+    parts = [f"{k}={v}" for k, v in values.items()] + [e.strip(",") for e in extra if e and e.strip(",")]
+    return ",".join(parts)
+
+
+class Runner:
+    """Runs a stock ``nnUNetv2_*`` command with extra environment, appends it to ``commands.sh``, times it."""
+
+    def __init__(self, work: Path, base_env: Dict[str, str], verbose: bool = False):
+        self.commands_file, self.base_env, self.verbose = work / "commands.sh", base_env, verbose
+
+    def __call__(self, name: str, args: List, env: Dict[str, str], log_file: Optional[Path]) -> float:
+        from nnunet_ssl.commands import run_nnunet
+        full = {k: str(v) for k, v in dict(self.base_env, **env).items() if v is not None}
+        line = " ".join(f"{k}={shlex.quote(v)}" for k, v in full.items())
+        line += f" {name} {' '.join(shlex.quote(str(a)) for a in args)}"
+        with open(self.commands_file, "a") as f:
+            f.write(line + "\n")
+        t0 = time.time()
+        run_nnunet(name, args, env=full, log_file=None if self.verbose or log_file is None else str(log_file))
+        return time.time() - t0
+
+
+@dataclass
+class DatasetSetup:
+    ds: BenchDataset
+    split: Split
+    downstream: str
+    test_images: str
+    test_labels: str
+    labels: List[int]
+    label_names: Dict[int, str]
+    unlabeled: Optional[str] = None
+    reference: Optional[str] = None
+
+
+def dataset_dir(work: Path, ds: BenchDataset) -> Path:
+    return work / ds.key
+
+
+def prepare_dataset(work: Path, ds: BenchDataset, split_seed: int, num_processes: int, need_unlabeled: bool,
+                    need_reference: bool) -> DatasetSetup:
+    """Downstream raw dataset (non-test cases), default plans, folds, test folder, unlabeled pool, reference."""
+    source = bc.SourceDataset(ds.source)
+    split = make_split(ds, source.cases, split_seed)
+    root = dataset_dir(work, ds)
+    root.mkdir(parents=True, exist_ok=True)
+    split_file = root / "split.json"
+    if split_file.is_file() and bc.load_json(split_file) != split.to_dict():
+        raise UserInputError(f"{split_file} holds another split than --split-seed {split_seed} gives. Fix: the "
+                             f"earlier seed, or another --work-dir.")
+    bc.write_json(split.to_dict(), split_file)
+    raw = os.environ["nnUNet_raw"]
+    down = bc.ensure_labeled_raw_dataset(source, raw, ds.dataset_id, ds.downstream_name.split("_", 1)[1],
+                                         split.non_test)
+    bc.ensure_planned(ds.dataset_id, down, ds.configuration, len(split.non_test), num_processes,
+                      log_file=str(root / "planning.log"))
+    folds_file = Path(os.environ["nnUNet_preprocessed"]) / down / "splits_final.json"
+    folds = nnunet_folds(ds, split)
+    if not folds_file.is_file() or bc.load_json(folds_file) != folds:
+        bc.write_json(folds, folds_file)
+    test_images, test_labels = str(root / "test" / "imagesTs"), str(root / "test" / "labelsTs")
+    bc.ensure_image_folder(source, test_images, split.test, with_labels_to=test_labels)
+    setup = DatasetSetup(ds, split, down, test_images, test_labels, source.foreground_labels, source.label_names)
+    if need_unlabeled or need_reference:
+        images = str(root / "inputs" / "unlabeled_images")
+        bc.ensure_image_folder(source, images, split.non_test)
+        setup.unlabeled = bc.ensure_ingested(images, ds.unlabeled_id, ds.unlabeled_name.split("_", 1)[1], down,
+                                             PLANS, ds.configuration, len(split.non_test), num_processes)
+    if need_reference:
+        other = DATASETS[ds.reference]
+        osrc = bc.SourceDataset(other.source)
+        osplit = make_split(other, osrc.cases, split_seed)
+        cases = bc.seeded_shuffle(osplit.non_test, split_seed)[:ds.num_reference_cases]
+        ref = bc.ensure_labeled_raw_dataset(osrc, raw, ds.reference_id, f"LowLabelRef{other.key.capitalize()}",
+                                            cases)
+        setup.reference = bc.ensure_reference(ref, setup.unlabeled, PLANS, ds.configuration, len(cases),
+                                              num_processes)
+    return setup
+
+
+def pretrain_checkpoint(work: Path, s: DatasetSetup, method: str) -> Path:
+    return (dataset_dir(work, s.ds) / "pretrain" / method / "nnUNet_results" / s.unlabeled /
+            f"{PRETRAIN_TRAINERS[method]}__{PLANS}__{s.ds.configuration}" / "fold_all" / "checkpoint_final.pth")
+
+
+def run_pretraining(work: Path, s: DatasetSetup, method: str, schedule: str, runner: Runner, device: str) -> None:
+    ckpt = pretrain_checkpoint(work, s, method)
+    if ckpt.is_file():
+        return
+    folder = dataset_dir(work, s.ds) / "pretrain" / method
+    folder.mkdir(parents=True, exist_ok=True)
+    cont = ["--c"] if (ckpt.parent / "checkpoint_latest.pth").is_file() else []
+    env = {"nnUNet_results": str(folder / "nnUNet_results"), "NNUNET_SSL_SETTINGS": schedule}
+    if method == "refs":
+        env["NNUNET_SSL_REFERENCE_DATASET"] = s.reference
+    bc.log(f"{s.ds.key}: pre-training {method} ({PRETRAIN_TRAINERS[method]})" + (" (continuing)" if cont else ""))
+    secs = runner("nnUNetv2_train", [s.unlabeled, s.ds.configuration, "all", "-tr", PRETRAIN_TRAINERS[method],
+                                     "-p", PLANS, "-device", device] + cont, env, folder / "train.log")
+    if not ckpt.is_file():
+        raise UserInputError(f"pre-training {method} ended without {ckpt}; see {folder / 'train.log'}")
+    info = bc.load_json(folder / "run.json") if (folder / "run.json").is_file() else {"seconds": 0.0}
+    info.update(method=method, trainer=PRETRAIN_TRAINERS[method], settings=schedule,
+                seconds=info["seconds"] + secs)
+    bc.write_json(info, folder / "run.json")
+
+
+@dataclass(frozen=True)
+class Run:
+    dataset: str
+    arm: Arm
+    budget: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.arm.name}/b{self.budget}_s{self.seed}"
+
+
+def run_folder(work: Path, run: Run) -> Path:
+    return work / run.dataset / "arms" / run.arm.name / f"b{run.budget}_s{run.seed}"
+
+
+def results_dir(work: Path, run: Run) -> Path:
+    return work / run.dataset / "arms" / run.arm.name / "nnUNet_results"
+
+
+def training_output(work: Path, s: DatasetSetup, run: Run) -> Path:
+    return (results_dir(work, run) / s.downstream / f"{run.arm.trainer}__{PLANS}__{s.ds.configuration}" /
+            f"fold_{fold_of(s.ds, run.budget, run.seed)}")
+
+
+def run_is_done(work: Path, run: Run) -> bool:
+    return (run_folder(work, run) / "summary.json").is_file()
+
+
+def do_run(work: Path, s: DatasetSetup, run: Run, schedule: str, runner: Runner, device: str, tta: bool) -> None:
+    folder, out = run_folder(work, run), training_output(work, s, run)
+    folder.mkdir(parents=True, exist_ok=True)
+    fold = str(fold_of(s.ds, run.budget, run.seed))
+    settings = settings_text({}, schedule, run.arm.settings)
+    info_file = folder / "run.json"
+    info = bc.load_json(info_file) if info_file.is_file() else {"seconds": {}}
+    info.update(dataset=run.dataset, arm=run.arm.name, budget=run.budget, seed=run.seed, fold=int(fold),
+                trainer=run.arm.trainer, pretrain=run.arm.pretrain, settings=settings, plans=PLANS,
+                configuration=s.ds.configuration, labeled=s.split.labeled(run.budget, run.seed))
+    env = {"nnUNet_results": str(results_dir(work, run)), "NNUNET_SSL_SETTINGS": settings}
+    if not (out / "checkpoint_final.pth").is_file():
+        cont = ["--c"] if (out / "checkpoint_latest.pth").is_file() else []
+        if run.arm.pretrain and not cont:  # --c never reloads pre-trained weights
+            ckpt = pretrain_checkpoint(work, s, run.arm.pretrain)
+            if not ckpt.is_file():
+                raise UserInputError(f"{run.name}: pre-training {run.arm.pretrain} has no checkpoint ({ckpt})")
+            env["NNUNET_SSL_PRETRAINED"] = str(ckpt)
+        if run.arm.uses_unlabeled:
+            env["NNUNET_SSL_UNLABELED_DATASET"] = s.unlabeled
+        bc.log(f"{run.name}: training {run.arm.trainer}, fold {fold}" + (" (continuing)" if cont else ""))
+        info["seconds"]["train"] = info["seconds"].get("train", 0.0) + runner(
+            "nnUNetv2_train", [s.downstream, s.ds.configuration, fold, "-tr", run.arm.trainer, "-p", PLANS,
+                               "-device", device] + cont, env, folder / "train.log")
+        bc.write_json(info, info_file)
+    pred = folder / "predictions"
+    if not (pred.is_dir() and len(bc.nifti_files(pred)) >= len(s.split.test)):
+        bc.log(f"{run.name}: predicting {len(s.split.test)} test cases")
+        args = ["-i", s.test_images, "-o", str(pred), "-d", s.downstream, "-c", s.ds.configuration, "-f", fold,
+                "-tr", run.arm.trainer, "-p", PLANS, "-device", device, "-npp", "1", "-nps", "1",
+                "--disable_progress_bar"] + ([] if tta else ["--disable_tta"])
+        info["seconds"]["predict"] = runner("nnUNetv2_predict", args, {"nnUNet_results": str(results_dir(work, run))},
+                                            folder / "predict.log")
+        bc.write_json(info, info_file)
+    summary = folder / "summary.json"
+    tmp = folder / "summary.json.tmp.json"
+    info["seconds"]["evaluate"] = runner("nnUNetv2_evaluate_simple", [s.test_labels, str(pred), "-l", *s.labels,
+                                                                      "-o", str(tmp), "-np", 1], {},
+                                         folder / "evaluate.log")
+    os.replace(tmp, summary)
+    bc.write_json(info, info_file)
