@@ -27,6 +27,22 @@ from threadpoolctl import threadpool_limits
 from nnunet_ssl.views import ViewSamplingConfig, extract_view, sample_box, sample_flips, sample_two_boxes
 
 
+def shifted_box(box: np.ndarray, shift: float, case_shape_spatial: Sequence[int], rng=None) -> np.ndarray:
+    """A box of the same size as ``box`` ``(2, ndim)``, moved along each axis by ``(u2 - u1) * side`` with
+    ``u1, u2 ~ U[0, shift]``: where two same-size crops land when each is drawn uniformly from one region enlarged
+    by ``shift`` of the side (the official GMIM code's pair of crops: 32 voxels over a 128 crop, ``shift`` 0.25).
+    The centre is kept inside the case (as in :func:`nnunet_ssl.views.sample_two_boxes`), so the boxes overlap by
+    at least ``1 - shift`` of the side on every axis.
+    """
+    rng = np.random if rng is None else rng
+    box = np.asarray(box, dtype=np.float64)
+    side = box[1] - box[0]
+    u1 = np.array([rng.uniform(0, shift) for _ in side])
+    u2 = np.array([rng.uniform(0, shift) for _ in side])
+    c = np.clip((box[0] + box[1]) / 2 + (u2 - u1) * side, 0, np.asarray(case_shape_spatial, dtype=np.float64))
+    return np.stack((c - side / 2, c + side / 2))
+
+
 def intensity_only_transforms(low_res_ignore_axes: Optional[Tuple[int, ...]] = None):
     """nnU-Net's intensity augmentations as a batchgeneratorsv2 ``ComposeTransforms`` (no spatial, no mirroring).
 
@@ -81,13 +97,15 @@ class TwoViewDataLoader(DataLoader):
     (nnU-Net's 2d configuration), boxes in in-slice coordinates.
     ``intensity_transforms``: a batchgeneratorsv2 transform applied to ``{'image': view}`` per view and sample
     (e.g. :func:`intensity_only_transforms`), or a pair ``(for view 1, for view 2)`` (either may be None), or None.
-    ``spatial``: False = both views share one box (drawn with ``view_cfg``'s scale range) and are never flipped,
-    so they differ only by the intensity augmentation (GMIM's target view).
+    ``spatial``: False = no flips, view 1's box is drawn with ``view_cfg``'s scale range and view 2 either shares
+    it (``crop_shift`` 0: the views differ only by the intensity augmentation) or is the same-size box moved by
+    :func:`shifted_box` (``crop_shift`` > 0, below 1: a second crop of the case overlapping the first; GMIM's
+    Siamese target view). ``crop_shift`` must be 0 with ``spatial=True``.
     """
 
     def __init__(self, dataset, batch_size: int, patch_size: Sequence[int],
                  view_cfg: Optional[ViewSamplingConfig] = None, intensity_transforms=None, spatial: bool = True,
-                 sampling_probabilities=None):
+                 sampling_probabilities=None, crop_shift: float = 0.0):
         # like nnUNetDataLoader: 1 thread hint, no seed, no incomplete batches, shuffle, infinite
         super().__init__(dataset, batch_size, 1, None, True, False, True, sampling_probabilities)
         self.indices = list(dataset.identifiers)
@@ -104,6 +122,11 @@ class TwoViewDataLoader(DataLoader):
         else:
             self.transforms = (intensity_transforms, intensity_transforms)
         self.spatial = bool(spatial)
+        self.crop_shift = float(crop_shift)
+        if not 0.0 <= self.crop_shift < 1.0:
+            raise ValueError(f"crop_shift must lie in [0, 1) (fraction of the crop side), got {crop_shift}")
+        if self.spatial and self.crop_shift > 0:
+            raise ValueError("crop_shift applies to spatial=False only (spatial views draw both boxes themselves)")
         self._creator_pid = os.getpid()
         self._torch_seeded_pid = None
 
@@ -139,11 +162,15 @@ class TwoViewDataLoader(DataLoader):
             v2 = extract_view(data, box2, flip2, self.patch_size)
         else:
             box1 = sample_box(shape, self.patch_size, cfg, np.random)
-            box2 = box1.copy()
             flip1 = np.zeros(self.ndim, dtype=bool)
             flip2 = flip1.copy()
             v1 = extract_view(data, box1, flip1, self.patch_size)
-            v2 = v1.clone()
+            if self.crop_shift > 0:
+                box2 = shifted_box(box1, self.crop_shift, shape, np.random)
+                v2 = extract_view(data, box2, flip2, self.patch_size)
+            else:
+                box2 = box1.copy()
+                v2 = v1.clone()
         views = []
         for v, t in zip((v1, v2), self.transforms):
             if t is not None:

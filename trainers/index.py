@@ -6,7 +6,7 @@ from nnunet_ssl_trainers.ideal import (IDEALTrainer, IDEALTrainer_bottleneckOnly
                                        IDEALTrainer_cosineEMA, IDEALTrainer_tau02)
 from nnunet_ssl_trainers.ideal_semi import IDEALSemiSupervisedTrainer  # noqa: F401
 from nnunet_ssl_trainers.masked_modeling import (GMIMTrainer, GMIMTrainer_noHierarchy,  # noqa: F401
-                                                 GMIMTrainer_noSiamese, MAETrainer)
+                                                 GMIMTrainer_noSiamese, GMIMTrainer_sharedCrop, MAETrainer)
 from nnunet_ssl_trainers.pgl import (PGLTrainer, PGLTrainer_bottleneckOnly, PGLTrainer_ema0996,  # noqa: F401
                                      PGLTrainer_encoderOnly)
 from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer  # noqa: F401

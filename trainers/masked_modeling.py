@@ -1,12 +1,23 @@
 """GMIM and MAE pre-training trainers (masked image modeling on nnU-Net's own network).
 
 * ``MAETrainer``: fixed grid 8, ratio 0.75 in every cell, masked voxel blocks zeroed at the input, the nnU-Net
-  network (encoder AND decoder) reconstructs the input, MSE on masked units only. The baseline for GMIM.
+  network (encoder AND decoder) reconstructs the input, MSE on masked units only, averaged over the masked units
+  (``recon_normalisation=masked``, MAE's own form: He et al. 2022 average the loss over the removed patches). The
+  baseline for GMIM.
 * ``GMIMTrainer``: entropy-adaptive grid and per-cell ratios (:class:`nnunet_ssl.masking.GMIMMasker`),
   hierarchical re-masking of the first encoder stages' outputs (p 0.3, 0.5x/0.25x/0.125x the cell ratio), and the
-  Siamese target: a stop-gradient copy of the online encoder refreshed every step (momentum 0) sees the same crop
-  with intensity augmentation only; separate trainable dense projectors on both bottlenecks; loss
-  ``1.0 * MSE_masked + 0.005 * L_cc`` (Barlow-Twins-style cross-correlation, per sample over bottleneck voxels).
+  Siamese target: a stop-gradient copy of the online encoder refreshed every step (momentum 0) sees a second crop
+  of the same case, same size, shifted per axis by ``(u2 - u1) * side`` with ``u ~ U[0, target_crop_shift]``
+  (default 0.25: the official code's two 128 crops from one 160 region), no flips, intensity augmentation only;
+  separate trainable dense projectors on both bottlenecks; loss ``1.0 * MSE + 0.005 * L_cc`` (Barlow-Twins-style
+  cross-correlation, per sample over bottleneck voxels, online and target voxels paired by grid position as in the
+  official code). The MSE counts masked units only but is divided by ALL voxels (``recon_normalisation=all``,
+  the official code's normalisation, which the 1 : 0.005 balance was tuned with; ``masked`` gives a value about
+  1 / masking ratio = 2x larger).
+* Variants: ``GMIMTrainer_sharedCrop`` (the target sees the online crop itself, ``target_crop_shift=0``),
+  ``GMIMTrainer_noHierarchy``, ``GMIMTrainer_noSiamese``. Settings on top of the shared ones: ``mask_ratio``,
+  ``mask_grid``, ``recon_normalisation`` (``all`` or ``masked``) and for GMIM ``base_ratio``, ``ratio_spread``,
+  ``cc_weight``, ``hierarchical_probability``, ``projector_dim``, ``target_crop_shift`` (in [0, 1)).
 
 The reconstruction output layer has as many channels as the input (``build_network_architecture``), so the
 checkpoint's ``network_weights`` is the full nnU-Net network and stock ``-pretrained_weights`` loads everything
@@ -14,10 +25,12 @@ but the output layer.
 """
 import torch
 
+from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.heads import DenseProjector
 from nnunet_ssl.masking import GMIMMasker, HierarchicalFeatureMasker
 from nnunet_ssl.network_parts import capture_output, spatial_ndim, unwrap
 from nnunet_ssl.objectives import CrossCorrelationLoss, MaskedMSELoss
+from nnunet_ssl.objectives.masked_reconstruction import RECON_NORMALISATIONS
 from nnunet_ssl.teachers import StopGradientCopy
 from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer
 from nnunet_ssl_trainers.two_view import TwoViewDataMixin
@@ -31,14 +44,15 @@ class MAETrainer(nnUNetSSLTrainer):
     # the reconstruction-trained decoder blocks the encoder's gradient in fine-tuning (README, low-label benchmark)
     decoder_transfers = False
     ssl_curve_keys = ("recon_loss", "masked_fraction")
-    tunable_settings = dict(nnUNetSSLTrainer.tunable_settings, mask_ratio=float, mask_grid=int)
+    tunable_settings = dict(nnUNetSSLTrainer.tunable_settings, mask_ratio=float, mask_grid=int,
+                            recon_normalisation=str)
 
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.mask_ratio = 0.75
         self.mask_grid = 8
         self.recon_weight = 1.0
-        self.recon_loss = MaskedMSELoss()
+        self.recon_normalisation = "masked"  # MAE's mean over masked units; GMIM: "all" (its reference code)
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels, num_output_channels,
@@ -51,6 +65,10 @@ class MAETrainer(nnUNetSSLTrainer):
         return GMIMMasker.mae(grid=self.mask_grid, ratio=self.mask_ratio)
 
     def build_ssl_modules(self):
+        if self.recon_normalisation not in RECON_NORMALISATIONS:
+            raise UserInputError(f"recon_normalisation='{self.recon_normalisation}': use 'all' (divide by all "
+                                 f"voxels, GMIM's reference code) or 'masked' (divide by the masked voxels, MAE).")
+        self.recon_loss = MaskedMSELoss(self.recon_normalisation)
         self.masker = self.build_masker()
 
     def online_input(self, batch):
@@ -74,8 +92,8 @@ class GMIMTrainer(TwoViewDataMixin, MAETrainer):
 
     ssl_curve_keys = ("recon_loss", "cc_loss", "masked_fraction", "mean_grid")
     tunable_settings = dict(MAETrainer.tunable_settings, base_ratio=float, ratio_spread=float, cc_weight=float,
-                            hierarchical_probability=float, projector_dim=int)
-    # the target view is the same crop with intensity augmentation only
+                            hierarchical_probability=float, projector_dim=int, target_crop_shift=float)
+    # the target view: a second, overlapping crop (target_crop_shift) without flips, intensity augmentation only
     two_view_spatial = False
 
     def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
@@ -88,11 +106,16 @@ class GMIMTrainer(TwoViewDataMixin, MAETrainer):
         self.hierarchical_factors = (0.5, 0.25, 0.125)
         self.projector_dim = 128
         self.cc_loss = CrossCorrelationLoss(lambda_offdiag=self.cc_offdiag)
+        self.recon_normalisation = "all"  # the official code: masked squared errors / all voxels
+        self.target_crop_shift = 0.25  # the official code: 32 voxels of play per axis for 128 crops
 
     def build_masker(self) -> GMIMMasker:
         return GMIMMasker(base_ratio=self.base_ratio, spread=self.ratio_spread)
 
     def build_ssl_modules(self):
+        if not 0.0 <= float(self.target_crop_shift) < 1.0:
+            raise UserInputError(f"target_crop_shift={self.target_crop_shift}: it must lie in [0, 1) (fraction of "
+                                 f"the crop side; 0 = the target sees the online crop).")
         super().build_ssl_modules()
         net = unwrap(self.network)
         ndim = spatial_ndim(net)
@@ -143,6 +166,9 @@ class GMIMTrainer(TwoViewDataMixin, MAETrainer):
 GMIMTrainer_noHierarchy = variant("GMIMTrainer_noHierarchy", GMIMTrainer, __name__,
                                   "Ablation: no hierarchical re-masking of encoder features.",
                                   hierarchical_probability=0.0)
+GMIMTrainer_sharedCrop = variant("GMIMTrainer_sharedCrop", GMIMTrainer, __name__,
+                                  "The Siamese target sees the online crop itself (intensity augmentation only), "
+                                  "as before the second crop.", target_crop_shift=0.0)
 GMIMTrainer_noSiamese = variant("GMIMTrainer_noSiamese", GMIMTrainer, __name__,
                                 "Ablation: adaptive + hierarchical masking only, no cross-correlation target.",
                                 cc_weight=0.0)

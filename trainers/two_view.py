@@ -1,8 +1,9 @@
 """Mixin: nnU-Net data loading replaced by two augmented views per case with their geometry.
 
-Used by PGL, IDEAL, GMIM (same crop, intensity only) and ReFs. The loader (:mod:`nnunet_ssl.two_view_loader`)
-reads nnU-Net's preprocessed cases through nnU-Net's dataset class and split, applies nnU-Net's intensity
-augmentations per view and runs inside nnU-Net's multi-process augmenter (``nnUNet_n_proc_DA`` workers).
+Used by PGL, IDEAL, GMIM (no flips; a second overlapping crop, or the same crop; intensity only) and ReFs. The
+loader (:mod:`nnunet_ssl.two_view_loader`) reads nnU-Net's preprocessed cases through nnU-Net's dataset class and
+split, applies nnU-Net's intensity augmentations per view and runs inside nnU-Net's multi-process augmenter
+(``nnUNet_n_proc_DA`` workers).
 """
 from nnunet_ssl.two_view_loader import TwoViewDataLoader, intensity_only_transforms, make_two_view_augmenter
 from nnunet_ssl.views import ViewSamplingConfig
@@ -11,7 +12,8 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 
 class TwoViewDataMixin:
-    two_view_spatial = True  # False: both views share the crop and differ by intensity augmentation only
+    two_view_spatial = True  # False: no flips; view 2 = view 1's crop shifted by target_crop_shift (0: shared)
+    target_crop_shift = 0.0  # two_view_spatial False only: TwoViewDataLoader's crop_shift (fraction of the side)
 
     def view_sampling_config(self) -> ViewSamplingConfig:
         return ViewSamplingConfig()
@@ -20,7 +22,8 @@ class TwoViewDataMixin:
         patch = self.configuration_manager.patch_size
         transforms = intensity_only_transforms() if train else None
         return TwoViewDataLoader(dataset, self.batch_size, patch, self.view_sampling_config(),
-                                 intensity_transforms=transforms, spatial=self.two_view_spatial)
+                                 intensity_transforms=transforms, spatial=self.two_view_spatial,
+                                 crop_shift=0.0 if self.two_view_spatial else self.target_crop_shift)
 
     def get_dataloaders(self):
         if self.dataset_class is None:

@@ -4,20 +4,34 @@ Used by GMIM (Qi et al., GMIM - Grid Masked Image Modeling, Computers in Biology
 term weighted 1.0, **paper**) and by the plain MAE-style baseline (He et al., "Masked Autoencoders Are Scalable
 Vision Learners", CVPR 2022, which also computes the loss on masked patches only).
 
+Visible units never contribute; the two normalisations differ in what the sum of squared errors is divided by:
+
+* ``"masked"``: by the number of masked elements, i.e. the mean over masked units. MAE's form (He et al. average
+  the per-patch loss over the removed patches) and the class default.
+* ``"all"``: by the number of ALL elements of ``pred`` (masked or not), i.e. ``sum(mask * (pred - x)^2) / numel``.
+  This is what the official GMIM code computes (github mobiletomb/Gmim, pre-training with ``--invis_patches``: the
+  visible units of prediction and input are zeroed, then a plain mean squared error over every voxel), and it sets
+  the scale that GMIM's 1 : 0.005 weighting with the cross-correlation term was tuned for. With masking ratio ``m``
+  it is ``m`` times the ``"masked"`` value (about half at GMIM's base ratio 0.5). GMIM's default.
+
 Example::
 
     loss = MaskedMSELoss()(reconstruction, original_image, mask)   # mask (B, 1, *spatial), 1 = masked
+    loss = MaskedMSELoss("all")(reconstruction, original_image, mask)   # GMIM reference normalisation
 """
 import torch
 from torch import nn
 
-__all__ = ["MaskedMSELoss"]
+__all__ = ["MaskedMSELoss", "RECON_NORMALISATIONS"]
 
 _EPS = 1e-12
 
+RECON_NORMALISATIONS = ("masked", "all")
+
 
 class MaskedMSELoss(nn.Module):
-    """``sum(mask * (pred - target)^2) / sum(mask)`` over all masked voxels and channels.
+    """``sum(mask * (pred - target)^2) / sum(mask)`` (``normalisation="masked"``, default) or ``/ pred.numel()``
+    (``"all"``) over all voxels and channels.
 
     ``forward(pred, target, mask)``: ``pred`` and ``target`` ``(B, C, *spatial)`` (2d or 3d) of equal shape;
     ``mask`` bool or float, broadcastable to ``pred`` (typically ``(B, 1, *spatial)``), 1 / True = masked (to be
@@ -25,6 +39,15 @@ class MaskedMSELoss(nn.Module):
     to the value nor to the gradient. Returns 0 with a zero gradient path when nothing is masked. ``target`` is not
     detached (it is normally the input image, which has no gradient). Computed in float32.
     """
+
+    def __init__(self, normalisation: str = "masked"):
+        super().__init__()
+        if normalisation not in RECON_NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {RECON_NORMALISATIONS}, got {normalisation!r}")
+        self.normalisation = normalisation
+
+    def extra_repr(self) -> str:
+        return f"normalisation={self.normalisation!r}"
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if pred.shape != target.shape:
@@ -39,5 +62,7 @@ class MaskedMSELoss(nn.Module):
             ) from None
         sq = (pred.float() - target.float()).pow(2)
         weighted = torch.where(w > 0, sq * w, torch.zeros_like(sq))
+        if self.normalisation == "all":
+            return weighted.sum() / pred.numel()
         # clamp instead of a branch: no host sync; with nothing masked this is 0 / tiny = 0 with a zero gradient
         return weighted.sum() / w.sum().clamp_min(_EPS)
