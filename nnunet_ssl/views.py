@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nnunet_ssl.alignment import cell_fractions
+
 
 @dataclass
 class ViewSamplingConfig:
@@ -200,19 +202,21 @@ def extract_view(image, box, flips, patch_size: Sequence[int]) -> torch.Tensor:
     return out.contiguous()
 
 
-def view_cell_centres(box, flips, size: Sequence[int]) -> torch.Tensor:
+def view_cell_centres(box, flips, size: Sequence[int], geometry=None, input_size: Sequence[int] = None
+                      ) -> torch.Tensor:
     """Case coordinates of the cells of a grid of ``size`` computed from a view: ``(ndim, *size)`` float64.
 
-    Cell ``j`` (after the view's flips) along axis d sits at ``lo + (j_u + 0.5) * (hi - lo) / size[d]`` with
-    ``j_u = size[d] - 1 - j`` on flipped axes. Handy for tests and debugging.
+    Cell ``j`` (after the view's flips) along axis d sits at ``lo + t_j * (hi - lo)`` where ``t_j`` is the cell's
+    fraction of the view (:func:`nnunet_ssl.alignment.cell_fractions`): ``(j + 0.5) / size[d]`` by default, or
+    where a :class:`~nnunet_ssl.alignment.CellGeometry` ``geometry`` of a network level puts it in a view of
+    ``input_size`` voxels; mirrored (``1 - t_j``) on flipped axes. Handy for tests and debugging.
     """
     box = _as_numpy_box(box)
     ndim = len(size)
     flips = np.zeros(ndim, bool) if flips is None else np.asarray(flips, dtype=bool)
     axes = []
-    for d in range(ndim):
-        j = np.arange(size[d], dtype=np.float64)
+    for d, t in enumerate(cell_fractions(tuple(int(s) for s in size), geometry, input_size)):
         if flips[d]:
-            j = j[::-1]
-        axes.append(torch.from_numpy(box[0, d] + (j + 0.5) * (box[1, d] - box[0, d]) / size[d]))
+            t = 1.0 - t
+        axes.append(torch.from_numpy(box[0, d] + t * (box[1, d] - box[0, d])))
     return torch.stack(torch.meshgrid(*axes, indexing="ij"))

@@ -19,8 +19,10 @@ chooses its heads (:meth:`make_projector`, :meth:`make_predictor`) and its per-l
   output K stages below the bottleneck (same resolution as ``decoderK``). Default ``bottleneck,decoder1``;
 * **alignment**: per level, the heads' outputs of both views are resampled onto one grid of the views' overlap
   box with :func:`nnunet_ssl.alignment.align_views` (flips undone; :func:`aligned_pair`), grid size = the level's
-  feature-map size (setting ``align_size`` > 0: that many cells per axis instead). Samples whose views do not
-  overlap are masked out of the loss;
+  feature-map size (setting ``align_size`` > 0: that many cells per axis instead). The level's cells are placed
+  where the network's convolutions put them (:func:`level_cell_geometry`: for nnU-Net's kernel-3 stride-2
+  convolutions cell ``j`` sits on input voxel ``stride * j``; the heads are 1x1 and keep that). Samples whose views
+  do not overlap are masked out of the loss;
 * **loss** = mean over levels of :meth:`level_loss` (averaged, not summed, so the scale does not depend on the
   number of levels). Curves: ``loss_<level>`` per level, ``ema_momentum``, ``overlapping_samples`` (fraction of
   the samples whose two views overlap, i.e. that contribute to the loss).
@@ -44,7 +46,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from nnunet_ssl.alignment import align_views
+from nnunet_ssl.alignment import CellGeometry, align_views, decoder_cell_geometry, encoder_cell_geometry
 from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.network_parts import capture_output, decoder_features, spatial_ndim, unwrap
 from nnunet_ssl.ssl_logging import SSLLocalLogger
@@ -52,10 +54,11 @@ from nnunet_ssl.teachers import EMATeacher, cosine_momentum
 from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer
 from nnunet_ssl_trainers.two_view import TwoViewDataMixin
 
-__all__ = ["AlignedViewsTrainer", "aligned_pair", "parse_levels", "level_spec", "level_channels", "overlap_mask"]
+__all__ = ["AlignedViewsTrainer", "aligned_pair", "parse_levels", "level_spec", "level_channels",
+           "level_cell_geometry", "overlap_mask"]
 
-# Our choice: "border" (RoIAlign-like clamping at the feature map's outer half cell) rather than zero padding, so
-# overlap cells near a view's edge are not pulled towards 0.
+# Our choice: "border" (RoIAlign-like clamping outside the feature map's outermost cell centres) rather than zero
+# padding, so overlap cells near a view's edge are not pulled towards 0.
 ALIGN_PADDING = "border"
 
 _LEVEL_RE = re.compile(r"^(bottleneck|encoder(\d+)|decoder(\d+))$")
@@ -107,18 +110,30 @@ def level_channels(network: nn.Module, level: str) -> int:
     return channels[k] if kind == "encoder" else channels[-2 - k]
 
 
+def level_cell_geometry(network: nn.Module, level: str) -> CellGeometry:
+    """Where the cells of a level sit in the network input, read from the network's modules
+    (:func:`nnunet_ssl.alignment.encoder_cell_geometry` / :func:`~nnunet_ssl.alignment.decoder_cell_geometry`)."""
+    net = unwrap(network)
+    kind, k = level_spec(level, len(net.encoder.output_channels))
+    return (encoder_cell_geometry(net) if kind == "encoder" else decoder_cell_geometry(net))[k]
+
+
 def overlap_mask(valid: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Per-sample overlap flags ``(B,)`` -> float mask ``(B, 1, 1, ...)`` broadcastable to ``like``."""
     return valid.to(device=like.device, dtype=torch.float32).view(-1, *([1] * (like.dim() - 1)))
 
 
-def aligned_pair(f1: torch.Tensor, f2: torch.Tensor, geometry: Sequence[torch.Tensor],
-                 out_size) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def aligned_pair(f1: torch.Tensor, f2: torch.Tensor, geometry: Sequence[torch.Tensor], out_size,
+                 cells: Optional[CellGeometry] = None, input_size: Optional[Sequence[int]] = None
+                 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The one alignment call PGL and IDEAL use: ``f1``/``f2`` = feature maps of views 1/2, ``geometry`` =
-    ``(box_v1, flip_v1, box_v2, flip_v2)``. Returns ``(a1, a2, valid)`` with ``a1[b, :, v]`` and ``a2[b, :, v]``
-    at the same case location (cell ``v`` of the overlap box); ``valid`` ``(B,)`` bool."""
+    ``(box_v1, flip_v1, box_v2, flip_v2)``, ``cells`` = where the maps' cells sit in the views
+    (:func:`level_cell_geometry`) and ``input_size`` = the views' (patch) size; without ``cells`` the cells tile the
+    views evenly. Returns ``(a1, a2, valid)`` with ``a1[b, :, v]`` and ``a2[b, :, v]`` at the same case location
+    (cell ``v`` of the overlap box); ``valid`` ``(B,)`` bool."""
     box1, flip1, box2, flip2 = geometry
-    return align_views(f1, box1, flip1, f2, box2, flip2, out_size, padding_mode=ALIGN_PADDING)
+    return align_views(f1, box1, flip1, f2, box2, flip2, out_size, padding_mode=ALIGN_PADDING, geometry=cells,
+                       input_size=input_size)
 
 
 class AlignedViewsTrainer(TwoViewDataMixin, nnUNetSSLTrainer):
@@ -268,8 +283,9 @@ class AlignedViewsTrainer(TwoViewDataMixin, nnUNetSSLTrainer):
             o = self.online_head(lvl, online[lvl])
             t = self.target_head(lvl, target[lvl])
             size = self.alignment_size(o)
-            o1, o2, valid = aligned_pair(o[:B], o[B:], geometry, size)
-            t1, t2, _ = aligned_pair(t[:B], t[B:], geometry, size)
+            cells = level_cell_geometry(self.network, lvl)
+            o1, o2, valid = aligned_pair(o[:B], o[B:], geometry, size, cells, x.shape[2:])
+            t1, t2, _ = aligned_pair(t[:B], t[B:], geometry, size, cells, x.shape[2:])
             losses[lvl] = self.level_loss(o1, o2, t1, t2, overlap_mask(valid, o1))
         loss = sum(losses.values()) / len(losses)
         if anchor is not None:

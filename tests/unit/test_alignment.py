@@ -1,48 +1,51 @@
 """Exactness of view extraction and feature alignment against the "View geometry" convention.
 
-The convention (docs/ARCHITECTURE.md): voxel k spans [k, k+1) (its value sits at k + 0.5); cell j of F cells
-computed from a view with box [lo, hi) is centred at lo + (j + 0.5) * (hi - lo) / F before the view's flip.
-The helpers below compute those coordinates independently of the library code.
+The convention (docs/ARCHITECTURE.md): voxel k spans [k, k+1) (its value sits at k + 0.5); by default cell j of F
+cells computed from a view with box [lo, hi) is centred at lo + (j + 0.5) * (hi - lo) / F before the view's flip;
+with a cell geometry (offset o, stride S) of a network level and a view of P voxels, cell j sits on view voxel
+o + S * j, i.e. at lo + (o + S * j + 0.5) * (hi - lo) / P, counted in the flipped view's own voxel order.
+The helpers below compute those coordinates independently of the library code. That real nnU-Net networks put
+their cells there is tested in test_alignment_real_networks.py.
 """
 import numpy as np
 import pytest
 import torch
 
-from nnunet_ssl.alignment import align_views, overlap_box, roi_align
+from nnunet_ssl.alignment import CellGeometry, align_views, overlap_box, roi_align
 from nnunet_ssl.views import (ViewSamplingConfig, extract_view, overlap_fraction, sample_flips,
                               sample_two_boxes)
 
 
-def cell_coords(box, flip, size):
-    """(ndim, *size) float64: case coordinate of each cell of a view-derived grid, flips applied."""
+def cell_coords(box, flip, size, cells=None):
+    """(ndim, *size) float64: case coordinate of each cell of a view-derived grid, flips applied. ``cells``:
+    ``(offset, stride, view_size)`` per axis of a network level; None = cells tile the view evenly."""
     box = np.asarray(box, dtype=np.float64)
     ndim = len(size)
     per_axis = []
     for d in range(ndim):
-        c = box[0, d] + (np.arange(size[d]) + 0.5) * (box[1, d] - box[0, d]) / size[d]
-        if flip[d]:
-            c = c[::-1]
-        per_axis.append(c)
+        step = (box[1, d] - box[0, d]) / (size[d] if cells is None else cells[2][d])
+        voxel = np.arange(size[d]) * (1.0 if cells is None else cells[1][d]) + (0 if cells is None else cells[0][d])
+        if flip[d]:  # view voxel i of a flipped view shows the case at unflipped voxel P - 1 - i
+            voxel = (size[d] if cells is None else cells[2][d]) - 1 - voxel
+        per_axis.append(box[0, d] + (voxel + 0.5) * step)
     return np.stack(np.meshgrid(*per_axis, indexing="ij"))
 
 
-def coord_features(boxes, flips, size):
+def coord_features(boxes, flips, size, cells=None):
     """(B, ndim, *size) float64 'feature map' whose channels are the case coordinates of each cell."""
-    return torch.from_numpy(np.stack([cell_coords(b, f, size) for b, f in zip(boxes, flips)]))
+    return torch.from_numpy(np.stack([cell_coords(b, f, size, cells) for b, f in zip(boxes, flips)]))
 
 
 def roi_centres(roi, out_size):
     return cell_coords(roi, [False] * len(out_size), out_size)
 
 
-def interior_mask(coords, box, size):
-    """Samples at least half a cell inside the view box on every axis: linear interpolation of cell-centre
-    values is exact there (outside that rim grid_sample blends with zero padding)."""
-    box = np.asarray(box, dtype=np.float64)
+def interior_mask(coords, centres):
+    """Samples between the outermost cell centres of a view's feature map (``centres`` = its cell_coords) on
+    every axis: linear interpolation of cell-centre values is exact there (beyond, grid_sample pads)."""
     m = np.ones(coords.shape[1:], dtype=bool)
-    for d in range(len(size)):
-        half = 0.5 * (box[1, d] - box[0, d]) / size[d]
-        m &= (coords[d] >= box[0, d] + half - 1e-9) & (coords[d] <= box[1, d] - half + 1e-9)
+    for d in range(coords.shape[0]):
+        m &= (coords[d] >= centres[d].min() - 1e-9) & (coords[d] <= centres[d].max() + 1e-9)
     return m
 
 
@@ -93,9 +96,12 @@ def test_align_views_exact_2d_different_resolutions():
 
 
 # --------------------------------------------------------------------------------------------- random cases
+@pytest.mark.parametrize("with_cells", [False, True])
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_align_views_random_geometry(ndim, seed):
+def test_align_views_random_geometry(ndim, seed, with_cells):
+    """Random boxes, flips and resolutions; with_cells: the maps are network levels with a random cell geometry
+    (offset, stride) in views of a random size, both maps of the same level."""
     rng = np.random.RandomState(seed)
     B = 4
     shape = rng.randint(20, 60, size=ndim)
@@ -109,26 +115,35 @@ def test_align_views_random_geometry(ndim, seed):
     size1 = tuple(int(i) for i in rng.randint(4, 12, size=ndim))
     size2 = tuple(int(i) for i in rng.randint(4, 12, size=ndim))
     out = tuple(int(i) for i in rng.randint(3, 10, size=ndim))
-    f1 = coord_features(boxes1, flips1, size1).float().requires_grad_(True)
-    f2 = coord_features(boxes2, flips2, size2).float()
+    cells, kw = None, {}
+    if with_cells:
+        stride = rng.choice([1, 2, 4, 8], size=ndim).astype(float)
+        offset = rng.uniform(-1, 3, size=ndim)
+        size2 = size1
+        view_size = tuple(int(i) for i in np.ceil((np.array(size1) - 1) * stride + offset + 1
+                                                 + rng.randint(0, 4, size=ndim)))
+        cells = (offset, stride, view_size)
+        kw = dict(geometry=CellGeometry(offset, stride), input_size=view_size)
+    f1 = coord_features(boxes1, flips1, size1, cells).float().requires_grad_(True)
+    f2 = coord_features(boxes2, flips2, size2, cells).float()
     a1, a2, valid = align_views(f1, torch.from_numpy(np.stack(boxes1)).float(), torch.from_numpy(np.stack(flips1)),
                                 f2, torch.from_numpy(np.stack(boxes2)).float(), torch.from_numpy(np.stack(flips2)),
-                                out)
+                                out, **kw)
     assert a1.shape == (B, ndim, *out) and a2.shape == (B, ndim, *out)
     assert valid.all()
     n_checked = 0
     for b in range(B):
         roi = np.stack((np.maximum(boxes1[b][0], boxes2[b][0]), np.minimum(boxes1[b][1], boxes2[b][1])))
         exp = roi_centres(roi, out)
-        m1 = interior_mask(exp, boxes1[b], size1)
-        m2 = interior_mask(exp, boxes2[b], size2)
+        m1 = interior_mask(exp, cell_coords(boxes1[b], flips1[b], size1, cells))
+        m2 = interior_mask(exp, cell_coords(boxes2[b], flips2[b], size2, cells))
         e = torch.from_numpy(exp).float()
         torch.testing.assert_close(a1[b][:, torch.from_numpy(m1)], e[:, torch.from_numpy(m1)], rtol=0, atol=1e-3)
         torch.testing.assert_close(a2[b][:, torch.from_numpy(m2)], e[:, torch.from_numpy(m2)], rtol=0, atol=1e-3)
         both = torch.from_numpy(m1 & m2)
         torch.testing.assert_close(a1[b][:, both], a2[b][:, both], rtol=0, atol=1e-3)
         n_checked += int(both.sum())
-    assert n_checked > 0.3 * B * np.prod(out)
+    assert n_checked > (0.15 if with_cells else 0.3) * B * np.prod(out)  # sparser cells cover less of a view
     a1.sum().backward()  # differentiable w.r.t. the features
     assert f1.grad is not None and f1.grad.abs().sum() > 0
 
@@ -150,6 +165,28 @@ def test_roi_align_of_whole_view_undoes_flips():
     f = torch.randn(1, 3, 4, 4, 6)
     out = roi_align(f, box, flip, box, (4, 4, 6))
     torch.testing.assert_close(out, torch.flip(f, [2, 4]))
+
+
+def test_cell_geometry_arguments():
+    box = torch.tensor([[[3., 1, 2], [11, 9, 14]]])
+    flip = torch.tensor([[True, False, True]])
+    roi = torch.tensor([[[4., 2, 3], [10, 8, 12]]])
+    f = torch.randn(1, 3, 8, 8, 12)
+    # the input itself (offset 0, stride 1) is where the default convention puts a full-resolution map
+    identity = roi_align(f, box, flip, roi, 5, geometry=CellGeometry.identity(3), input_size=(8, 8, 12))
+    torch.testing.assert_close(identity, roi_align(f, box, flip, roi, 5))
+    # stride-2 cells on voxels 0, 2, 4, ... of a 16-voxel view vs. the even tiling (cells between voxel pairs)
+    g = CellGeometry((0, 0, 0), (2, 2, 2))
+    a = roi_align(f[..., :6], box, flip, roi, 4, geometry=g, input_size=(16, 16, 12))
+    b = roi_align(f[..., :6], box, flip, roi, 4)
+    assert (a - b).abs().max() > 0.1
+    assert CellGeometry.identity(2).then(3, 2, 1).then((1, 3), (1, 2), (0, 1)) == CellGeometry((0, 0), (2, 4))
+    with pytest.raises(ValueError, match="input_size"):
+        roi_align(f, box, flip, roi, 4, geometry=g)
+    with pytest.raises(ValueError, match="2d"):
+        roi_align(f, box, flip, roi, 4, geometry=CellGeometry.identity(2), input_size=(8, 8))
+    with pytest.raises(ValueError, match="positive"):
+        CellGeometry((0,), (0,))
 
 
 # --------------------------------------------------------------------------------------------- views
