@@ -56,6 +56,7 @@ __all__ = [
     "flat_grad",
     "gradient_cosine",
     "cosine_matching_penalty",
+    "scaled_task_gradients",
     "distributed_world_size",
     "all_reduce_mean_",
     "FishGradientMatcher",
@@ -87,18 +88,29 @@ def gradient_cosine(g1: torch.Tensor, g2: torch.Tensor, eps: float = _EPS) -> fl
     return float((g1 @ g2) / n) if float(n) > eps else 0.0
 
 
+def scaled_task_gradients(loss_ssl: torch.Tensor, loss_ref: torch.Tensor, params: Sequence[torch.Tensor],
+                          loss_scale: float = 1.0, create_graph: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(loss_scale * g_ssl, loss_scale * g_ref)``: flat gradients of both losses w.r.t. ``params``, both graphs
+    retained (the losses can still be backpropagated). ``loss_scale`` keeps float16 (autocast) gradients from
+    underflowing; cosines of the two do not depend on it."""
+    return tuple(flat_grad(loss * loss_scale if loss_scale != 1.0 else loss, params, create_graph=create_graph,
+                           retain_graph=True) for loss in (loss_ssl, loss_ref))
+
+
 def cosine_matching_penalty(loss_ssl: torch.Tensor, loss_ref: torch.Tensor, shared_params: Iterable[torch.Tensor],
-                            lam: float, eps: float = _EPS) -> Tuple[torch.Tensor, torch.Tensor]:
+                            lam: float, eps: float = _EPS,
+                            loss_scale: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """ReFs "cosine" mode: ``(lam * (1 - cos(g_ssl, g_ref)), cos.detach())``.
 
     ``g_*`` = gradients of each loss w.r.t. ``shared_params`` with ``create_graph=True`` (both graphs are
     retained), so ``(loss_ssl + loss_ref + penalty).backward()`` gives the exact gradient of the explicit formula.
-    ``cos = <g_ssl, g_ref> / max(|g_ssl| |g_ref|, eps)``.
+    ``cos = <g_ssl, g_ref> / max(|g_ssl| |g_ref|, eps)``. ``loss_scale`` (mixed precision): the inner gradients are
+    taken of the scaled losses, so the double backward does not underflow in float16; penalty and gradient are
+    unchanged (cos does not depend on the scale; ``eps`` is scaled along).
     """
     params = [p for p in shared_params if p.requires_grad]
-    g_s = flat_grad(loss_ssl, params, create_graph=True, retain_graph=True)
-    g_r = flat_grad(loss_ref, params, create_graph=True, retain_graph=True)
-    cos = (g_s * g_r).sum() / (g_s.norm() * g_r.norm()).clamp_min(eps)
+    g_s, g_r = scaled_task_gradients(loss_ssl, loss_ref, params, loss_scale, create_graph=True)
+    cos = (g_s * g_r).sum() / (g_s.norm() * g_r.norm()).clamp_min(eps * loss_scale ** 2)
     return lam * (1.0 - cos), cos.detach()
 
 

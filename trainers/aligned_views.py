@@ -154,7 +154,6 @@ class AlignedViewsTrainer(TwoViewDataMixin, nnUNetSSLTrainer):
         self.align_size = 0           # 0 = align on the level's own feature-map size
         self.full_forward = None      # None = through the wrapped network only under DDP
         self.level_names: Tuple[str, ...] = ()
-        self._iteration_in_epoch = 0
 
     # ------------------------------------------------------------------ what a method defines
     def make_projector(self, channels: int, ndim: int) -> nn.Module:
@@ -299,10 +298,8 @@ class AlignedViewsTrainer(TwoViewDataMixin, nnUNetSSLTrainer):
     def total_steps(self) -> int:
         return max(1, int(self.num_epochs) * int(self.num_iterations_per_epoch))
 
-    def global_step(self) -> int:
-        return int(self.current_epoch) * int(self.num_iterations_per_epoch) + self._iteration_in_epoch
-
     def current_momentum(self) -> float:
+        # global_step: the one step counter of nnUNetSSLTrainer (advanced by every train_step, ReFs' included)
         final = self.ema_base if self.ema_final is None else self.ema_final
         return cosine_momentum(self.global_step(), self.total_steps(), self.ema_base, final)
 
@@ -310,13 +307,3 @@ class AlignedViewsTrainer(TwoViewDataMixin, nnUNetSSLTrainer):
         m = self.current_momentum()
         self.ssl_modules["target_network"].update(self.network, m)
         self.ssl_modules["target_projectors"].update(self.ssl_modules["projectors"], m)
-
-    def on_train_epoch_start(self):
-        self._iteration_in_epoch = 0
-        super().on_train_epoch_start()
-
-    def train_step(self, batch: dict) -> dict:
-        try:
-            return super().train_step(batch)
-        finally:
-            self._iteration_in_epoch += 1

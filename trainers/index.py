@@ -14,3 +14,4 @@ from nnunet_ssl_trainers.refs import (ReFsTrainer, ReFsTrainer_cosine, ReFsTrain
                                       ReFsTrainer_GMIM_cosine, ReFsTrainer_IDEAL, ReFsTrainer_PGL,
                                       ReFsTrainer_PGL_cosine)
 from nnunet_ssl_trainers.stock_schedule import nnUNetTrainer_schedule  # noqa: F401
+from nnunet_ssl_trainers.refs import ReFsTrainer_noMatching  # noqa: F401

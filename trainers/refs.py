@@ -12,19 +12,35 @@ Gradients are matched on the encoder parameters only (:mod:`nnunet_ssl.gradient_
   the step descends ``L_ssl + L_ref - (fish_inner_lr/2) <g_ssl, g_ref>`` (averaged over both task orders; the
   default order alternates). Decoder and heads get their own task gradients.
 * ``cosine``: ``L_ssl + L_ref + cosine_lambda * (1 - cos(g_ssl, g_ref))`` with double backward.
+* ``none`` (``ReFsTrainer_noMatching``, or ``NNUNET_SSL_SETTINGS=matching=none``): no matching, one optimizer step
+  on ``L_ssl + L_ref`` (same loaders and heads): the baseline that shows what gradient matching adds.
 
-Logged every epoch (training log and progress.png), in both modes: ``grad_cosine`` (cosine of the two tasks'
+Logged every epoch (training log and progress.png), in every mode: ``grad_cosine`` (cosine of the two tasks'
 encoder gradients at the current weights), ``ssl_loss``, ``ref_loss``, plus the SSL objective's own curves. In fish
-mode the cosine needs a third forward/backward, so it is measured on every ``cosine_every``-th step of an epoch
-(default 10, always the first step; ``cosine_every=1`` = every step) and the epoch value averages those steps.
+and none mode the cosine costs extra backward passes (fish: a third forward/backward), so it is measured on every
+``cosine_every``-th step of an epoch (default 10, always the first step; ``cosine_every=1`` = every step) and the
+epoch value averages those steps.
+
+Randomness: fish runs the SSL objective up to twice per step (at the weights and at the clone); every run must draw
+the same masks (MAE/GMIM) and voxel samples (IDEAL), and the next step new ones. :class:`ReplayedRandomness` does
+that for every generator the draws use (:func:`device_generators`: the CPU one and, on a GPU, the CUDA one, which
+is where masks of CUDA tensors are drawn): each run starts from the step's initial states; after the step the
+generators stand where the last run left them, as if the objective had run once.
+
+Mixed precision (on any device with a GradScaler, i.e. float16 autocast on CUDA in nnU-Net): the losses whose
+gradients ReFs takes itself (fish's task gradients, the cosine mode's g_ssl/g_ref, the measured cosine) are scaled
+by ``INNER_LOSS_SCALE`` (1024) first; the joint loss of cosine/none mode goes through the GradScaler.
+
+Schedules per step (EMA momentum of ``ReFsTrainer_PGL``/``_IDEAL``, ``cosine_every``) read the base trainer's one
+step counter (``global_step``), which this ``train_step`` advances like the base's.
 
 The SSL objective is pluggable: ``ReFsTrainer`` uses MAE reconstruction (our default: the cheapest objective and
 the one the literature found strongest for nnU-Net CNNs); ``ReFsTrainer_GMIM``, ``ReFsTrainer_PGL``,
 ``ReFsTrainer_IDEAL`` use the other objectives; ``..._cosine`` variants use cosine matching.
 
 DDP: the forwards run on the unwrapped network; the fish matcher averages both tasks' gradients over the ranks
-before the clone step (so every rank takes the same step), and in cosine mode all gradients are averaged after the
-backward (the penalty itself uses each rank's local gradients).
+before the clone step (so every rank takes the same step), and in cosine and none mode all gradients are averaged
+after the backward (the penalty and the measured cosine use each rank's local gradients).
 """
 import contextlib
 import warnings
@@ -34,7 +50,8 @@ from torch import distributed as dist
 from torch import nn
 
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
-from nnunet_ssl.gradient_matching import FishGradientMatcher, cosine_matching_penalty
+from nnunet_ssl.gradient_matching import (FishGradientMatcher, cosine_matching_penalty, gradient_cosine,
+                                          scaled_task_gradients)
 from nnunet_ssl.heads import conv_for
 from nnunet_ssl.network_parts import decoder_features, decoder_stage_channels, spatial_ndim, unwrap
 from nnunet_ssl.reference import resolve_reference
@@ -48,22 +65,76 @@ from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 REFS_SETTINGS = {"matching": str, "fish_inner_lr": float, "fish_order": str, "cosine_lambda": float,
                  "ref_weight": float, "cosine_every": int}
+MATCHING_MODES = ("fish", "cosine", "none")
+# static scale of the losses whose gradients ReFs takes itself (fish's task gradients, the cosine mode's g_ssl and
+# g_ref) while float16 mixed precision is on (the trainer has a GradScaler, on whatever device)
+INNER_LOSS_SCALE = 1024.0
 
 
-@contextlib.contextmanager
-def same_randomness(cpu_state, cuda_state=None):
-    """Run a block with a given torch RNG state (so repeated SSL losses draw the same masks), then restore."""
-    saved_cpu = torch.get_rng_state()
-    saved_cuda = torch.cuda.get_rng_state_all() if cuda_state is not None else None
-    torch.set_rng_state(cpu_state)
-    if cuda_state is not None:
-        torch.cuda.set_rng_state_all(cuda_state)
-    try:
-        yield
-    finally:
-        torch.set_rng_state(saved_cpu)
-        if saved_cuda is not None:
-            torch.cuda.set_rng_state_all(saved_cuda)
+class _ModuleGenerator:
+    """``get_state``/``set_state`` of a device's default generator reached through its torch module (e.g. MPS)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def get_state(self):
+        return self.module.get_rng_state()
+
+    def set_state(self, state):
+        self.module.set_rng_state(state)
+
+
+def device_generators(device) -> list:
+    """The generators random draws on ``device`` use: the CPU generator and, for an accelerator, that device's own
+    default generator (``torch.rand(..., device='cuda')``, ``torch.randperm(..., device='cuda')`` draw there)."""
+    device = torch.device(device)
+    generators = [torch.default_generator]
+    if device.type == "cuda":
+        torch.cuda.init()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        generators.append(torch.cuda.default_generators[index])
+    elif device.type != "cpu":
+        module = getattr(torch, device.type, None)
+        if module is not None and hasattr(module, "get_rng_state") and hasattr(module, "set_rng_state"):
+            generators.append(_ModuleGenerator(module))
+    return generators
+
+
+class ReplayedRandomness:
+    """One step's randomness for an objective that runs several times in the step (fish: at theta and at the clone).
+
+    Made at the start of the step. Every :meth:`replay` block starts from the generators' states of that moment (so
+    every run draws the same masks / voxel samples) and restores the states it found afterwards; :meth:`advance`,
+    at the end of the step, leaves every generator where the LAST replay left it: as if the objective had drawn
+    once, so the next step draws new numbers. ``generators``: objects with ``get_state``/``set_state`` (every
+    generator the draws may use; :func:`device_generators`).
+    """
+
+    def __init__(self, generators):
+        self.generators = list(generators)
+        self.start = self._states()
+        self.end = None
+
+    def _states(self):
+        return [g.get_state() for g in self.generators]
+
+    def _set(self, states):
+        for g, state in zip(self.generators, states):
+            g.set_state(state)
+
+    @contextlib.contextmanager
+    def replay(self):
+        outside = self._states()
+        self._set(self.start)
+        try:
+            yield
+        finally:
+            self.end = self._states()
+            self._set(outside)
+
+    def advance(self):
+        if self.end is not None:
+            self._set(self.end)
 
 
 class ReferenceHead(nn.Module):
@@ -91,7 +162,6 @@ class ReFsMixin:
         # fish: measure the logged gradient cosine on every k-th step of an epoch (always the first). Measuring
         # costs a third forward/backward; k=1 measures every step (scripts/benchmark_cost.py shows the price)
         self.cosine_every = 10
-        self._epoch_step = 0
         self.reference = None
         self.dataloader_ref = None
 
@@ -101,8 +171,9 @@ class ReFsMixin:
     # ------------------------------------------------------------------ setup
     def build_ssl_modules(self):
         super().build_ssl_modules()
-        if self.matching not in ("fish", "cosine"):
-            exit_on_user_error(UserInputError(f"matching='{self.matching}' is not a ReFs mode: use fish or cosine."))
+        if self.matching not in MATCHING_MODES:
+            exit_on_user_error(UserInputError(f"matching='{self.matching}' is not a ReFs mode: use fish, cosine or "
+                                              f"none."))
         if self.cosine_every < 1:
             exit_on_user_error(UserInputError(f"cosine_every={self.cosine_every}: it must be >= 1 (1 = measure the "
                                               f"gradient cosine at every step, k = every k-th step)."))
@@ -125,7 +196,7 @@ class ReFsMixin:
         with self._as_reference_task():
             self.ref_loss_fn = nnUNetTrainer._build_loss(self)
         self.matcher = FishGradientMatcher(inner_lr=self.fish_inner_lr, order=self.fish_order, apply="grad",
-                                           loss_scale=1024.0 if self.device.type == "cuda" else 1.0)
+                                           loss_scale=self.inner_loss_scale())
 
     @contextlib.contextmanager
     def _as_reference_task(self):
@@ -200,30 +271,35 @@ class ReFsMixin:
     def _shared_names(self, bundle):
         return [n for n, p in bundle.named_parameters() if n.startswith("net.encoder.") and p.requires_grad]
 
-    def on_train_epoch_start(self):
-        super().on_train_epoch_start()
-        self._epoch_step = 0
+    def inner_loss_scale(self) -> float:
+        """Scale of the losses whose gradients ReFs takes itself: :data:`INNER_LOSS_SCALE` while mixed precision
+        with a GradScaler is on (float16 gradients would underflow), else 1."""
+        return INNER_LOSS_SCALE if self.grad_scaler is not None else 1.0
+
+    def random_generators(self) -> list:
+        """The generators the SSL objective's random draws use (replayed within a step, see the module doc)."""
+        return device_generators(self.device)
 
     def train_step(self, batch: dict) -> dict:
         ref_batch = next(self.dataloader_ref)
-        self.matcher.measure_cosine = self._epoch_step % self.cosine_every == 0
-        self._epoch_step += 1
+        measure = self._iteration_in_epoch % self.cosine_every == 0
         self.optimizer.zero_grad(set_to_none=True)
         bundle = self._bundle()
-        rng = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None)
+        randomness = ReplayedRandomness(self.random_generators())
+        scale = self.inner_loss_scale()
         curves = {}
 
         def ssl_fn(module):
-            with self._using(module), same_randomness(*rng), self.autocast_context():
+            with self._using(module), randomness.replay(), self.autocast_context():
                 loss, c = self.ssl_loss(batch, train=True)
-                if "first" not in curves:
-                    curves["first"], curves["rng_after"] = c, torch.get_rng_state()
+            curves.setdefault("ssl", c)  # the curves of the first run
             return loss
 
         def ref_fn(module):
             return self.reference_loss(module, ref_batch)
 
         if self.matching == "fish":
+            self.matcher.measure_cosine, self.matcher.loss_scale = measure, scale
             result = self.matcher.step(bundle, self._shared_names(bundle), ssl_fn, ref_fn)
             l_ssl, l_ref, cosine = result["loss_ssl"], result["loss_ref"], result["cosine"]
             if result["skipped"]:
@@ -233,15 +309,24 @@ class ReFsMixin:
         else:
             loss_ssl = ssl_fn(bundle)
             loss_ref = ref_fn(bundle)
-            shared = [p for n, p in bundle.named_parameters() if n in set(self._shared_names(bundle))]
-            penalty, cosine = cosine_matching_penalty(loss_ssl, loss_ref, shared, self.cosine_lambda)
+            names = set(self._shared_names(bundle))
+            shared = [p for n, p in bundle.named_parameters() if n in names]
+            loss = loss_ssl + loss_ref
+            if self.matching == "cosine":
+                penalty, cosine = cosine_matching_penalty(loss_ssl, loss_ref, shared, self.cosine_lambda,
+                                                          loss_scale=scale)
+                loss = loss + penalty
+            else:  # none: plain joint training; the cosine is only measured (an extra backward to the encoder)
+                cosine = gradient_cosine(*scaled_task_gradients(loss_ssl, loss_ref, shared, scale)) \
+                    if measure else None
             l_ssl, l_ref = float(loss_ssl.detach()), float(loss_ref.detach())
-            done = self.apply_update(loss_ssl + loss_ref + penalty)
-        torch.set_rng_state(curves["rng_after"])  # as if the SSL loss had drawn its masks once
+            done = self.apply_update(loss)
+        randomness.advance()
+        self.advance_step()
         out = {"loss": float(l_ssl) + float(l_ref), "ssl_loss": float(l_ssl), "ref_loss": float(l_ref),
                "grad_cosine": float("nan") if cosine is None else float(cosine),
                "skipped_steps": 0.0 if done else 1.0}
-        out.update(curves["first"])
+        out.update(curves["ssl"])
         return out
 
     def _sync_head_gradients(self):
@@ -271,6 +356,7 @@ def _refs_variant(name: str, ssl_class, matching: str = "fish"):
 
 ReFsTrainer = _refs_variant("ReFsTrainer", MAETrainer)
 ReFsTrainer_cosine = _refs_variant("ReFsTrainer_cosine", MAETrainer, "cosine")
+ReFsTrainer_noMatching = _refs_variant("ReFsTrainer_noMatching", MAETrainer, "none")
 ReFsTrainer_GMIM = _refs_variant("ReFsTrainer_GMIM", GMIMTrainer)
 ReFsTrainer_GMIM_cosine = _refs_variant("ReFsTrainer_GMIM_cosine", GMIMTrainer, "cosine")
 ReFsTrainer_PGL = _refs_variant("ReFsTrainer_PGL", PGLTrainer)

@@ -64,6 +64,7 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
         self.ssl_modules = nn.ModuleDict()
         self._nonfinite_in_a_row = 0
         self._best_val_loss = None
+        self._iteration_in_epoch = 0  # training steps taken in this epoch: see global_step / advance_step
         self.logger.local_logger = SSLLocalLogger(self.all_curve_keys())
 
     # ------------------------------------------------------------------ hooks for subclasses
@@ -190,11 +191,28 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
     def autocast_context(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
+    # ------------------------------------------------------------------ the one step counter
+    def global_step(self) -> int:
+        """Training steps since the start of training (skipped ones included): the clock of every per-step
+        schedule (e.g. EMA momentum). Derived from ``current_epoch``, so a resumed run (which restarts at an epoch
+        boundary) continues the schedule with nothing extra in the checkpoint."""
+        return int(self.current_epoch) * int(self.num_iterations_per_epoch) + self._iteration_in_epoch
+
+    def advance_step(self) -> None:
+        """Call once at the end of every training step (after the optimizer and teacher updates): this class's
+        ``train_step`` does, and so must every ``train_step`` that does not call it (ReFs)."""
+        self._iteration_in_epoch += 1
+
+    def on_train_epoch_start(self):
+        self._iteration_in_epoch = 0
+        super().on_train_epoch_start()
+
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast_context():
             loss, curves = self.ssl_loss(batch, train=True)
         done = self.apply_update(loss)
+        self.advance_step()
         return {"loss": loss.detach().cpu().numpy(), "skipped_steps": 0.0 if done else 1.0, **curves}
 
     def validation_step(self, batch: dict) -> dict:
