@@ -526,7 +526,7 @@ def _q(values: List[float], q: float) -> float:
 
 
 def refs_base(name: str) -> Optional[str]:
-    """The SSL trainer whose objective a ReFs fish trainer uses (None for non-ReFs , cosine or no-matching variants)."""
+    """The SSL trainer whose objective a ReFs fish trainer uses (None for non-ReFs, cosine or no-matching variants)."""
     if not name.startswith("ReFsTrainer") or name.endswith(("_cosine", "_noMatching")):
         return None
     try:
