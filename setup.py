@@ -63,7 +63,11 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read() if os.path.isfile(os.path.join(HERE, "README.md")) else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["nnunet_ssl", "nnunet_ssl.objectives", "nnunet_ssl.benchmark", "nnunet_ssl.nnunet_ext_trainers", "nnunet_ssl_trainers"],
+    packages=["nnunet_ssl", "nnunet_ssl.methods", "nnunet_ssl.methods.objectives", "nnunet_ssl.data",
+              "nnunet_ssl.weights", "nnunet_ssl.cli", "nnunet_ssl.benchmark", "nnunet_ssl_trainers"],
+    # trainers/nnunet_ext/ (nnU-Net's nnUNet_extTrainer folder) is not a package: nnU-Net imports its modules as
+    # top-level names. It ships as package data of nnunet_ssl_trainers.
+    package_data={"nnunet_ssl_trainers": ["nnunet_ext/*.py"]},
     package_dir={"nnunet_ssl_trainers": "trainers"},
     install_requires=[
         "nnunetv2>=2.8",

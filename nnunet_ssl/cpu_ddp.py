@@ -5,7 +5,7 @@
 ``nnUNetv2_train -num_gpus N`` needs N GPUs (NCCL). This launcher does what nnU-Net's ``run_ddp`` does - one
 process per rank, :func:`~nnunetv2.run.run_training.get_trainer_from_args`, ``maybe_load_checkpoint``,
 ``run_training`` - with the ``gloo`` backend and ``device=cpu``; our trainers then stay on the CPU
-(:class:`nnunet_ssl_trainers.cpu_ddp.CPUDistributedMixin`). It exists to exercise the distributed logic (EMA
+(:class:`nnunet_ssl_trainers.distributed_mixin.CPUDistributedMixin`). It exists to exercise the distributed logic (EMA
 teachers, gradient averaging, gradient matching, per-rank sampling) on machines without GPUs; it is not a way to
 train fast. Each rank uses ``--threads`` torch threads (default 1).
 
@@ -44,7 +44,7 @@ def _rank_main(rank: int, world_size: int, port: int, dataset: str, configuratio
                plans: str, continue_training: bool, record_dir: Optional[str], threads: int) -> None:
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
 
-    from nnunet_ssl.network_parts import unwrap
+    from nnunet_ssl.weights.network_parts import unwrap
     torch.set_num_threads(threads)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)

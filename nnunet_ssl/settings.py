@@ -12,8 +12,9 @@ import os
 from typing import Dict
 
 from nnunet_ssl.errors import UserInputError
+from nnunet_ssl.trainer_names import SETTINGS_ENV
 
-ENV_VAR = "NNUNET_SSL_SETTINGS"
+ENV_VAR = SETTINGS_ENV
 
 COMMON_SETTINGS = {
     "num_epochs": int,

@@ -468,7 +468,7 @@ def memory_step(b: Bench, interval_s: float) -> Optional[int]:
 
 def loader_benchmark(pgl: Bench, workers: int, n_batches: int, e2e_steps: int, device) -> dict:
     import torch
-    from nnunet_ssl.two_view_loader import make_two_view_augmenter
+    from nnunet_ssl.data.two_view_loader import make_two_view_augmenter
     t = pgl.trainer
     dataset_tr, _ = t.get_tr_and_val_datasets()
     res = {"workers": workers, "batches": n_batches, "batch_size": t.batch_size,

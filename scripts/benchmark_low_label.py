@@ -376,7 +376,7 @@ class Runner:
         self.commands_file = Path(args.work_dir) / "commands.sh"
 
     def __call__(self, name: str, cmd_args: List, env: Dict[str, str], log_file: Optional[Path]) -> float:
-        from nnunet_ssl.commands import run_nnunet
+        from nnunet_ssl.cli.commands import run_nnunet
         full = dict(self.base_env, **env)
         shown = {k: v for k, v in full.items() if v is not None}
         prefix = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in shown.items())

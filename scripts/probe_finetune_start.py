@@ -1,7 +1,7 @@
 """Does a pre-trained checkpoint let gradients through at the first fine-tuning step?
 
 For a downstream dataset, its plans and one or more pre-trained checkpoints, build the fine-tuning network exactly as
-nnU-Net does, load each checkpoint the way ``SSLFinetuneTrainer`` does (``nnunet_ssl.transfer.transfer_weights``,
+nnU-Net does, load each checkpoint the way ``SSLFinetuneTrainer`` does (``nnunet_ssl.weights.transfer.transfer_weights``,
 optionally encoder only), run one batch of real preprocessed training cases through nnU-Net's Dice + CE loss
 (full resolution, no deep supervision) and print, against a randomly initialised network of the same seed:
 
@@ -77,7 +77,7 @@ def load_batch(folder: str, patch, num_cases: int):
 
 
 def probe(network, x, y, loss_fn) -> dict:
-    from nnunet_ssl.network_parts import is_encoder_key
+    from nnunet_ssl.weights.network_parts import is_encoder_key
     seen = {}
     hook = network.decoder.stages[-1].register_forward_hook(lambda m, i, o: seen.__setitem__("features", o.detach()))
     network.zero_grad()
@@ -105,8 +105,8 @@ def main(argv=None):
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunet_ssl.checkpoint import load_checkpoint_file
-    from nnunet_ssl.transfer import transfer_weights
+    from nnunet_ssl.weights.checkpoint import load_checkpoint_file
+    from nnunet_ssl.weights.transfer import transfer_weights
 
     name = maybe_convert_to_dataset_name(args.dataset)
     root = Path(os.environ["nnUNet_preprocessed"]) / name

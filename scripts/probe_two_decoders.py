@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 def select_output(network, which: str) -> None:
     """Make the two-decoder network's inference forward return one output (``average`` = as trained)."""
-    from nnunet_ssl.two_decoder_unet import TwoDecoderUNet
+    from nnunet_ssl.methods.two_decoder_unet import TwoDecoderUNet
     if not isinstance(network, TwoDecoderUNet):
         raise UserInputError(f"the model's network is a {type(network).__name__}, not IDEAL's two-decoder network "
                              f"(train it with IDEALSemiSupervisedTrainer)")

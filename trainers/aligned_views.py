@@ -8,7 +8,7 @@ chooses its heads (:meth:`make_projector`, :meth:`make_predictor`) and its per-l
   intensity augmentations, geometry in the batch);
 * **online branch**: the nnU-Net network's encoder plus as many decoder stages as the highest decoder level needs,
   followed by per-level heads in ``ssl_modules["projectors"]`` (and ``["predictors"]`` if the method has them);
-* **target branch**: ``ssl_modules["target_network"]``, an :class:`~nnunet_ssl.teachers.EMATeacher` of the whole
+* **target branch**: ``ssl_modules["target_network"]``, an :class:`~nnunet_ssl.methods.teachers.EMATeacher` of the whole
   nnU-Net network, and ``ssl_modules["target_projectors"]``, an EMA of the online projectors. No gradient. Updated
   after every optimizer step with momentum ``cosine_momentum(step, total_steps, ema_base, ema_final)``
   (``ema_final = None``: constant ``ema_base``), where
@@ -18,7 +18,7 @@ chooses its heads (:meth:`make_projector`, :meth:`make_predictor`) and its per-l
   bottleneck (before the segmentation layer; ``decoder1`` is the first one); ``encoderK`` = the encoder stage
   output K stages below the bottleneck (same resolution as ``decoderK``). Default ``bottleneck,decoder1``;
 * **alignment**: per level, the heads' outputs of both views are resampled onto one grid of the views' overlap
-  box with :func:`nnunet_ssl.alignment.align_views` (flips undone; :func:`aligned_pair`), grid size = the level's
+  box with :func:`nnunet_ssl.methods.alignment.align_views` (flips undone; :func:`aligned_pair`), grid size = the level's
   feature-map size (setting ``align_size`` > 0: that many cells per axis instead). The level's cells are placed
   where the network's convolutions put them (:func:`level_cell_geometry`: for nnU-Net's kernel-3 stride-2
   convolutions cell ``j`` sits on input voxel ``stride * j``; the heads are 1x1 and keep that). Samples whose views
@@ -30,7 +30,7 @@ chooses its heads (:meth:`make_projector`, :meth:`make_predictor`) and its per-l
 Forward path (DDP): without DDP the encoder and the needed decoder stages of the unwrapped network run directly
 (the rest of the decoder is skipped). Under DDP the online forward goes through the wrapped ``self.network(x)``
 (so DDP synchronises the gradients), encoder skips and decoder stage outputs are read with forward hooks
-(:class:`nnunet_ssl.network_parts.capture_output`), and a zero-weight term on the segmentation output keeps every
+(:class:`nnunet_ssl.weights.network_parts.capture_output`), and a zero-weight term on the segmentation output keeps every
 used parameter in the graph (DDP without ``find_unused_parameters`` needs that). Set ``self.full_forward = True``
 to force the wrapped path without DDP. The EMA teachers stay identical on all ranks because the online weights
 are identical after the synchronised step.
@@ -46,11 +46,11 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from nnunet_ssl.alignment import CellGeometry, align_views, decoder_cell_geometry, encoder_cell_geometry
+from nnunet_ssl.methods.alignment import CellGeometry, align_views, decoder_cell_geometry, encoder_cell_geometry
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.network_parts import capture_output, decoder_features, spatial_ndim, unwrap
+from nnunet_ssl.weights.network_parts import capture_output, decoder_features, spatial_ndim, unwrap
 from nnunet_ssl.ssl_logging import SSLLocalLogger
-from nnunet_ssl.teachers import EMATeacher, cosine_momentum
+from nnunet_ssl.methods.teachers import EMATeacher, cosine_momentum
 from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer
 from nnunet_ssl_trainers.two_view import TwoViewDataMixin
 
@@ -112,7 +112,7 @@ def level_channels(network: nn.Module, level: str) -> int:
 
 def level_cell_geometry(network: nn.Module, level: str) -> CellGeometry:
     """Where the cells of a level sit in the network input, read from the network's modules
-    (:func:`nnunet_ssl.alignment.encoder_cell_geometry` / :func:`~nnunet_ssl.alignment.decoder_cell_geometry`)."""
+    (:func:`nnunet_ssl.methods.alignment.encoder_cell_geometry` / :func:`~nnunet_ssl.methods.alignment.decoder_cell_geometry`)."""
     net = unwrap(network)
     kind, k = level_spec(level, len(net.encoder.output_channels))
     return (encoder_cell_geometry(net) if kind == "encoder" else decoder_cell_geometry(net))[k]

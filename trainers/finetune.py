@@ -6,7 +6,7 @@
 ``-pretrained_weights``:
 
 * the encoder is loaded, the decoder where shapes match, segmentation layers never; the training log lists every
-  key as loaded / adapted / skipped with the reason (:mod:`nnunet_ssl.transfer`). Exception: a decoder trained to
+  key as loaded / adapted / skipped with the reason (:mod:`nnunet_ssl.weights.transfer`). Exception: a decoder trained to
   reconstruct the input (MAE, GMIM, ReFs on MAE) is left at its initialisation, because it blocks the gradient to
   the encoder (``recommended_load_decoder``); ``load_decoder=True`` / ``False`` in ``NNUNET_SSL_SETTINGS`` decides
   explicitly;
@@ -23,7 +23,7 @@ Without ``NNUNET_SSL_PRETRAINED`` it trains from scratch with exactly the same s
 ``SSLScratchTrainer`` is that baseline under its own name (it refuses ``NNUNET_SSL_PRETRAINED``).
 Resuming with ``--c`` never reloads the pre-trained weights.
 
-Both honour a label budget (:class:`nnunet_ssl_trainers.label_budget.LabelBudgetMixin`)::
+Both honour a label budget (:class:`nnunet_ssl_trainers.label_budget_mixin.LabelBudgetMixin`)::
 
     NNUNET_SSL_SETTINGS="label_budget=10,label_seed=0" nnUNetv2_train DATASET 3d_fullres 0 -tr SSLScratchTrainer
 """
@@ -31,15 +31,16 @@ import os
 
 import torch
 
-from nnunet_ssl.checkpoint import atomic_file, load_checkpoint_file
-from nnunet_ssl.encoder_freeze import EncoderFreeze, non_encoder_parameters
+from nnunet_ssl.weights.checkpoint import atomic_file, load_checkpoint_file
+from nnunet_ssl.weights.encoder_freeze import EncoderFreeze, non_encoder_parameters
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
-from nnunet_ssl.label_budget import LABEL_BUDGET_SETTINGS
-from nnunet_ssl.network_parts import unwrap
+from nnunet_ssl.data.label_budget import LABEL_BUDGET_SETTINGS
+from nnunet_ssl.weights.network_parts import unwrap
 from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
-from nnunet_ssl.transfer import recommended_load_decoder, transfer_weights
-from nnunet_ssl_trainers.cpu_ddp import CPUDistributedMixin
-from nnunet_ssl_trainers.label_budget import LabelBudgetMixin
+from nnunet_ssl.trainer_names import PRETRAINED_ENV
+from nnunet_ssl.weights.transfer import recommended_load_decoder, transfer_weights
+from nnunet_ssl_trainers.distributed_mixin import CPUDistributedMixin
+from nnunet_ssl_trainers.label_budget_mixin import LabelBudgetMixin
 from nnunet_ssl_trainers.variants import variant
 from nnunetv2.training.lr_scheduler.warmup import (Lin_incr_LRScheduler, Lin_incr_offset_LRScheduler,
                                                    PolyLRScheduler_offset)
@@ -47,7 +48,6 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.lr_schedule.nnUNetTrainer_warmup import nnUNetTrainer_warmup
 from nnunetv2.utilities.helpers import empty_cache
 
-PRETRAINED_ENV = "NNUNET_SSL_PRETRAINED"
 
 
 def _decoder_transfers_of(trainer_name: str):

@@ -8,8 +8,8 @@ head is a 1x1 convolution so the projection stays dense.
 :class:`~nnunet_ssl_trainers.aligned_views.AlignedViewsTrainer` (``bottleneck`` and ``decoder1`` by default);
 key encoder = EMA of the query network with constant momentum 0.99 (``ema_final`` = None; set ``ema_final=1.0``
 or use ``IDEALTrainer_cosineEMA`` for BYOL's 0.99 -> 1 schedule); per level a 1x1-conv
-:class:`~nnunet_ssl.heads.DenseProjector` (no predictor); loss per level
-:class:`~nnunet_ssl.objectives.DenseInfoNCELoss` (q = online projection, k = EMA projection of the other view,
+:class:`~nnunet_ssl.methods.heads.DenseProjector` (no predictor); loss per level
+:class:`~nnunet_ssl.methods.objectives.DenseInfoNCELoss` (q = online projection, k = EMA projection of the other view,
 positives = corresponding voxels of the overlap, negatives = other sampled voxels of both views, temperature 0.1,
 at most ``num_samples`` = 1024 voxels per sample), symmetrised over the two views, averaged over levels.
 The semi-supervised fine-tuning stage of IDEAL (two decoders, bidirectional consistency) is a separate trainer.
@@ -31,11 +31,11 @@ from typing import Optional
 
 import torch
 
-from nnunet_ssl.alignment import overlap_box
+from nnunet_ssl.methods.alignment import overlap_box
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.heads import DenseProjector
-from nnunet_ssl.objectives import DenseInfoNCELoss
-from nnunet_ssl.views import view_cell_centres
+from nnunet_ssl.methods.heads import DenseProjector
+from nnunet_ssl.methods.objectives import DenseInfoNCELoss
+from nnunet_ssl.methods.views import view_cell_centres
 from nnunet_ssl_trainers.aligned_views import AlignedViewsTrainer
 from nnunet_ssl_trainers.variants import variant
 

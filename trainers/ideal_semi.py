@@ -6,18 +6,18 @@
         nnUNetv2_train 501 3d_fullres 0 -tr IDEALSemiSupervisedTrainer
     nnUNetv2_predict -i IN -o OUT -d 501 -c 3d_fullres -f 0 -tr IDEALSemiSupervisedTrainer
 
-* Network (:mod:`nnunet_ssl.two_decoder_unet`): the plans' nnU-Net U-Net plus ``decoder_b`` (interpolation + conv
+* Network (:mod:`nnunet_ssl.methods.two_decoder_unet`): the plans' nnU-Net U-Net plus ``decoder_b`` (interpolation + conv
   upsampling). Inference (stock ``nnUNetv2_predict``, the final validation) averages both decoders' softmax.
 * Each iteration: one labeled batch (nnU-Net's loader, label budget applied) and one unlabeled batch from the
-  unlabeled pool (:mod:`nnunet_ssl.unlabeled_pool`): ``NNUNET_SSL_UNLABELED_DATASET`` and/or the fold's training
-  cases outside the label budget (``budget_rest=unlabeled``). Loss (:mod:`nnunet_ssl.semi_supervised`): nnU-Net's
+  unlabeled pool (:mod:`nnunet_ssl.data.unlabeled_pool`): ``NNUNET_SSL_UNLABELED_DATASET`` and/or the fold's training
+  cases outside the label budget (``budget_rest=unlabeled``). Loss (:mod:`nnunet_ssl.methods.semi_supervised`): nnU-Net's
   Dice+CE (deep supervision) on both decoders + ramped-up weight x cross pseudo supervision on the unlabeled batch.
 * Inherits from :class:`SSLFinetuneTrainer`: warm-up schedule, ``NNUNET_SSL_PRETRAINED`` (encoder and decoder A
   load by name; ``decoder_b`` starts from its random initialisation) and the label budget.
 
 Settings (``NNUNET_SSL_SETTINGS``), besides the fine-tuning and label-budget ones: ``consistency_weight`` (maximum
 weight, default 1.0), ``consistency_rampup_epochs`` (default
-:func:`~nnunet_ssl.semi_supervised.default_rampup_epochs`: 10 % of ``num_epochs``, at least the first 2000
+:func:`~nnunet_ssl.methods.semi_supervised.default_rampup_epochs`: 10 % of ``num_epochs``, at least the first 2000
 iterations' epochs, at most half), ``cps_confidence_threshold``
 (default 0.9: only voxels where the teaching decoder's softmax maximum is >= 0.9 teach; 0.0 = every voxel),
 ``unlabeled_batch_size`` (default: the labeled batch size). The defaults are our
@@ -34,15 +34,34 @@ from torch import autocast
 
 from nnunet_ssl.distributed import mean_over_ranks
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
-from nnunet_ssl.objectives.cross_pseudo_supervision import CrossPseudoSupervisionLoss
-from nnunet_ssl.semi_supervised import (consistency_weight_at, default_rampup_epochs,
-                                        two_decoder_semi_supervised_loss)
-from nnunet_ssl.two_decoder_unet import TwoDecoderUNet, build_two_decoder_unet
-from nnunet_ssl.unlabeled_pool import (UNLABELED_DATASET_ENV, PoolSource, UnlabeledDataLoader, UnlabeledPool,
-                                       resolve_unlabeled_dataset)
+from nnunet_ssl.methods.objectives.cross_pseudo_supervision import CrossPseudoSupervisionLoss
+from nnunet_ssl.methods.semi_supervised import (consistency_weight_at, default_rampup_epochs,
+                                                two_decoder_semi_supervised_loss)
+from nnunet_ssl.methods.two_decoder_unet import TwoDecoderUNet
+from nnunet_ssl.data.unlabeled_pool import (UNLABELED_DATASET_ENV, PoolSource, UnlabeledDataLoader, UnlabeledPool,
+                                            resolve_unlabeled_dataset)
 from nnunet_ssl_trainers.finetune import SSLFinetuneTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
+
+
+def build_two_decoder_unet(plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
+                           enable_deep_supervision: bool = True) -> TwoDecoderUNet:
+    """The nnU-Net network of the plans (``get_network_from_plans``) turned into a :class:`TwoDecoderUNet`."""
+    from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    unet = get_network_from_plans(
+        configuration_manager.network_arch_class_name,
+        configuration_manager.network_arch_init_kwargs,
+        configuration_manager.network_arch_init_kwargs_req_import,
+        num_input_channels,
+        num_output_channels,
+        allow_init=True,
+        deep_supervision=enable_deep_supervision)
+    net = TwoDecoderUNet(unet, num_output_channels)
+    net.decoder_b.apply(InitWeights_He(1e-2))
+    return net
 
 
 class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):

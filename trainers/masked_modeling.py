@@ -4,7 +4,7 @@
   network (encoder AND decoder) reconstructs the input, MSE on masked units only, averaged over the masked units
   (``recon_normalisation=masked``, MAE's own form: He et al. 2022 average the loss over the removed patches). The
   baseline for GMIM.
-* ``GMIMTrainer``: entropy-adaptive grid and per-cell ratios (:class:`nnunet_ssl.masking.GMIMMasker`),
+* ``GMIMTrainer``: entropy-adaptive grid and per-cell ratios (:class:`nnunet_ssl.methods.masking.GMIMMasker`),
   hierarchical re-masking of the first encoder stages' outputs (p 0.3, 0.5x/0.25x/0.125x the cell ratio), and the
   Siamese target: a stop-gradient copy of the online encoder refreshed every step (momentum 0) sees a second crop
   of the same case, same size, shifted per axis by ``(u2 - u1) * side`` with ``u ~ U[0, target_crop_shift]``
@@ -26,12 +26,12 @@ but the output layer.
 import torch
 
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.heads import DenseProjector
-from nnunet_ssl.masking import GMIMMasker, HierarchicalFeatureMasker
-from nnunet_ssl.network_parts import capture_output, spatial_ndim, unwrap
-from nnunet_ssl.objectives import CrossCorrelationLoss, MaskedMSELoss
-from nnunet_ssl.objectives.masked_reconstruction import RECON_NORMALISATIONS
-from nnunet_ssl.teachers import StopGradientCopy
+from nnunet_ssl.methods.heads import DenseProjector
+from nnunet_ssl.methods.masking import GMIMMasker, HierarchicalFeatureMasker
+from nnunet_ssl.weights.network_parts import capture_output, spatial_ndim, unwrap
+from nnunet_ssl.methods.objectives import CrossCorrelationLoss, MaskedMSELoss
+from nnunet_ssl.methods.objectives.masked_reconstruction import RECON_NORMALISATIONS
+from nnunet_ssl.methods.teachers import StopGradientCopy
 from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer
 from nnunet_ssl_trainers.two_view import TwoViewDataMixin
 from nnunet_ssl_trainers.variants import variant

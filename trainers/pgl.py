@@ -8,17 +8,17 @@ predictor, target branch = EMA (BYOL style).
 
 **choice** (METHODS.md): views, alignment, levels and EMA schedule from
 :class:`~nnunet_ssl_trainers.aligned_views.AlignedViewsTrainer` (levels ``bottleneck`` and ``decoder1`` by
-default, momentum 0.99 -> 1.0 cosine); per level :class:`~nnunet_ssl.heads.DenseProjector` +
-:class:`~nnunet_ssl.heads.DensePredictor` (1x1 convs, 256 hidden, 128 out); loss per level
+default, momentum 0.99 -> 1.0 cosine); per level :class:`~nnunet_ssl.methods.heads.DenseProjector` +
+:class:`~nnunet_ssl.methods.heads.DensePredictor` (1x1 convs, 256 hidden, 128 out); loss per level
 ``0.5 * (L(p1, z2) + L(p2, z1))`` with ``L`` = mean over the aligned voxels of ``2 - 2 cos``
-(:func:`~nnunet_ssl.objectives.symmetric_local_consistency`), averaged over levels.
+(:func:`~nnunet_ssl.methods.objectives.symmetric_local_consistency`), averaged over levels.
 
 Variants: ``PGLTrainer_ema0996`` (EMA base 0.996), ``PGLTrainer_bottleneckOnly`` (one level),
 ``PGLTrainer_encoderOnly`` (bottleneck + encoder1: no decoder stage is trained by the SSL loss).
 """
 
-from nnunet_ssl.heads import DensePredictor, DenseProjector
-from nnunet_ssl.objectives import symmetric_local_consistency
+from nnunet_ssl.methods.heads import DensePredictor, DenseProjector
+from nnunet_ssl.methods.objectives import symmetric_local_consistency
 from nnunet_ssl_trainers.aligned_views import AlignedViewsTrainer
 from nnunet_ssl_trainers.variants import variant
 

@@ -5,7 +5,7 @@
 Each step draws one unlabeled batch (the SSL objective of the chosen SSL trainer) and one batch of the labeled
 reference dataset (nnU-Net's Dice+CE with deep supervision, through the same encoder and decoder and a
 reference segmentation head of its own that lives in ``ssl_modules`` and is dropped after pre-training).
-Gradients are matched on the encoder parameters only (:mod:`nnunet_ssl.gradient_matching`):
+Gradients are matched on the encoder parameters only (:mod:`nnunet_ssl.methods.gradient_matching`):
 
 * ``fish`` (default): a clone takes an inner SGD step (``fish_inner_lr``) on the SSL loss, then on the reference
   loss; the pseudo-gradient ``(theta - theta_clone) / fish_inner_lr`` goes to nnU-Net's optimizer. To first order
@@ -50,11 +50,11 @@ from torch import distributed as dist
 from torch import nn
 
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
-from nnunet_ssl.gradient_matching import (FishGradientMatcher, cosine_matching_penalty, gradient_cosine,
-                                          scaled_task_gradients)
-from nnunet_ssl.heads import conv_for
-from nnunet_ssl.network_parts import decoder_features, decoder_stage_channels, spatial_ndim, unwrap
-from nnunet_ssl.reference import resolve_reference
+from nnunet_ssl.methods.gradient_matching import (FishGradientMatcher, cosine_matching_penalty, gradient_cosine,
+                                                  scaled_task_gradients)
+from nnunet_ssl.methods.heads import conv_for
+from nnunet_ssl.weights.network_parts import decoder_features, decoder_stage_channels, spatial_ndim, unwrap
+from nnunet_ssl.data.reference import resolve_reference
 from nnunet_ssl_trainers.ideal import IDEALTrainer
 from nnunet_ssl_trainers.masked_modeling import GMIMTrainer, MAETrainer
 from nnunet_ssl_trainers.pgl import PGLTrainer

@@ -27,11 +27,11 @@ from torch import distributed as dist
 
 from nnunet_ssl.distributed import mean_over_ranks
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
-from nnunet_ssl.checkpoint import adaptation_plan, atomic_torch_save, load_checkpoint_file, to_cpu
-from nnunet_ssl.network_parts import unwrap
+from nnunet_ssl.weights.checkpoint import adaptation_plan, atomic_torch_save, load_checkpoint_file, to_cpu
+from nnunet_ssl.weights.network_parts import unwrap
 from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
 from nnunet_ssl.ssl_logging import SSLLocalLogger
-from nnunet_ssl_trainers.cpu_ddp import CPUDistributedMixin
+from nnunet_ssl_trainers.distributed_mixin import CPUDistributedMixin
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 
@@ -47,7 +47,7 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
     # pre-training leaves some parameters unused (e.g. the lower-resolution output layers while deep supervision is
     # off); DDP must be told, or the first backward fails
     ddp_find_unused_parameters = True
-    # whether fine-tuning should load this method's decoder (nnunet_ssl.transfer.recommended_load_decoder); stored
+    # whether fine-tuning should load this method's decoder (nnunet_ssl.weights.transfer.recommended_load_decoder); stored
     # in the checkpoint
     decoder_transfers = True
     tunable_settings: Dict[str, type] = dict(COMMON_SETTINGS, max_nonfinite_in_a_row=int, grad_clip=float)

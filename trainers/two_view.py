@@ -1,12 +1,12 @@
 """Mixin: nnU-Net data loading replaced by two augmented views per case with their geometry.
 
 Used by PGL, IDEAL, GMIM (no flips; a second overlapping crop, or the same crop; intensity only) and ReFs. The
-loader (:mod:`nnunet_ssl.two_view_loader`) reads nnU-Net's preprocessed cases through nnU-Net's dataset class and
+loader (:mod:`nnunet_ssl.data.two_view_loader`) reads nnU-Net's preprocessed cases through nnU-Net's dataset class and
 split, applies nnU-Net's intensity augmentations per view and runs inside nnU-Net's multi-process augmenter
 (``nnUNet_n_proc_DA`` workers).
 """
-from nnunet_ssl.two_view_loader import TwoViewDataLoader, intensity_only_transforms, make_two_view_augmenter
-from nnunet_ssl.views import ViewSamplingConfig
+from nnunet_ssl.data.two_view_loader import TwoViewDataLoader, intensity_only_transforms, make_two_view_augmenter
+from nnunet_ssl.methods.views import ViewSamplingConfig
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 

@@ -4,8 +4,8 @@
   the stock ``nnUNetv2_*`` commands started from here all use them);
 * labeled raw datasets made from a subset of the cases of a labeled nnU-Net raw dataset (default: the 200
   hippocampus cases in ``../shared/data/hippocampus``), written atomically and re-used when they already exist;
-* planning, ingestion of unlabeled images (:func:`nnunet_ssl.ingest.ingest_unlabeled`), ReFs reference datasets
-  (:func:`nnunet_ssl.reference.prepare_reference`) and tiny derived plans (:func:`nnunet_ssl.plans_tools.derive_plans`),
+* planning, ingestion of unlabeled images (:func:`nnunet_ssl.data.ingest.ingest_unlabeled`), ReFs reference datasets
+  (:func:`nnunet_ssl.data.reference.prepare_reference`) and tiny derived plans (:func:`nnunet_ssl.data.plans_tools.derive_plans`),
   each skipped when its result is on disk.
 
 Every step prints what it does; user-fixable problems raise :class:`nnunet_ssl.errors.UserInputError`.
@@ -277,7 +277,7 @@ def _preprocessed_ok(dataset_name: str, plans: str, configuration: str, num_case
 def ensure_planned(dataset_id: int, dataset_name: str, configuration: str, num_cases: int, num_processes: int,
                    log_file: Optional[str] = None) -> None:
     """``nnUNetv2_plan_and_preprocess -d ID -c CFG`` unless plans and preprocessed data exist."""
-    from nnunet_ssl.commands import run_nnunet
+    from nnunet_ssl.cli.commands import run_nnunet
     if _preprocessed_ok(dataset_name, "nnUNetPlans", configuration, num_cases):
         log(f"{dataset_name}: planned and preprocessed ({configuration}), re-used")
         return
@@ -293,7 +293,7 @@ def ensure_ingested(image_folder: str, ssl_id: int, ssl_name: str, downstream: s
     if _preprocessed_ok(full, plans, configuration, num_cases):
         log(f"{full}: ingested with plans {plans}, re-used")
         return full
-    from nnunet_ssl.ingest import ingest_unlabeled
+    from nnunet_ssl.data.ingest import ingest_unlabeled
     pre = Path(os.environ["nnUNet_preprocessed"]) / full
     overwrite = pre.exists() or (Path(os.environ["nnUNet_raw"]) / full).exists()
     log(f"{full}: ingesting {num_cases} images of {image_folder} as unlabeled (plans {plans} of {downstream})")
@@ -309,7 +309,7 @@ def ensure_ingested(image_folder: str, ssl_id: int, ssl_name: str, downstream: s
 def ensure_reference(reference: str, ssl_dataset: str, plans: str, configuration: str, num_cases: int,
                      num_processes: int) -> str:
     """``prepare_reference`` (fingerprint, plans of the unlabeled dataset, preprocessing) unless done."""
-    from nnunet_ssl.reference import REFERENCE_FILE, prepare_reference
+    from nnunet_ssl.data.reference import REFERENCE_FILE, prepare_reference
     pre = Path(os.environ["nnUNet_preprocessed"])
     marker = pre / ssl_dataset / REFERENCE_FILE
     if marker.is_file() and load_json(marker).get("reference_dataset") == reference \
@@ -332,7 +332,7 @@ def ensure_derived_plans(datasets: Iterable[str], base: str, target: str, max_fe
                          configuration: str = "3d_fullres") -> None:
     """``derive_plans`` for each dataset (cheap and deterministic: always rewritten). Derived plans keep the
     ``data_identifier``, so they re-use the preprocessed data of ``base``."""
-    from nnunet_ssl.plans_tools import derive_plans
+    from nnunet_ssl.data.plans_tools import derive_plans
     for ds in datasets:
         derive_plans(ds, base, target, max_features=max_features, batch_size=batch_size, patch_size=patch_size,
                      configurations=[configuration])

@@ -40,7 +40,7 @@ class Runner:
         self.commands_file, self.base_env, self.verbose = work / "commands.sh", base_env, verbose
 
     def __call__(self, name: str, args: List, env: Dict[str, str], log_file: Optional[Path]) -> float:
-        from nnunet_ssl.commands import run_nnunet
+        from nnunet_ssl.cli.commands import run_nnunet
         full = {k: str(v) for k, v in dict(self.base_env, **env).items() if v is not None}
         line = " ".join(f"{k}={shlex.quote(v)}" for k, v in full.items())
         line += f" {name} {' '.join(shlex.quote(str(a)) for a in args)}"

@@ -160,8 +160,8 @@ class SSLDatasets:
 @pytest.fixture(scope="session")
 def _ssl_datasets_template(tmp_path_factory, _planned_downstream_template, shared_data) -> NnUNetEnv:
     """Builds the datasets of ``ssl_datasets`` once per session in their own folders."""
-    from nnunet_ssl.ingest import ingest_unlabeled
-    from nnunet_ssl.plans_tools import derive_plans
+    from nnunet_ssl.data.ingest import ingest_unlabeled
+    from nnunet_ssl.data.plans_tools import derive_plans
     template, _, unused = _planned_downstream_template
     e = _make_env(tmp_path_factory.mktemp("ssl_datasets_template"))
     for src_root, dst_root in ((template.raw, e.raw), (template.preprocessed, e.preprocessed)):

@@ -14,8 +14,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from nnunet_ssl.network_parts import is_encoder_key
-from nnunet_ssl.plans_tools import derive_plans
+from nnunet_ssl.weights.network_parts import is_encoder_key
+from nnunet_ssl.data.plans_tools import derive_plans
 
 from helpers import nnunet_bin, run, training_logs
 

@@ -38,8 +38,8 @@ def _run(args, env, log):
 
 @pytest.fixture(scope="module")
 def ideal_run(planned_downstream, nnunet_env):
-    from nnunet_ssl.ingest import ingest_unlabeled
-    from nnunet_ssl.plans_tools import derive_plans
+    from nnunet_ssl.data.ingest import ingest_unlabeled
+    from nnunet_ssl.data.plans_tools import derive_plans
     ds = planned_downstream
     root = nnunet_env.root
     derive_plans(str(ds.dataset_id), "nnUNetPlans", PLANS, max_features=16, batch_size=2,

@@ -1,4 +1,4 @@
-"""nnunet_ssl.ingest on real data: unlabeled hippocampus MRI and a CT with the plans of a small labeled dataset.
+"""nnunet_ssl.data.ingest on real data: unlabeled hippocampus MRI and a CT with the plans of a small labeled dataset.
 
 Uses the ``nnunet_env`` / ``planned_downstream`` fixtures (tests/integration/conftest.py). Most ingests run serially
 (``num_processes=0``); the main one uses 2 worker processes.
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.ingest import IngestReport, add_ingest_arguments, ingest_unlabeled, run_ingest_from_args
+from nnunet_ssl.data.ingest import IngestReport, add_ingest_arguments, ingest_unlabeled, run_ingest_from_args
 
 UNLABELED_ID = 502
 NUM_UNLABELED = 8
@@ -287,7 +287,7 @@ def test_env_var_missing(planned_downstream, nnunet_env, tmp_path, monkeypatch, 
 
 
 def test_interrupt_leaves_nothing_behind(planned_downstream, nnunet_env, tmp_path, monkeypatch):
-    import nnunet_ssl.ingest as ingest
+    import nnunet_ssl.data.ingest as ingest
 
     cases = planned_downstream.unused_case_ids[:2]
     folder = _folder_with(tmp_path, [(planned_downstream.image_file(c), f"{c}_0000.nii.gz") for c in cases])

@@ -56,7 +56,7 @@ def _curve(log_text, key):
 
 @pytest.fixture(scope="module")
 def setup(planned_downstream, nnunet_env):
-    from nnunet_ssl.plans_tools import derive_plans
+    from nnunet_ssl.data.plans_tools import derive_plans
     derive_plans(str(planned_downstream.dataset_id), "nnUNetPlans", PLANS, max_features=16, batch_size=2,
                  patch_size=(32, 40, 32), configurations=["3d_fullres"])
     # fine-tuning validates on one case only (fold 0 of a custom split)
@@ -116,7 +116,7 @@ def test_pgl_continue_training_restores_teachers_and_schedule(pgl_run, nnunet_en
     before = load_ckpt(before_path)
     # 1) what --c loads: a trainer built like nnUNetv2_train does, then load_checkpoint (other fold: own folder)
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunet_ssl.network_parts import unwrap
+    from nnunet_ssl.weights.network_parts import unwrap
     from nnunet_ssl_trainers.pgl import PGLTrainer
     plans = load_json(str(ds.preprocessed_folder / f"{PLANS}.json"))
     plans["continue_training"] = True
@@ -138,7 +138,7 @@ def test_pgl_continue_training_restores_teachers_and_schedule(pgl_run, nnunet_en
     log = training_logs(folder)
     assert "Epoch 2" in log and len(re.findall(r": Epoch 0\s*\n", log)) == 1  # epochs 0/1 were not re-run
     # EMA schedule resumed at step 2 * 2 of 3 * 2: the epoch's logged momentum is the mean of steps 4 and 5
-    from nnunet_ssl.teachers import cosine_momentum
+    from nnunet_ssl.methods.teachers import cosine_momentum
     expected = (cosine_momentum(4, 6, 0.99) + cosine_momentum(5, 6, 0.99)) / 2
     assert after["logging"]["ema_momentum"][2] == pytest.approx(expected, rel=1e-6)
     assert _curve(log, "ema_momentum")[-1] == pytest.approx(expected, abs=1e-4)

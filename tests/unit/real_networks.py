@@ -100,8 +100,8 @@ def make_linear(network: nn.Module, kernel: str = "delta") -> nn.Module:
 
 def ramp_views(boxes, flips, patch, coefficients) -> torch.Tensor:
     """``(B, 1, *patch)`` float64 network inputs: each view voxel holds ``coefficients . c`` where ``c`` is the
-    case coordinate of the voxel's centre (view geometry of ``nnunet_ssl.views``, flips applied)."""
-    from nnunet_ssl.views import view_cell_centres
+    case coordinate of the voxel's centre (view geometry of ``nnunet_ssl.methods.views``, flips applied)."""
+    from nnunet_ssl.methods.views import view_cell_centres
     a = torch.as_tensor(np.asarray(coefficients, dtype=np.float64))
     maps = [torch.einsum("d,d...->...", a, view_cell_centres(b, f, patch)) for b, f in zip(boxes, flips)]
     return torch.stack(maps)[:, None]

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.network_parts import unwrap
-from nnunet_ssl.teachers import cosine_momentum
-from nnunet_ssl.views import ViewSamplingConfig, sample_flips, sample_two_boxes, view_cell_centres
+from nnunet_ssl.weights.network_parts import unwrap
+from nnunet_ssl.methods.teachers import cosine_momentum
+from nnunet_ssl.methods.views import ViewSamplingConfig, sample_flips, sample_two_boxes, view_cell_centres
 from nnunet_ssl_trainers.aligned_views import (AlignedViewsTrainer, aligned_pair, level_cell_geometry,
                                                level_channels, level_spec, parse_levels)
 from nnunet_ssl_trainers.ideal import IDEALTrainer, IDEALTrainer_bottleneckOnly, IDEALTrainer_tau02

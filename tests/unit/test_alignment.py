@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_ssl.alignment import CellGeometry, align_views, overlap_box, roi_align
-from nnunet_ssl.views import (ViewSamplingConfig, extract_view, overlap_fraction, sample_flips,
-                              sample_two_boxes)
+from nnunet_ssl.methods.alignment import CellGeometry, align_views, overlap_box, roi_align
+from nnunet_ssl.methods.views import (ViewSamplingConfig, extract_view, overlap_fraction, sample_flips,
+                                      sample_two_boxes)
 
 
 def cell_coords(box, flip, size, cells=None):

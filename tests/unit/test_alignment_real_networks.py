@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_ssl.alignment import (CellGeometry, align_views, cell_fractions, decoder_cell_geometry,
-                                  encoder_cell_geometry)
-from nnunet_ssl.network_parts import decoder_features
+from nnunet_ssl.methods.alignment import (CellGeometry, align_views, cell_fractions, decoder_cell_geometry,
+                                          encoder_cell_geometry)
+from nnunet_ssl.weights.network_parts import decoder_features
 from real_networks import HIPPOCAMPUS_3D, PLAIN, RESENC, architecture, build, make_linear, ramp_views
 
 # name: (arch, strides, kernels, input size for the impulse test: the response never reaches the zero padding)

@@ -6,10 +6,10 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 from torch import nn
 
-from nnunet_ssl.checkpoint import atomic_torch_save, load_checkpoint_file
+from nnunet_ssl.weights.checkpoint import atomic_torch_save, load_checkpoint_file
 from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.settings import COMMON_SETTINGS, parse_settings
-from nnunet_ssl.transfer import adapt_in_proj, transfer_weights
+from nnunet_ssl.weights.transfer import adapt_in_proj, transfer_weights
 
 
 def plain(in_ch=1, classes=3, features=(4, 8, 16)):
@@ -159,7 +159,7 @@ def test_settings_parse_and_reject_unknown_names():
 # ---------------------------------------------------------------- which checkpoints transfer their decoder
 
 def test_recommended_load_decoder_follows_the_checkpoint_then_the_trainer_then_loads():
-    from nnunet_ssl.transfer import recommended_load_decoder
+    from nnunet_ssl.weights.transfer import recommended_load_decoder
     from nnunet_ssl_trainers.finetune import _decoder_transfers_of
     ours = {"kind": "pretraining"}
     # stored in the checkpoint: wins over the trainer name

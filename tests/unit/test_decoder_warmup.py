@@ -9,7 +9,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
-from nnunet_ssl.encoder_freeze import EncoderFreeze, non_encoder_parameters
+from nnunet_ssl.weights.encoder_freeze import EncoderFreeze, non_encoder_parameters
 
 from tiny_nnunet_data import make_trainer
 

@@ -11,7 +11,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_ssl.encoder_freeze import EncoderFreeze, non_encoder_parameters
+from nnunet_ssl.weights.encoder_freeze import EncoderFreeze, non_encoder_parameters
 
 from gloo_ranks import run_on_gloo_ranks
 
@@ -55,7 +55,7 @@ def _rank(rank):
 
 
 def test_frozen_encoder_under_ddp():
-    out = run_on_gloo_ranks(_rank, WORLD, preload=["nnunet_ssl.encoder_freeze", __name__])
+    out = run_on_gloo_ranks(_rank, WORLD, preload=["nnunet_ssl.weights.encoder_freeze", __name__])
     start, frozen, end = out[0]["start"], out[0]["frozen"], out[0]["end"]
     enc = [k for k in start if k.startswith("encoder.") and start[k].is_floating_point()]
     rest = [k for k in start if not k.startswith("encoder.") and not k.startswith("decoder.encoder.")]

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_ssl.objectives import MaskedMSELoss
-from nnunet_ssl.two_view_loader import TwoViewDataLoader
-from nnunet_ssl.views import ViewSamplingConfig, extract_view, overlap_fraction
+from nnunet_ssl.methods.objectives import MaskedMSELoss
+from nnunet_ssl.data.two_view_loader import TwoViewDataLoader
+from nnunet_ssl.methods.views import ViewSamplingConfig, extract_view, overlap_fraction
 
 from test_aligned_views import make_trainer, nnunet_folders  # noqa: F401 (fixture)
 from test_two_view_loader import PATCH_3D, _write_dataset, dataset  # noqa: F401 (fixture)

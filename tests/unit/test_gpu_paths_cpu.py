@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from nnunet_ssl.gradient_matching import FishGradientMatcher, cosine_matching_penalty
+from nnunet_ssl.methods.gradient_matching import FishGradientMatcher, cosine_matching_penalty
 from test_gradient_matching import TinyNet
 from test_refs_randomness import refs_env, refs_trainer  # noqa: F401  (fixture)
 

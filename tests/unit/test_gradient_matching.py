@@ -1,4 +1,4 @@
-"""Unit tests for nnunet_ssl.gradient_matching (ReFs cosine and fish gradient matching)."""
+"""Unit tests for nnunet_ssl.methods.gradient_matching (ReFs cosine and fish gradient matching)."""
 import copy
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nnunet_ssl.gradient_matching import (
+from nnunet_ssl.methods.gradient_matching import (
     FishGradientMatcher,
     cosine_matching_penalty,
     flat_grad,

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nnunet_ssl.gradient_matching import FishGradientMatcher
+from nnunet_ssl.methods.gradient_matching import FishGradientMatcher
 
 from gloo_ranks import run_on_gloo_ranks
 
@@ -87,7 +87,7 @@ def _rank(rank):
 
 
 def test_fish_ddp_ranks_stay_identical():
-    out = run_on_gloo_ranks(_rank, WORLD, preload=["nnunet_ssl.gradient_matching", __name__])
+    out = run_on_gloo_ranks(_rank, WORLD, preload=["nnunet_ssl.methods.gradient_matching", __name__])
     s0, s1 = out[0]["state"], out[1]["state"]
     for k in s0:
         assert torch.equal(s0[k], s1[k]), k

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_ssl.objectives import DenseInfoNCELoss
+from nnunet_ssl.methods.objectives import DenseInfoNCELoss
 
 from test_aligned_views import make_trainer, nnunet_folders, random_batch  # noqa: F401 (fixture)
 from test_objectives import _infonce_loop
@@ -127,7 +127,7 @@ def test_identical_neighbour_copies_are_not_used_as_negatives():
 
 
 def test_exclusion_mask_never_keeps_a_candidate_within_the_radius():
-    from nnunet_ssl.objectives.dense_infonce import exclusion_mask
+    from nnunet_ssl.methods.objectives.dense_infonce import exclusion_mask
     g = torch.Generator().manual_seed(4)
     a = torch.rand(50, 3, generator=g, dtype=torch.float64) * 5
     c = torch.cat([a[:10] + 0.01, torch.rand(60, 3, generator=g, dtype=torch.float64) * 5])

@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.objectives.cross_pseudo_supervision import CrossPseudoSupervisionLoss
-from nnunet_ssl.plans_compat import DATA_ASPECTS, plans_differences
-from nnunet_ssl.semi_supervised import (consistency_weight_at, default_rampup_epochs, sigmoid_rampup,
-                                        two_decoder_semi_supervised_loss)
-from nnunet_ssl.two_decoder_unet import TwoDecoderUNet, build_two_decoder_unet
+from nnunet_ssl.methods.objectives.cross_pseudo_supervision import CrossPseudoSupervisionLoss
+from nnunet_ssl.data.plans_compat import DATA_ASPECTS, plans_differences
+from nnunet_ssl.methods.semi_supervised import (consistency_weight_at, default_rampup_epochs, sigmoid_rampup,
+                                                two_decoder_semi_supervised_loss)
+from nnunet_ssl.methods.two_decoder_unet import TwoDecoderUNet
+from nnunet_ssl_trainers.ideal_semi import build_two_decoder_unet
 
 from tiny_nnunet_data import CONFIG, make_trainer, tiny_plans, write_tiny_dataset
 
@@ -39,7 +40,7 @@ def _as_list(x):
 # ---------------------------------------------------------------- network
 
 def test_state_dict_keys_and_loading_by_name():
-    from nnunet_ssl.transfer import transfer_weights
+    from nnunet_ssl.weights.transfer import transfer_weights
     from nnunet_ssl_trainers.ideal_semi import IDEALSemiSupervisedTrainer
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     pm, cm = _managers(n_stages=2)
@@ -326,7 +327,7 @@ def test_external_dataset_from_other_plans_name_is_accepted_if_data_match(env):
 
 def test_unlabeled_dataset_errors(env, tmp_path):
     import shutil
-    from nnunet_ssl.unlabeled_pool import resolve_unlabeled_dataset
+    from nnunet_ssl.data.unlabeled_pool import resolve_unlabeled_dataset
 
     def resolve(value):
         return resolve_unlabeled_dataset(value, env.plans, CONFIG, 1, "Dataset950_Fake")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.label_budget import apply_label_budget, read_case_list, seeded_selection
+from nnunet_ssl.data.label_budget import apply_label_budget, read_case_list, seeded_selection
 from nnunet_ssl.settings import parse_settings
 
 from tiny_nnunet_data import make_trainer, write_tiny_dataset

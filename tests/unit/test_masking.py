@@ -1,10 +1,10 @@
-"""Unit tests for nnunet_ssl.masking (GMIM adaptive grid masks, hierarchical feature masks, MAE baseline)."""
+"""Unit tests for nnunet_ssl.methods.masking (GMIM adaptive grid masks, hierarchical feature masks, MAE baseline)."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from nnunet_ssl.masking import (
+from nnunet_ssl.methods.masking import (
     GMIMMasker,
     HierarchicalFeatureMasker,
     adaptive_cell_ratios,

@@ -1,11 +1,11 @@
-"""Unit tests for nnunet_ssl.objectives: every loss against a hand-written formula on small random tensors."""
+"""Unit tests for nnunet_ssl.methods.objectives: every loss against a hand-written formula on small random tensors."""
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nnunet_ssl.objectives import (
+from nnunet_ssl.methods.objectives import (
     CrossCorrelationLoss,
     CrossPseudoSupervisionLoss,
     DenseInfoNCELoss,

@@ -79,7 +79,7 @@ def test_probe_sees_a_blocked_decoder(probe_mod, tiny_env, one_thread):
 
 
 def test_main_prints_one_row_per_checkpoint(probe_mod, tiny_env, capsys, one_thread):
-    from nnunet_ssl.checkpoint import atomic_torch_save
+    from nnunet_ssl.weights.checkpoint import atomic_torch_save
     plans = tiny_env["plans"]
     same = _network(plans)  # the probe's random network uses seed 0 too: the "same" checkpoint is that network
     blocked = _network(plans, seed=0)

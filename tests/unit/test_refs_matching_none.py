@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from nnunet_ssl.gradient_matching import flat_grad, gradient_cosine
+from nnunet_ssl.methods.gradient_matching import flat_grad, gradient_cosine
 from test_refs_randomness import refs_env, refs_trainer  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -48,7 +48,7 @@ def test_interpreter_start_registers_and_keeps_user_value():
 
 def test_stock_lookup_finds_every_trainer_as_the_same_class():
     code = (
-        "from nnunet_ssl.doctor import project_trainer_names, find_trainer_quietly\n"
+        "from nnunet_ssl.cli.doctor import project_trainer_names, find_trainer_quietly\n"
         "import importlib\n"
         "names = project_trainer_names()\n"
         "assert len(names) >= 3, names\n"
@@ -87,7 +87,11 @@ def test_regular_install_ships_the_pth_and_both_packages(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "nnunet_ssl_autoregister.pth" in names
     assert "nnunet_ssl/autoregister.py" in names
-    assert "nnunet_ssl/nnunet_ext_trainers/nnunet_ssl_trainer_index.py" in names
+    assert "nnunet_ssl_trainers/nnunet_ext/nnunet_ssl_trainer_index.py" in names
+    assert not any(n.startswith("nnunet_ssl/nnunet_ext") for n in names)
+    # the ext folder holds only the re-export module (nnU-Net drops every module under it after a lookup)
+    assert [n for n in names if n.startswith("nnunet_ssl_trainers/nnunet_ext/")] == [
+        "nnunet_ssl_trainers/nnunet_ext/nnunet_ssl_trainer_index.py"]
     assert "nnunet_ssl_trainers/index.py" in names
     # unpacked as site-packages would be, the .pth registers the unpacked copy's folder
     site = tmp_path / "site"
@@ -98,4 +102,15 @@ def test_regular_install_ships_the_pth_and_both_packages(tmp_path):
     env["PYTHONPATH"] = ""
     out = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().endswith(os.path.join(str(site), "nnunet_ssl", "nnunet_ext_trainers"))
+    assert out.stdout.strip().endswith(os.path.join(str(site), "nnunet_ssl_trainers", "nnunet_ext"))
+
+
+def test_editable_install_registers_the_repository_folder():
+    """`pip install -e .` (this venv): the folder is the repository's trainers/nnunet_ext, found without imports."""
+    assert autoregister.ext_trainer_folder() == os.path.join(REPO, "trainers", "nnunet_ext")
+    assert sorted(f for f in os.listdir(autoregister.ext_trainer_folder()) if f.endswith(".py")) == [
+        "nnunet_ssl_trainer_index.py"]
+    code = ("import sys, nnunet_ssl.autoregister as r; r.ext_trainer_folder(); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'nnunetv2', 'nnunet_ssl_trainers')))")
+    out = subprocess.run([sys.executable, "-c", code], env=_child_env(), capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

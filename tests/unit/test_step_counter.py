@@ -5,7 +5,7 @@ must advance at every ReFs step all the same (before the fix it changed once per
 """
 import pytest
 
-from nnunet_ssl.teachers import cosine_momentum
+from nnunet_ssl.methods.teachers import cosine_momentum
 from test_refs_randomness import refs_env, refs_trainer  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,12 +1,12 @@
-"""Unit tests for nnunet_ssl.teachers (EMA / stop-gradient targets) and nnunet_ssl.heads."""
+"""Unit tests for nnunet_ssl.methods.teachers (EMA / stop-gradient targets) and nnunet_ssl.methods.heads."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from nnunet_ssl.heads import DensePredictor, DenseProjector, GlobalProjector, conv_for
-from nnunet_ssl.teachers import EMATeacher, StopGradientCopy, cosine_momentum, unwrap_module
+from nnunet_ssl.methods.heads import DensePredictor, DenseProjector, GlobalProjector, conv_for
+from nnunet_ssl.methods.teachers import EMATeacher, StopGradientCopy, cosine_momentum, unwrap_module
 
 
 def _net():

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_ssl.alignment import align_views
-from nnunet_ssl.two_view_loader import TwoViewDataLoader, intensity_only_transforms, make_two_view_augmenter
-from nnunet_ssl.views import ViewSamplingConfig, extract_view, overlap_fraction
+from nnunet_ssl.methods.alignment import align_views
+from nnunet_ssl.data.two_view_loader import TwoViewDataLoader, intensity_only_transforms, make_two_view_augmenter
+from nnunet_ssl.methods.views import ViewSamplingConfig, extract_view, overlap_fraction
 
 PATCH_3D = (12, 16, 12)
 SHAPES = [(20, 24, 18), (14, 30, 22), (9, 16, 40)]

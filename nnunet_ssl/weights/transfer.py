@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.network_parts import is_encoder_key, unwrap
+from nnunet_ssl.weights.network_parts import is_encoder_key, unwrap
 
 
 def _strip_wrappers(key: str) -> str:

@@ -1,9 +1,9 @@
 """Two-view loader over an nnU-Net preprocessed dataset (PGL, IDEAL pre-training; GMIM with ``spatial=False``).
 
 Each sample is one case drawn at random (with replacement, infinite, like nnU-Net's ``nnUNetDataLoader``); two
-views are cut from it with :mod:`nnunet_ssl.views` (random box + flips each) and then each view gets nnU-Net's
+views are cut from it with :mod:`nnunet_ssl.methods.views` (random box + flips each) and then each view gets nnU-Net's
 intensity augmentations independently. The batch carries the view geometry so that features of the two views can
-be aligned (:mod:`nnunet_ssl.alignment`):
+be aligned (:mod:`nnunet_ssl.methods.alignment`):
 
 ``{'data_v1', 'data_v2'}``: float32 ``(B, C, *patch)``; ``{'box_v1', 'box_v2'}``: float32 ``(B, 2, ndim)`` in case
 voxel coordinates (in-slice for 2d); ``{'flip_v1', 'flip_v2'}``: bool ``(B, ndim)``; ``keys``: case identifiers;
@@ -24,14 +24,14 @@ import torch
 from batchgenerators.dataloading.data_loader import DataLoader
 from threadpoolctl import threadpool_limits
 
-from nnunet_ssl.views import ViewSamplingConfig, extract_view, sample_box, sample_flips, sample_two_boxes
+from nnunet_ssl.methods.views import ViewSamplingConfig, extract_view, sample_box, sample_flips, sample_two_boxes
 
 
 def shifted_box(box: np.ndarray, shift: float, case_shape_spatial: Sequence[int], rng=None) -> np.ndarray:
     """A box of the same size as ``box`` ``(2, ndim)``, moved along each axis by ``(u2 - u1) * side`` with
     ``u1, u2 ~ U[0, shift]``: where two same-size crops land when each is drawn uniformly from one region enlarged
     by ``shift`` of the side (the official GMIM code's pair of crops: 32 voxels over a 128 crop, ``shift`` 0.25).
-    The centre is kept inside the case (as in :func:`nnunet_ssl.views.sample_two_boxes`), so the boxes overlap by
+    The centre is kept inside the case (as in :func:`nnunet_ssl.methods.views.sample_two_boxes`), so the boxes overlap by
     at least ``1 - shift`` of the side on every axis.
     """
     rng = np.random if rng is None else rng

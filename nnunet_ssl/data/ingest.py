@@ -4,7 +4,7 @@ Self-supervised pre-training on dataset PT and fine-tuning on dataset FT only tr
 the same network. nnU-Net's own recipe (``nnUNetv2_move_plans_between_datasets``) needs labels on PT; this module
 does the same job for a folder of unlabeled images::
 
-    from nnunet_ssl.ingest import ingest_unlabeled
+    from nnunet_ssl.data.ingest import ingest_unlabeled
     report = ingest_unlabeled("/data/unlabeled_ct", 502, "AbdomenUnlabeled", downstream=501)
 
 What it writes (all into hidden temporary siblings first, renamed into place at the very end, so a failure or
@@ -40,7 +40,7 @@ Ctrl-C leaves nothing behind):
 The pre-trained network equals the downstream one except for the segmentation head (1 output channel here).
 nnU-Net's ``load_pretrained_weights`` skips ``.seg_layers.`` anyway.
 
-nnunetv2 is imported inside the functions, so ``import nnunet_ssl.ingest`` (and the CLI's ``--help``) stay fast.
+nnunetv2 is imported inside the functions, so ``import nnunet_ssl.data.ingest`` (and the CLI's ``--help``) stay fast.
 """
 from __future__ import annotations
 

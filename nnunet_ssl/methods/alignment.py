@@ -38,7 +38,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.pooling import (_AdaptiveAvgPoolNd, _AdaptiveMaxPoolNd, _AvgPoolNd, _LPPoolNd,
                                       _MaxPoolNd)
 
-from nnunet_ssl.network_parts import unwrap
+from nnunet_ssl.weights.network_parts import unwrap
 
 
 # ============================================================================================= cell geometry
@@ -162,7 +162,7 @@ def encoder_cell_geometry(network: nn.Module) -> List[CellGeometry]:
 
 def decoder_cell_geometry(network: nn.Module) -> List[CellGeometry]:
     """Cell geometry of every decoder stage output (coarsest first, as
-    :func:`nnunet_ssl.network_parts.decoder_features` returns them). A decoder stage concatenates the transposed
+    :func:`nnunet_ssl.weights.network_parts.decoder_features` returns them). A decoder stage concatenates the transposed
     convolution's upsampled map with the encoder skip of the same resolution and convolves them; the skip is the
     part with a well-defined position (the upsampled map repeats each coarse cell ``stride`` times), so a decoder
     stage's cells sit where its skip's cells sit, moved by the stage's own convolutions (none for nnU-Net's

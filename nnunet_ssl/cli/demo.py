@@ -8,8 +8,8 @@ Sized to take about 10 minutes on 2 CPU cores; ``--epochs-scale`` trades time fo
 """
 import os
 
-from nnunet_ssl.synthetic import make_synthetic_dataset
-from nnunet_ssl.workflow import WorkflowConfig, run_workflow
+from nnunet_ssl.data.synthetic import make_synthetic_dataset
+from nnunet_ssl.cli.workflow import WorkflowConfig, run_workflow
 
 DEMO_ID = 990
 DEMO_SSL_ID = 991

@@ -1,7 +1,7 @@
 """Semi-supervised objective of IDEAL's fine-tuning stage (two decoders, bidirectional consistency).
 
 Paper: Basak et al., "IDEAL", ICASSP 2023 (arXiv 2210.15075); the consistency term is cross pseudo supervision
-(Chen et al., CVPR 2021), see :mod:`nnunet_ssl.objectives.cross_pseudo_supervision`.
+(Chen et al., CVPR 2021), see :mod:`nnunet_ssl.methods.objectives.cross_pseudo_supervision`.
 
 One step::
 

@@ -3,12 +3,12 @@
 Paper: Xie, Zhang, Liao, Xia, Shen, "PGL: Prior-Guided Local Self-supervised Learning for 3D Medical Image
 Segmentation", arXiv 2011.12640. The online branch's prediction ``p`` of one view and the target branch's
 projection ``z`` of the other view are resampled onto the grid of the views' shared region (see
-``nnunet_ssl.alignment``); the loss minimises the voxel-wise discrepancy between them. The exact per-voxel form
+``nnunet_ssl.methods.alignment``); the loss minimises the voxel-wise discrepancy between them. The exact per-voxel form
 ``2 - 2 cos`` (the BYOL normalised-MSE) and the symmetrisation over both views are the project's reading of the
 paper (``METHODS.md``, **choice**).
 
 Stop-gradient: this module does NOT detach ``z``. The caller passes the target branch's output, which normally
-comes from an :class:`nnunet_ssl.teachers.EMATeacher` (computed under ``no_grad``) or is detached explicitly.
+comes from an :class:`nnunet_ssl.methods.teachers.EMATeacher` (computed under ``no_grad``) or is detached explicitly.
 
 Example::
 

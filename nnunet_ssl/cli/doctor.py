@@ -5,7 +5,6 @@ own lookup (the one ``nnUNetv2_train -tr NAME`` and ``nnUNetv2_predict`` use), a
 when everything is in order, 1 otherwise.
 """
 import contextlib
-import importlib
 import io
 import os
 import platform
@@ -14,13 +13,12 @@ from typing import List, Tuple
 
 from nnunet_ssl import __version__
 from nnunet_ssl import autoregister
+from nnunet_ssl.trainer_names import ALL_TRAINER_NAMES
 
 
 def project_trainer_names() -> List[str]:
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    index = importlib.import_module("nnunet_ssl_trainers.index")
-    return sorted(name for name, obj in vars(index).items()
-                  if isinstance(obj, type) and issubclass(obj, nnUNetTrainer))
+    """Every trainer class our nnUNet_extTrainer folder exports (:data:`nnunet_ssl.trainer_names.ALL_TRAINER_NAMES`)."""
+    return list(ALL_TRAINER_NAMES)
 
 
 def find_trainer_quietly(name: str):
@@ -83,22 +81,20 @@ def diagnose() -> Tuple[List[str], List[str]]:
                            "`pip install .` (or `pip install -e .`)."))
 
     lines.append("Trainers (found by nnU-Net's own lookup?):")
-    try:
-        names = project_trainer_names()
-    except Exception as e:  # an import error in our trainers: say so, do not crash
-        problems.append(f"the trainer package does not import: {type(e).__name__}: {e}")
-        names = []
-    for name in names:
+    for name in project_trainer_names():
         try:
             cls = find_trainer_quietly(name)
-            ok = cls.__module__.startswith("nnunet_ssl_trainers")
+            ok = cls.__module__.startswith(autoregister.TRAINER_PACKAGE)
             lines.append(f"  {'ok     ' if ok else 'SHADOWED'} {name}")
             if not ok:
                 problems.append(f"{name} resolves to {cls.__module__}: a built-in nnU-Net trainer has that name.")
-        except Exception:
+        except RuntimeError:  # nnU-Net's "Could not find requested nnunet trainer"
             lines.append(f"  MISSING {name}")
             problems.append(f"nnUNetv2_train -tr {name} would fail: {autoregister.ENV_VAR} does not reach "
                             f"{folder}.")
+        except Exception as e:  # an import error in our trainers: say so, do not crash
+            lines.append(f"  MISSING {name}")
+            problems.append(f"the trainer package does not import: {type(e).__name__}: {e}")
     return lines, problems
 
 

@@ -3,7 +3,7 @@
     NNUNET_SSL_SETTINGS="label_budget=10,label_seed=0" nnUNetv2_train DATASET 3d_fullres 0 -tr SSLFinetuneTrainer
 
 Only the selected training cases of the fold reach the dataloader (hence the supervised loss); the validation keys
-are unchanged. The rule and the settings are in :mod:`nnunet_ssl.label_budget`. The choice is printed to the
+are unchanged. The rule and the settings are in :mod:`nnunet_ssl.data.label_budget`. The choice is printed to the
 training log and written to ``label_budget.json`` in the output folder. Put the mixin before the trainer class:
 ``class MyTrainer(LabelBudgetMixin, nnUNetTrainer)``, and add ``LABEL_BUDGET_SETTINGS`` to ``tunable_settings``.
 """
@@ -11,7 +11,7 @@ import json
 import os
 
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.label_budget import LABEL_BUDGET_SETTINGS, BudgetSplit, apply_label_budget  # noqa: F401
+from nnunet_ssl.data.label_budget import LABEL_BUDGET_SETTINGS, BudgetSplit, apply_label_budget  # noqa: F401
 
 
 class LabelBudgetMixin:

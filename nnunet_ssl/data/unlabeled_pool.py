@@ -5,7 +5,7 @@ Sources (any combination):
 * an unlabeled dataset made by ``nnunet_ssl ingest --downstream ...`` (preprocessed with the training dataset's
   plans), named by the environment variable ``NNUNET_SSL_UNLABELED_DATASET`` (id or ``DatasetXXX_NAME``);
   :func:`resolve_unlabeled_dataset` checks it exists, is preprocessed for the configuration and was planned like the
-  training dataset (:func:`nnunet_ssl.plans_compat.plans_differences`), and explains every problem;
+  training dataset (:func:`nnunet_ssl.data.plans_compat.plans_differences`), and explains every problem;
 * training cases of the fold outside a label budget (``budget_rest=unlabeled``).
 
 :class:`UnlabeledPool` joins them behind nnU-Net's dataset interface (``identifiers``, ``load_case``), so
@@ -19,14 +19,14 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.plans_compat import ALL_ASPECTS, DATA_ASPECTS, plans_differences, resolve_configuration
+from nnunet_ssl.data.plans_compat import ALL_ASPECTS, DATA_ASPECTS, plans_differences, resolve_configuration
+from nnunet_ssl.trainer_names import UNLABELED_DATASET_ENV
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
 __all__ = ["UNLABELED_DATASET_ENV", "PoolSource", "resolve_unlabeled_dataset", "UnlabeledPool",
            "UnlabeledDataLoader"]
 
-UNLABELED_DATASET_ENV = "NNUNET_SSL_UNLABELED_DATASET"
 
 
 @dataclass

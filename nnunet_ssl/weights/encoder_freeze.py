@@ -17,7 +17,7 @@ from typing import List
 import torch
 from torch import nn
 
-from nnunet_ssl.network_parts import encoder_parameters, unwrap
+from nnunet_ssl.weights.network_parts import encoder_parameters, unwrap
 
 
 def non_encoder_parameters(network: nn.Module) -> List[nn.Parameter]:

@@ -7,23 +7,24 @@ import os
 import sys
 
 from nnunet_ssl.errors import UserInputError
+from nnunet_ssl.trainer_names import FINETUNE_TRAINER
 
 
 def _cmd_doctor(args) -> int:
-    from nnunet_ssl.doctor import run_doctor
+    from nnunet_ssl.cli.doctor import run_doctor
     return run_doctor()
 
 
 def _cmd_ingest(args) -> int:
-    from nnunet_ssl.ingest import run_ingest_from_args
+    from nnunet_ssl.data.ingest import run_ingest_from_args
     run_ingest_from_args(args)
     return 0
 
 
 def _cmd_finetune(args) -> int:
-    from nnunet_ssl.checkpoint import load_checkpoint_file
-    from nnunet_ssl.commands import run_nnunet
-    from nnunet_ssl_trainers.finetune import PRETRAINED_ENV
+    from nnunet_ssl.weights.checkpoint import load_checkpoint_file
+    from nnunet_ssl.cli.commands import run_nnunet
+    from nnunet_ssl.trainer_names import PRETRAINED_ENV
     load_checkpoint_file(args.weights)  # fail early, with a clear message, on a bad file
     cmd = [args.dataset, args.configuration, args.fold, "-tr", args.trainer, "-p", args.plans]
     cmd += ["-device", args.device] + (["--c"] if args.c else []) + (["--npz"] if args.npz else [])
@@ -32,19 +33,19 @@ def _cmd_finetune(args) -> int:
 
 
 def _cmd_prepare_reference(args) -> int:
-    from nnunet_ssl.reference import prepare_reference
+    from nnunet_ssl.data.reference import prepare_reference
     name = prepare_reference(args.reference, args.ssl, args.plans, args.configurations, args.num_processes)
     print(f"{name} is preprocessed with the plans of the unlabeled dataset and recorded as its ReFs reference.")
     return 0
 
 
 def _cmd_workflow(args) -> int:
-    from nnunet_ssl.workflow import run_workflow_from_args
+    from nnunet_ssl.cli.workflow import run_workflow_from_args
     return run_workflow_from_args(args)
 
 
 def _cmd_demo(args) -> int:
-    from nnunet_ssl.demo import run_demo_from_args
+    from nnunet_ssl.cli.demo import run_demo_from_args
     return run_demo_from_args(args)
 
 
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_doctor)
 
     p = sub.add_parser("ingest", help="unlabeled images -> nnU-Net dataset planned like a downstream dataset")
-    from nnunet_ssl.ingest import add_ingest_arguments
+    from nnunet_ssl.data.ingest import add_ingest_arguments
     add_ingest_arguments(p)
     p.set_defaults(func=_cmd_ingest)
 
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("configuration")
     p.add_argument("fold")
     p.add_argument("-w", "--weights", required=True, help="pre-trained checkpoint (nnunet_ssl, nnU-Net or nnssl)")
-    p.add_argument("-tr", "--trainer", default="SSLFinetuneTrainer")
+    p.add_argument("-tr", "--trainer", default=FINETUNE_TRAINER)
     p.add_argument("-p", "--plans", default="nnUNetPlans")
     p.add_argument("-device", "--device", default="cuda")
     p.add_argument("--c", action="store_true", help="continue a fine-tuning run")
@@ -82,11 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_prepare_reference)
 
     try:
-        from nnunet_ssl.workflow import add_workflow_arguments
+        from nnunet_ssl.cli.workflow import add_workflow_arguments
         p = sub.add_parser("workflow", help="plan -> ingest -> pre-train -> fine-tune -> predict -> evaluate")
         add_workflow_arguments(p)
         p.set_defaults(func=_cmd_workflow)
-        from nnunet_ssl.demo import add_demo_arguments
+        from nnunet_ssl.cli.demo import add_demo_arguments
         p = sub.add_parser("demo", help="the whole workflow on a built-in synthetic dataset (CPU, ~10 min)")
         add_demo_arguments(p)
         p.set_defaults(func=_cmd_demo)

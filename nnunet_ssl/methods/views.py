@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nnunet_ssl.alignment import cell_fractions
+from nnunet_ssl.methods.alignment import cell_fractions
 
 
 @dataclass
@@ -207,8 +207,8 @@ def view_cell_centres(box, flips, size: Sequence[int], geometry=None, input_size
     """Case coordinates of the cells of a grid of ``size`` computed from a view: ``(ndim, *size)`` float64.
 
     Cell ``j`` (after the view's flips) along axis d sits at ``lo + t_j * (hi - lo)`` where ``t_j`` is the cell's
-    fraction of the view (:func:`nnunet_ssl.alignment.cell_fractions`): ``(j + 0.5) / size[d]`` by default, or
-    where a :class:`~nnunet_ssl.alignment.CellGeometry` ``geometry`` of a network level puts it in a view of
+    fraction of the view (:func:`nnunet_ssl.methods.alignment.cell_fractions`): ``(j + 0.5) / size[d]`` by default, or
+    where a :class:`~nnunet_ssl.methods.alignment.CellGeometry` ``geometry`` of a network level puts it in a view of
     ``input_size`` voxels; mirrored (``1 - t_j``) on flipped axes. Handy for tests and debugging.
     """
     box = _as_numpy_box(box)

@@ -5,7 +5,7 @@ Medical Image Segmentation", ICASSP 2023, arXiv 2210.15075: dense contrastive pr
 1x1-convolution projection head. The exact form below is the project's reading (``METHODS.md``, **choice**):
 
 * ``q`` (query branch) and ``k`` (key branch) are feature maps of the two views resampled onto the grid of their
-  shared region (``nnunet_ssl.alignment``), so ``q[b, :, v]`` and ``k[b, :, v]`` show the same anatomy (positive
+  shared region (``nnunet_ssl.methods.alignment``), so ``q[b, :, v]`` and ``k[b, :, v]`` show the same anatomy (positive
   pair). Both are L2-normalised along the channel axis.
 * Per sample, up to ``num_samples`` valid voxel positions are drawn at random without replacement (all of them if
   there are fewer). For anchor ``i`` the positive is ``k_i``; the negatives are the other sampled voxels of BOTH
@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nnunet_ssl.objectives.local_consistency import spatial_weights
+from nnunet_ssl.methods.objectives.local_consistency import spatial_weights
 
 __all__ = ["DenseInfoNCELoss", "exclusion_mask"]
 

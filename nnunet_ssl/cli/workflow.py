@@ -13,18 +13,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-from nnunet_ssl.commands import run_nnunet
+from nnunet_ssl.cli.commands import run_nnunet
 from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.paths import dataset_name_from_id, require_env_folder
-
-METHOD_TRAINERS = {
-    "mae": "MAETrainer",
-    "gmim": "GMIMTrainer",
-    "pgl": "PGLTrainer",
-    "ideal": "IDEALTrainer",
-    "refs": "ReFsTrainer",
-}
-SETTINGS_ENV = "NNUNET_SSL_SETTINGS"
+from nnunet_ssl.trainer_names import (FINETUNE_TRAINER, METHOD_TRAINERS, PRETRAINED_ENV,  # noqa: F401
+                                      SCRATCH_TRAINER, SETTINGS_ENV)
 
 
 @dataclass
@@ -77,7 +70,7 @@ def run_workflow(cfg: WorkflowConfig) -> dict:
                                                     "-np", cfg.num_processes], env=env_base)
     plans = cfg.plans
     if cfg.tiny_plans:
-        from nnunet_ssl.plans_tools import derive_plans
+        from nnunet_ssl.data.plans_tools import derive_plans
         plans = "nnUNetPlansTiny"
         if not _dataset_exists_preprocessed(downstream, plans):
             derive_plans(downstream, "nnUNetPlans", plans, max_features=cfg.tiny_max_features, batch_size=2)
@@ -90,7 +83,7 @@ def run_workflow(cfg: WorkflowConfig) -> dict:
     if ssl_name is None or not _dataset_exists_preprocessed(ssl_name, plans):
         if not cfg.unlabeled_folder:
             raise UserInputError(f"Dataset {cfg.ssl_dataset_id} does not exist yet: give --unlabeled FOLDER.")
-        from nnunet_ssl.ingest import ingest_unlabeled
+        from nnunet_ssl.data.ingest import ingest_unlabeled
         report = ingest_unlabeled(cfg.unlabeled_folder, cfg.ssl_dataset_id, f"{downstream.split('_', 1)[1]}Unlabeled",
                                   downstream, plans_identifier=plans, configurations=[cfg.configuration],
                                   num_processes=cfg.num_processes)
@@ -108,9 +101,9 @@ def run_workflow(cfg: WorkflowConfig) -> dict:
                    env=dict(env_base, **{SETTINGS_ENV: cfg.pretrain_settings}))
 
     # 4. fine-tune from the checkpoint, and the same schedule from scratch
-    arms = {"pretrained": ("SSLFinetuneTrainer", {"NNUNET_SSL_PRETRAINED": ckpt})}
+    arms = {"pretrained": (FINETUNE_TRAINER, {PRETRAINED_ENV: ckpt})}
     if cfg.baseline:
-        arms["scratch"] = ("SSLScratchTrainer", {})
+        arms["scratch"] = (SCRATCH_TRAINER, {})
     work = cfg.work_dir or os.path.join(results, "nnunet_ssl_workflow", f"{downstream}__{trainer}__{plans}")
     os.makedirs(work, exist_ok=True)
     summary = {"downstream": downstream, "ssl_dataset": ssl_name, "pretrain_trainer": trainer, "plans": plans,
@@ -122,7 +115,7 @@ def run_workflow(cfg: WorkflowConfig) -> dict:
             cont = ["--c"] if os.path.isfile(os.path.join(out_dir, "checkpoint_latest.pth")) else []
             env = dict(env_base, **arm_env, **{SETTINGS_ENV: cfg.finetune_settings})
             if cont:
-                env.pop("NNUNET_SSL_PRETRAINED", None)
+                env.pop(PRETRAINED_ENV, None)
             run_nnunet("nnUNetv2_train", [downstream, cfg.configuration, cfg.fold, "-tr", ft_trainer, "-p", plans,
                                           "-device", cfg.device] + cont, env=env)
         arm_summary = {"trainer": ft_trainer, "output_folder": out_dir}

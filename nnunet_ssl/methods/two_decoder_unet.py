@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["InterpolationDecoder", "TwoDecoderUNet", "average_softmax_logits", "build_two_decoder_unet"]
+__all__ = ["InterpolationDecoder", "TwoDecoderUNet", "average_softmax_logits"]
 
 Outputs = Union[torch.Tensor, List[torch.Tensor]]
 
@@ -138,21 +138,3 @@ class TwoDecoderUNet(nn.Module):
         a, b = self.forward_both(x)
         return average_softmax_logits(a, b)
 
-
-def build_two_decoder_unet(plans_manager, configuration_manager, num_input_channels: int, num_output_channels: int,
-                           enable_deep_supervision: bool = True) -> TwoDecoderUNet:
-    """The nnU-Net network of the plans (``get_network_from_plans``) turned into a :class:`TwoDecoderUNet`."""
-    from dynamic_network_architectures.initialization.weight_init import InitWeights_He
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-
-    unet = get_network_from_plans(
-        configuration_manager.network_arch_class_name,
-        configuration_manager.network_arch_init_kwargs,
-        configuration_manager.network_arch_init_kwargs_req_import,
-        num_input_channels,
-        num_output_channels,
-        allow_init=True,
-        deep_supervision=enable_deep_supervision)
-    net = TwoDecoderUNet(unet, num_output_channels)
-    net.decoder_b.apply(InitWeights_He(1e-2))
-    return net

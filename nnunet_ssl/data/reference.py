@@ -20,9 +20,9 @@ from typing import List, Optional
 
 from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.paths import dataset_name_from_id, require_env_folder
-from nnunet_ssl.plans_compat import DATA_ASPECTS, plans_differences
+from nnunet_ssl.data.plans_compat import DATA_ASPECTS, plans_differences
+from nnunet_ssl.trainer_names import REFERENCE_ENV
 
-REFERENCE_ENV = "NNUNET_SSL_REFERENCE_DATASET"
 REFERENCE_FILE = "nnunet_ssl_reference.json"
 
 
@@ -98,7 +98,7 @@ def resolve_reference(ssl_dataset: str, ssl_plans: dict, configuration: str, num
 def prepare_reference(reference: str, ssl_dataset: str, plans: str = "nnUNetPlans",
                       configurations: Optional[List[str]] = None, num_processes: int = 2) -> str:
     """Preprocess a labeled dataset with the plans of the unlabeled dataset and record it as its reference."""
-    from nnunet_ssl.commands import run_nnunet
+    from nnunet_ssl.cli.commands import run_nnunet
     pre = require_env_folder("nnUNet_preprocessed")
     require_env_folder("nnUNet_raw")
     ssl_name = dataset_name_from_id(ssl_dataset)

@@ -7,11 +7,11 @@
 - :class:`CrossPseudoSupervisionLoss`: IDEAL bidirectional consistency between two decoders
   (cross_pseudo_supervision)
 """
-from nnunet_ssl.objectives.cross_correlation import CrossCorrelationLoss
-from nnunet_ssl.objectives.cross_pseudo_supervision import CrossPseudoSupervisionLoss
-from nnunet_ssl.objectives.dense_infonce import DenseInfoNCELoss
-from nnunet_ssl.objectives.local_consistency import LocalConsistencyLoss, symmetric_local_consistency
-from nnunet_ssl.objectives.masked_reconstruction import MaskedMSELoss
+from nnunet_ssl.methods.objectives.cross_correlation import CrossCorrelationLoss
+from nnunet_ssl.methods.objectives.cross_pseudo_supervision import CrossPseudoSupervisionLoss
+from nnunet_ssl.methods.objectives.dense_infonce import DenseInfoNCELoss
+from nnunet_ssl.methods.objectives.local_consistency import LocalConsistencyLoss, symmetric_local_consistency
+from nnunet_ssl.methods.objectives.masked_reconstruction import MaskedMSELoss
 
 __all__ = [
     "CrossCorrelationLoss",

@@ -12,7 +12,7 @@ Inputs and standardisation:
   (mean 0, biased variance 1: ``(z - mean) / sqrt(var + eps)``, the BatchNorm convention), then
   ``C_b = Za_b^T Zb_b / N`` (``D x D``) and the loss is the mean over the batch of the per-sample losses.
 * ``(B, D)`` or ``(B, 1, D)``, i.e. ``N == 1`` (pooled vectors, e.g. from
-  :class:`nnunet_ssl.heads.GlobalProjector`): a single vector per sample cannot be standardised, so the classic
+  :class:`nnunet_ssl.methods.heads.GlobalProjector`): a single vector per sample cannot be standardised, so the classic
   Barlow Twins form is used instead: standardise each feature across the batch, ``C = Za^T Zb / B`` and one loss
   for the batch. Needs ``B >= 2`` and is very noisy at nnU-Net's usual batch size of 2; prefer dense inputs.
 
