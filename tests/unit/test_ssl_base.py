@@ -89,3 +89,34 @@ def test_unknown_setting_stops_before_training_with_the_accepted_names(unlabeled
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "unknown setting 'mask_ratoi'" in err and "mask_ratio" in err
+
+
+@pytest.mark.parametrize("setting, shown", [("save_every=0", "save_every must be int >= 1"),
+                                            ("batch_size=0", "batch_size must be int >= 1"),
+                                            ("initial_lr=-1", "initial_lr must be float >= 0 and finite"),
+                                            ("num_epochs=0", "num_epochs must be int >= 1"),
+                                            ("weight_decay=nan", "weight_decay must be float >= 0 and finite")])
+def test_out_of_range_setting_stops_before_training_with_the_accepted_range(unlabeled_env, capsys, setting, shown):
+    unlabeled_env["monkeypatch"].setenv("NNUNET_SSL_SETTINGS", setting)
+    trainer = _trainer(unlabeled_env)
+    with pytest.raises(SystemExit) as e:
+        trainer.initialize()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"'{setting}' is out of range" in err and shown in err
+
+
+def test_trainers_declare_ranges_alongside_plain_types():
+    from nnunet_ssl.errors import UserInputError
+    from nnunet_ssl.settings import COMMON_SETTINGS, Setting, parse_settings
+    allowed = dict(COMMON_SETTINGS, mask_ratio=Setting(float, min=0, max=1, max_exclusive=True), grad_clip=float,
+                   mode=Setting(str, choices=("a", "b")), stock_epochs=int)
+    assert parse_settings("mask_ratio=0.5,grad_clip=-1,mode=b,stock_epochs=-3", allowed) == \
+        {"mask_ratio": 0.5, "grad_clip": -1.0, "mode": "b", "stock_epochs": -3}
+    with pytest.raises(UserInputError, match=r"mask_ratio must be float >= 0 and < 1 and finite"):
+        parse_settings("mask_ratio=1", allowed)
+    with pytest.raises(UserInputError, match="mode must be str one of a, b"):
+        parse_settings("mode=c", allowed)
+    # a trainer listing a common name with a plain type (stock_schedule's dict) still gets the common range
+    with pytest.raises(UserInputError, match="num_epochs must be int >= 1"):
+        parse_settings("num_epochs=0", {"num_epochs": int})
