@@ -1,7 +1,7 @@
 """nnU-Net's logger with SSL curves.
 
 nnU-Net's ``LocalLogger`` accepts a fixed set of per-epoch keys and draws progress.png from them. Pre-training has
-no Dice; instead every SSL trainer declares the extra per-epoch curves it logs (``ssl_curve_keys``, for example
+no Dice; instead every SSL trainer logs the extra per-epoch curves of its objective (``curve_keys``, for example
 ``ssl_loss``, ``ref_loss``, ``grad_cosine``). :class:`SSLLocalLogger` registers them, keeps the stock
 one-value-per-epoch rule and draws progress.png with the losses, the SSL curves, epoch durations and learning rate.
 """

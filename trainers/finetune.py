@@ -41,11 +41,9 @@ from nnunet_ssl.trainer_names import PRETRAINED_ENV
 from nnunet_ssl.weights.transfer import recommended_load_decoder, transfer_weights
 from nnunet_ssl_trainers.distributed_mixin import CPUDistributedMixin
 from nnunet_ssl_trainers.label_budget_mixin import LabelBudgetMixin
-from nnunet_ssl_trainers.variants import variant
 from nnunetv2.training.lr_scheduler.warmup import (Lin_incr_LRScheduler, Lin_incr_offset_LRScheduler,
                                                    PolyLRScheduler_offset)
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.training.nnUNetTrainer.variants.lr_schedule.nnUNetTrainer_warmup import nnUNetTrainer_warmup
 from nnunetv2.utilities.helpers import empty_cache
 
 
@@ -56,7 +54,10 @@ def _decoder_transfers_of(trainer_name: str):
     return getattr(getattr(index, trainer_name, None), "decoder_transfers", None)
 
 
-class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer_warmup):
+class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
+    """nnU-Net training from a pre-trained start with nnU-Net's warm-up schedule (``nnUNetTrainer_warmup``'s stages
+    and schedulers, re-implemented in :meth:`configure_optimizers` with an optional decoder-only stage in front)."""
+
     tunable_settings = dict(COMMON_SETTINGS, warmup_duration_whole_net=int, warmup_duration_decoder=int,
                             load_decoder=bool, final_validation=bool, **LABEL_BUDGET_SETTINGS)
     STAGES = ("warmup_decoder", "warmup_all", "train")
@@ -64,6 +65,8 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer_wa
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.warmup_duration_whole_net = 50  # nnUNetTrainer_warmup's linear whole-net warm-up (epochs of 1000)
+        self.training_stage = None  # warmup_decoder / warmup_all / train (STAGES)
         self.load_decoder = None  # None: as the pre-training recommends (recommended_load_decoder)
         self.warmup_duration_decoder = 0  # epochs with the encoder frozen before the whole-net warm-up
         self._encoder_freeze = None
@@ -232,7 +235,11 @@ class SSLScratchTrainer(SSLFinetuneTrainer):
         return None
 
 
-SSLFinetuneTrainer_decoderWarmup = variant(
-    "SSLFinetuneTrainer_decoderWarmup", SSLFinetuneTrainer, __name__,
-    "Decoder-first warm-up: 100 of 1000 epochs (the same share of shorter runs) train the decoder with the encoder "
-    "frozen, then nnU-Net's whole-net warm-up and poly schedule.", warmup_duration_decoder=100)
+class SSLFinetuneTrainer_decoderWarmup(SSLFinetuneTrainer):
+    """Decoder-first warm-up: 100 of 1000 epochs (the same share of shorter runs) train the decoder with the encoder
+    frozen, then nnU-Net's whole-net warm-up and poly schedule."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.warmup_duration_decoder = 100

@@ -28,10 +28,9 @@ from typing import List
 
 import numpy as np
 import torch
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from torch import autocast
 
+from nnunet_ssl.data.augmenter import finish_augmenter, make_augmenter
 from nnunet_ssl.distributed import mean_over_ranks
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
 from nnunet_ssl.methods.objectives.cross_pseudo_supervision import CrossPseudoSupervisionLoss
@@ -41,6 +40,7 @@ from nnunet_ssl.methods.two_decoder_unet import TwoDecoderUNet
 from nnunet_ssl.data.unlabeled_pool import (UNLABELED_DATASET_ENV, PoolSource, UnlabeledDataLoader, UnlabeledPool,
                                             resolve_unlabeled_dataset)
 from nnunet_ssl_trainers.finetune import SSLFinetuneTrainer
+from nnunet_ssl_trainers.optimizer_step import GuardedOptimizerStep
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
@@ -80,6 +80,11 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
         self.cps_loss = None
         self.unlabeled_pool = None
         self.dataloader_unlabeled = None
+        # the one guarded optimizer step of nnunet_ssl (nnU-Net's clip at 12 plus the NaN/Inf guard)
+        self.grad_clip = 12.0
+        self.max_nonfinite_in_a_row = 20
+        self._nonfinite_in_a_row = 0
+        self.step_guard = GuardedOptimizerStep(self, lambda: self.network.parameters())
         for k in self.curve_keys:
             self.logger.local_logger.my_fantastic_logging.setdefault(k, [])
 
@@ -158,12 +163,7 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
         loader = UnlabeledDataLoader(pool, batch_size, initial_patch_size, patch_size, self.label_manager,
                                      transforms=transforms)
         n_proc = get_allowed_n_proc_DA()
-        if n_proc == 0:
-            augmenter = SingleThreadedAugmenter(loader, None)
-        else:
-            augmenter = NonDetMultiThreadedAugmenter(data_loader=loader, transform=None, num_processes=n_proc,
-                                                     num_cached=max(6, n_proc // 2), seeds=None,
-                                                     pin_memory=self.device.type == "cuda", wait_time=0.002)
+        augmenter = make_augmenter(loader, n_proc, self.device.type == "cuda", num_cached=max(6, n_proc // 2))
         _ = next(augmenter)
         return augmenter
 
@@ -174,11 +174,7 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
 
     def on_train_end(self):
         super().on_train_end()
-        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
-            try:
-                self.dataloader_unlabeled._finish()
-            except Exception:  # shutting down workers must never fail the run
-                pass
+        finish_augmenter(self.dataloader_unlabeled)
 
     # ------------------------------------------------------------------ steps
     def current_consistency_weight(self) -> float:
@@ -208,16 +204,7 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
             loss, parts = two_decoder_semi_supervised_loss(self._forward_both, self.loss, self.cps_loss, data, target,
                                                            data_u, weight, self._deep_supervision_weights())
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        self.step_guard(loss)
         cps = parts["cps_loss"]
         return {"loss": loss.detach().cpu().numpy(), "sup_loss": float(parts["sup_loss"].cpu()),
                 "cps_loss": float(cps.cpu()) if cps is not None else float("nan"), "consistency_weight": weight}

@@ -11,7 +11,6 @@ from nnunet_ssl_trainers.pgl import (PGLTrainer, PGLTrainer_bottleneckOnly, PGLT
                                      PGLTrainer_encoderOnly)
 from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer  # noqa: F401
 from nnunet_ssl_trainers.refs import (ReFsTrainer, ReFsTrainer_cosine, ReFsTrainer_GMIM,  # noqa: F401
-                                      ReFsTrainer_GMIM_cosine, ReFsTrainer_IDEAL, ReFsTrainer_PGL,
-                                      ReFsTrainer_PGL_cosine)
+                                      ReFsTrainer_GMIM_cosine, ReFsTrainer_IDEAL, ReFsTrainer_noMatching,
+                                      ReFsTrainer_PGL, ReFsTrainer_PGL_cosine)
 from nnunet_ssl_trainers.stock_schedule import nnUNetTrainer_schedule  # noqa: F401
-from nnunet_ssl_trainers.refs import ReFsTrainer_noMatching  # noqa: F401

@@ -4,11 +4,15 @@ What it changes in ``nnUNetTrainer`` (and nothing else):
 
 * trains on an unlabeled dataset (made by ``nnunet_ssl ingest``): labels are never read for the loss; validation
   is the SSL loss on the fold's held-out cases; no pseudo Dice, no final sliding-window validation;
-* subclasses implement :meth:`ssl_loss` (and optionally :meth:`build_ssl_modules`, :meth:`after_optimizer_step`,
-  :meth:`get_dataloaders`); per-epoch SSL curves named in ``ssl_curve_keys`` go to the training log and progress.png;
-* heads, predictors and teachers live in ``self.ssl_modules`` (outside ``self.network``, so the saved
-  ``network_weights`` is exactly the nnU-Net network); they are saved in and restored from the checkpoint, so
+* the method is an objective (:class:`nnunet_ssl.methods.objective.Objective`) the trainer composes: a method
+  trainer only names it (``objective_class = PGLObjective``); its settings (with their defaults) become trainer
+  attributes and ``NNUNET_SSL_SETTINGS`` names, its data choice picks the loader (nnU-Net's own for one view, the
+  two-view loader for two views or a second crop), its per-step curves go to the training log and progress.png;
+* the objective's heads, predictors and teachers live in ``self.ssl_modules`` (outside ``self.network``, so the
+  saved ``network_weights`` is exactly the nnU-Net network); they are saved in and restored from the checkpoint, so
   ``--c`` resumes exactly (teachers, optimizer, epoch);
+* one step counter (:meth:`global_step`), one guarded optimizer step (:mod:`nnunet_ssl_trainers.optimizer_step`),
+  one way to build extra data loaders (:meth:`extra_loader`, finished at the end of training);
 * checkpoints are written atomically with CPU tensors plus an ``nnssl_adaptation_plan`` block;
 * a step whose loss or gradient is NaN/Inf is skipped and counted; ``max_nonfinite_in_a_row`` in a row stop the
   run with a clear message (the last good checkpoint stays on disk);
@@ -17,7 +21,7 @@ What it changes in ``nnUNetTrainer`` (and nothing else):
 import math
 from collections import defaultdict
 from time import time
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -25,32 +29,44 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from torch import autocast, nn
 from torch import distributed as dist
 
+from nnunet_ssl.data.augmenter import finish_augmenter, make_augmenter
+from nnunet_ssl.data.two_view_loader import TwoViewDataLoader, intensity_only_transforms
 from nnunet_ssl.distributed import mean_over_ranks
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
-from nnunet_ssl.weights.checkpoint import adaptation_plan, atomic_torch_save, load_checkpoint_file, to_cpu
-from nnunet_ssl.weights.network_parts import unwrap
+from nnunet_ssl.methods.objective import NetworkInfo, Objective
+from nnunet_ssl.methods.views import ViewSamplingConfig
 from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
 from nnunet_ssl.ssl_logging import SSLLocalLogger
+from nnunet_ssl.weights.checkpoint import adaptation_plan, atomic_torch_save, load_checkpoint_file, to_cpu
+from nnunet_ssl.weights.network_parts import unwrap
 from nnunet_ssl_trainers.distributed_mixin import CPUDistributedMixin
+from nnunet_ssl_trainers.optimizer_step import GuardedOptimizerStep, NonFiniteLossError  # noqa: F401
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
 
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
 class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
-    """Pre-training on unlabeled data. Not usable by itself: subclasses define the SSL objective."""
+    """Pre-training on unlabeled data. Not usable by itself: subclasses name the objective."""
 
-    ssl_curve_keys: Tuple[str, ...] = ()
+    objective_class: Optional[Type[Objective]] = None
     # pre-training leaves some parameters unused (e.g. the lower-resolution output layers while deep supervision is
     # off); DDP must be told, or the first backward fails
     ddp_find_unused_parameters = True
-    # whether fine-tuning should load this method's decoder (nnunet_ssl.weights.transfer.recommended_load_decoder); stored
-    # in the checkpoint
+    # whether fine-tuning should load this method's decoder (nnunet_ssl.weights.transfer.recommended_load_decoder);
+    # stored in the checkpoint; the objective's unless a class says otherwise
     decoder_transfers = True
-    tunable_settings: Dict[str, type] = dict(COMMON_SETTINGS, max_nonfinite_in_a_row=int, grad_clip=float)
+    # the settings of the trainer itself; tunable_settings adds the objective's (__init_subclass__)
+    trainer_settings: Dict[str, type] = dict(COMMON_SETTINGS, max_nonfinite_in_a_row=int, grad_clip=float)
+    tunable_settings: Dict[str, type] = trainer_settings
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        objective = cls.objective_class
+        cls.tunable_settings = dict(cls.trainer_settings, **(objective.settings if objective else {}))
+        if objective is not None and "decoder_transfers" not in cls.__dict__:
+            cls.decoder_transfers = objective.decoder_transfers
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -65,22 +81,58 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
         self._nonfinite_in_a_row = 0
         self._best_val_loss = None
         self._iteration_in_epoch = 0  # training steps taken in this epoch: see global_step / advance_step
+        self.full_forward = None  # objective's online forward through the wrapped network: None = under DDP only
+        self.objective: Optional[Objective] = None  # built by initialize (build_ssl_modules)
+        self._extra_loaders = []
+        self.step_guard = GuardedOptimizerStep(self, self.trainable_parameters, lambda: self._sync_head_gradients(),
+                                               self.after_optimizer_step)
+        # the objective's settings with their defaults, unless a (variant) class sets them
+        objective = self.objective_class
+        for name in (objective.settings if objective is not None else ()):
+            if not hasattr(self, name):
+                setattr(self, name, getattr(objective, name))
         self.logger.local_logger = SSLLocalLogger(self.all_curve_keys())
 
-    # ------------------------------------------------------------------ hooks for subclasses
+    # ------------------------------------------------------------------ the objective
     def build_ssl_modules(self) -> None:
-        """Create heads/predictors/teachers in ``self.ssl_modules`` (called once the network exists)."""
+        """Build the objective on the network; its heads/predictors/teachers go into ``self.ssl_modules``."""
+        objective = self.objective_class
+        info = NetworkInfo.of(self.network, self.configuration_manager.patch_size, self.num_input_channels)
+        full = self.is_ddp if self.full_forward is None else bool(self.full_forward)
+        self.objective = objective(self.network, info, clock=lambda: (self.global_step(), self.total_steps()),
+                                   full_forward=full, device=self.device, owner=type(self).__name__,
+                                   **{name: getattr(self, name) for name in objective.settings})
+        for name, module in self.objective.modules.items():
+            self.ssl_modules[name] = module
+        # nothing is logged before initialize, so the logger can be rebuilt with the curves of the settings
+        self.logger.local_logger = SSLLocalLogger(self.all_curve_keys())
+        for line in self.objective.describe():
+            self.print_to_log_file(line)
 
     def ssl_loss(self, batch: dict, train: bool) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """Return the SSL loss of a batch and the per-step values of ``ssl_curve_keys``."""
-        raise NotImplementedError
+        """The SSL loss of a batch and the per-step values of the objective's curves."""
+        return self.objective.loss(batch, self.network, train)
 
     def after_optimizer_step(self) -> None:
-        """Called after every successful optimizer step (EMA teacher updates go here)."""
+        """Called after every completed optimizer step: the objective's EMA teacher updates."""
+        self.objective.after_step(self.global_step(), self.total_steps())
 
     def all_curve_keys(self) -> Tuple[str, ...]:
         """Per-epoch curves logged besides the losses (an instance method: some depend on settings)."""
-        return tuple(self.ssl_curve_keys) + ("skipped_steps",)
+        if self.objective is not None:
+            keys = self.objective.all_curve_keys()
+        else:  # before initialize: the objective class's (per-level curves are added once the settings are known)
+            keys = getattr(self.objective_class, "curve_keys", ())
+        return tuple(keys) + ("skipped_steps",)
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels,
+                                   num_output_channels, enable_deep_supervision=True):
+        # masked modeling: the output layer reconstructs the input channels
+        if cls.objective_class is not None and cls.objective_class.reconstructs_input:
+            num_output_channels = num_input_channels
+        return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                        num_output_channels, enable_deep_supervision)
 
     # ------------------------------------------------------------------ setup
     def initialize(self):
@@ -134,59 +186,10 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
                 dist.all_reduce(p.grad)
                 p.grad /= world
 
-    def _nonfinite_guard(self, finite: bool) -> bool:
-        """Count a skipped step; raise once too many come in a row. Returns True if the step may proceed."""
-        if self.is_ddp:  # every rank must take the same decision
-            flag = torch.tensor([0.0 if finite else 1.0], device=self.device)
-            dist.all_reduce(flag)
-            finite = flag.item() == 0
-        if finite:
-            return True  # the counter is reset only by a completed step (step_with_current_gradients)
-        self._nonfinite_in_a_row += 1
-        self.print_to_log_file(f"WARNING: non-finite loss or gradient, step skipped "
-                               f"({self._nonfinite_in_a_row} in a row)")
-        if self._nonfinite_in_a_row >= self.max_nonfinite_in_a_row:
-            raise NonFiniteLossError(
-                f"{self._nonfinite_in_a_row} steps in a row had a NaN/Inf loss or gradient; training stopped at "
-                f"epoch {self.current_epoch}. The last good checkpoint is in {self.output_folder}. Lower the "
-                f"learning rate (NNUNET_SSL_SETTINGS=initial_lr=...) or check the input data for NaN/Inf values, "
-                f"then continue with --c.")
-        return False
-
-    def apply_update(self, loss: torch.Tensor) -> bool:
-        """Backward, gradient clipping, NaN/Inf guard and optimizer step. Returns False if the step was skipped."""
-        if not self._nonfinite_guard(bool(torch.isfinite(loss.detach()).all())):
-            self.optimizer.zero_grad(set_to_none=True)
-            return False
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self._sync_head_gradients()
-            self.grad_scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-            self._sync_head_gradients()
-        return self.step_with_current_gradients()
-
-    def step_with_current_gradients(self, use_scaler: bool = True) -> bool:
-        """Clip the gradients already in ``.grad``, check them, step the optimizer and the teachers.
-
-        ``use_scaler=False`` for gradients that did not come from ``grad_scaler.scale(loss).backward()``.
-        """
-        scaler = self.grad_scaler if use_scaler else None
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.grad_clip)
-        if not self._nonfinite_guard(bool(torch.isfinite(grad_norm))):
-            self.optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.update()
-            return False
-        if scaler is not None:
-            scaler.step(self.optimizer)
-            scaler.update()
-        else:
-            self.optimizer.step()
-        self._nonfinite_in_a_row = 0
-        self.after_optimizer_step()
-        return True
+    def optimizer_step(self, loss: torch.Tensor) -> bool:
+        """The one guarded step: backward, gradient clipping, NaN/Inf guard, optimizer step, teacher updates.
+        Returns False if the step was skipped (:class:`~nnunet_ssl_trainers.optimizer_step.GuardedOptimizerStep`)."""
+        return self.step_guard(loss)
 
     def autocast_context(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
@@ -207,11 +210,15 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
         self._iteration_in_epoch = 0
         super().on_train_epoch_start()
 
+    def total_steps(self) -> int:
+        """Training steps of the whole run: the length of every per-step schedule."""
+        return max(1, int(self.num_epochs) * int(self.num_iterations_per_epoch))
+
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast_context():
             loss, curves = self.ssl_loss(batch, train=True)
-        done = self.apply_update(loss)
+        done = self.optimizer_step(loss)
         self.advance_step()
         return {"loss": loss.detach().cpu().numpy(), "skipped_steps": 0.0 if done else 1.0, **curves}
 
@@ -219,6 +226,49 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
         with self.autocast_context():
             loss, curves = self.ssl_loss(batch, train=False)
         return {"loss": loss.detach().cpu().numpy(), **curves}
+
+    # ------------------------------------------------------------------ data
+    def view_sampling_config(self) -> ViewSamplingConfig:
+        return ViewSamplingConfig()
+
+    def make_two_view_loader(self, dataset, train: bool) -> TwoViewDataLoader:
+        """Two views per case with their geometry (:mod:`nnunet_ssl.data.two_view_loader`): random boxes and flips
+        (``data == "two_views"``) or a second crop shifted by the objective's ``target_crop_shift`` without flips
+        (``"second_crop"``); nnU-Net's intensity augmentations per view while training."""
+        spatial = self.objective.data == "two_views"
+        transforms = intensity_only_transforms() if train else None
+        return TwoViewDataLoader(dataset, self.batch_size, self.configuration_manager.patch_size,
+                                 self.view_sampling_config(), intensity_transforms=transforms, spatial=spatial,
+                                 crop_shift=0.0 if spatial else self.objective.target_crop_shift)
+
+    def get_dataloaders(self):
+        if self.objective.data == "one_view":
+            return super().get_dataloaders()  # nnU-Net's own loader and augmentation
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        # nnU-Net's training pipeline sets inference_allowed_mirroring_axes here; keep that side effect
+        self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        n_proc = get_allowed_n_proc_DA()
+        pin = self.device.type == "cuda"
+        dl_tr = make_augmenter(self.make_two_view_loader(dataset_tr, True), n_proc, pin)
+        dl_val = make_augmenter(self.make_two_view_loader(dataset_val, False), max(1, n_proc // 2)
+                                if n_proc > 0 else 0, pin)
+        _ = next(dl_tr)
+        _ = next(dl_val)
+        return dl_tr, dl_val
+
+    def extra_loader(self, loader, num_processes: int, num_cached: Optional[int] = None):
+        """The one way to add a data loader besides nnU-Net's two (e.g. ReFs' reference batches): wrapped like
+        them (:func:`nnunet_ssl.data.augmenter.make_augmenter`) and finished at the end of training."""
+        augmenter = make_augmenter(loader, num_processes, self.device.type == "cuda", num_cached)
+        self._extra_loaders.append(augmenter)
+        return augmenter
+
+    def on_train_end(self):
+        super().on_train_end()
+        for augmenter in self._extra_loaders:
+            finish_augmenter(augmenter)
 
     # ------------------------------------------------------------------ epoch bookkeeping
     def on_train_epoch_end(self, train_outputs: List[dict]):

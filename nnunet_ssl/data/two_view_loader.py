@@ -205,16 +205,7 @@ class TwoViewDataLoader(DataLoader):
 
 def make_two_view_augmenter(loader: TwoViewDataLoader, num_processes: int, pin_memory: bool = False,
                             num_cached: Optional[int] = None):
-    """Wrap ``loader`` like nnU-Net's ``get_dataloaders``: ``SingleThreadedAugmenter`` for 0 processes, else
-    ``NonDetMultiThreadedAugmenter`` (``num_cached`` defaults to ``max(6, num_processes // 2)``). The transforms
-    already run inside the loader. Call ``._finish()`` on a multi-process augmenter when done.
-    """
-    from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-    from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-
-    if num_processes == 0:
-        return SingleThreadedAugmenter(loader, None)
-    if num_cached is None:
-        num_cached = max(6, num_processes // 2)
-    return NonDetMultiThreadedAugmenter(data_loader=loader, transform=None, num_processes=num_processes,
-                                        num_cached=num_cached, seeds=None, pin_memory=pin_memory, wait_time=0.002)
+    """Wrap ``loader`` like nnU-Net's ``get_dataloaders`` (:func:`nnunet_ssl.data.augmenter.make_augmenter`): the
+    transforms already run inside the loader. Call ``._finish()`` on a multi-process augmenter when done."""
+    from nnunet_ssl.data.augmenter import make_augmenter
+    return make_augmenter(loader, num_processes, pin_memory, num_cached)

@@ -1,4 +1,4 @@
-"""PGL / IDEAL pre-training machinery (trainers/aligned_views.py, pgl.py, ideal.py) on tiny networks, no data.
+"""PGL / IDEAL pre-training machinery (nnunet_ssl/methods/aligned_views.py, pgl.py, ideal.py, and their trainers) on tiny networks, no data.
 
 Trainers are built from small in-memory plans (PlainConvUNet and ResidualEncoderUNet, 2d and 3d, anisotropic
 patches, 1 or 2 input channels) with nnU-Net folders in tmp; batches are random images with real view geometry.
@@ -13,8 +13,10 @@ from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.weights.network_parts import unwrap
 from nnunet_ssl.methods.teachers import cosine_momentum
 from nnunet_ssl.methods.views import ViewSamplingConfig, sample_flips, sample_two_boxes, view_cell_centres
-from nnunet_ssl_trainers.aligned_views import (AlignedViewsTrainer, aligned_pair, level_cell_geometry,
-                                               level_channels, level_spec, parse_levels)
+from nnunet_ssl.methods.aligned_views import (AlignedViewsObjective, aligned_pair, level_cell_geometry,
+                                             level_channels, level_spec, parse_levels)
+from nnunet_ssl.methods.ideal import IDEALObjective
+from nnunet_ssl.methods.pgl import PGLObjective
 from nnunet_ssl_trainers.ideal import IDEALTrainer, IDEALTrainer_bottleneckOnly, IDEALTrainer_tau02
 from nnunet_ssl_trainers.pgl import PGLTrainer, PGLTrainer_bottleneckOnly, PGLTrainer_ema0996
 from real_networks import make_linear, ramp_views
@@ -149,7 +151,7 @@ def test_level_that_the_network_lacks_is_refused(nnunet_folders, monkeypatch, ca
                                                          (PLAIN, "2d", 2), (RESENC, "2d", 1)])
 def test_loss_forward_backward(nnunet_folders, cls, arch, configuration, channels):
     trainer = make_trainer(cls, arch, configuration, channels)
-    assert trainer.level_names == ("bottleneck", "decoder1")
+    assert trainer.objective.level_names == ("bottleneck", "decoder1")
     batch = random_batch(trainer)
     loss, curves = trainer.ssl_loss(batch, train=True)
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -193,9 +195,9 @@ def test_level_shapes_and_aligned_shapes(nnunet_folders, monkeypatch, arch):
     trainer = make_trainer(PGLTrainer, arch, settings="levels=bottleneck+decoder1+encoder1+decoder3",
                            monkeypatch=monkeypatch)
     batch = random_batch(trainer)
-    x, _ = trainer.batch_views(batch)
-    feats, anchor = trainer.online_level_features(x)
-    assert anchor is None and trainer.decoder_stages_needed() == 3
+    x, _ = trainer.objective.batch_views(batch)
+    feats, anchor = trainer.objective.online_level_features(trainer.network, x)
+    assert anchor is None and trainer.objective.decoder_stages_needed() == 3
     patch = trainer.configuration_manager.patch_size
     strides = np.cumprod(np.array(GEOMETRY["3d_fullres"][1]), axis=0)  # (stages, ndim)
     expect = {"bottleneck": 3, "encoder1": 2, "decoder1": 2, "decoder3": 0}
@@ -203,20 +205,20 @@ def test_level_shapes_and_aligned_shapes(nnunet_folders, monkeypatch, arch):
         assert feats[lvl].shape == (4, level_channels(trainer.network, lvl),
                                     *[p // s for p, s in zip(patch, strides[stage])]), lvl
     seen = {}
-    original = trainer.level_loss
+    original = trainer.objective.level_loss
 
     def recording(o1, o2, t1, t2, mask):
         seen[len(seen)] = [o1.shape, o2.shape, t1.shape, t2.shape, mask.shape]
         return original(o1, o2, t1, t2, mask)
 
-    trainer.level_loss = recording
+    trainer.objective.level_loss = recording
     trainer.ssl_loss(batch, train=False)
-    for i, lvl in enumerate(trainer.level_names):
+    for i, lvl in enumerate(trainer.objective.level_names):
         shapes = seen[i]
         assert len(set(shapes[:4])) == 1
         assert shapes[0] == (2, trainer.projector_dim, *feats[lvl].shape[2:])
         assert shapes[4] == (2, 1, 1, 1, 1)
-    trainer.align_size = 3
+    trainer.objective.align_size = 3
     seen.clear()
     trainer.ssl_loss(batch, train=False)
     assert all(s[0] == (2, trainer.projector_dim, 3, 3, 3) for s in seen.values())
@@ -229,7 +231,7 @@ def test_wrapped_forward_path_matches_direct_path(nnunet_folders, configuration)
     batch = random_batch(trainer)
     grads = []
     for full in (False, True):
-        trainer.full_forward = full
+        trainer.objective.full_forward = full
         trainer.optimizer.zero_grad(set_to_none=True)
         torch.manual_seed(0)
         loss, _ = trainer.ssl_loss(batch, train=True)
@@ -253,7 +255,7 @@ def test_ema_update_follows_formula(nnunet_folders, cls, final):
     trainer.current_epoch, trainer._iteration_in_epoch = 3, 2
     step = 3 * 5 + 2
     expected_m = cosine_momentum(step, 50, 0.99, 0.99 if final is None else final)
-    assert trainer.current_momentum() == pytest.approx(expected_m)
+    assert trainer.objective.current_momentum() == pytest.approx(expected_m)
     teacher_before = copy.deepcopy(trainer.ssl_modules["target_network"].module.state_dict())
     proj_before = copy.deepcopy(trainer.ssl_modules["target_projectors"].module.state_dict())
     out = trainer.train_step(random_batch(trainer, seed=2))
@@ -289,7 +291,7 @@ def test_ideal_positives_are_corresponding_voxels(nnunet_folders, configuration)
     (Cells placed with the network's cell geometry, as the trainer assumes; that the network really puts them
     there is test_real_network_features_of_flipped_and_scaled_views_align.)"""
 
-    class CoordinateIDEAL(IDEALTrainer):
+    class CoordinateObjective(IDEALObjective):
         """Features = case coordinates of each cell (flips applied), heads = identity, loss inputs recorded."""
         geometry_batch = None
         recorded = []
@@ -304,39 +306,45 @@ def test_ideal_positives_are_corresponding_voxels(nnunet_folders, configuration)
                 out[lvl] = torch.stack(maps).float()
             return out
 
-        def online_level_features(self, x):
+        def online_level_features(self, network, x):
             return {k: v.requires_grad_(True) for k, v in self._coords(x).items()}, None
 
-        def target_level_features(self, x):
+        def target_level_features(self, modules, x):
             return self._coords(x)
 
-        def online_head(self, level, features):
+        @staticmethod
+        def online_head(modules, level, features):
             return features
 
-        def target_head(self, level, features):
+        @staticmethod
+        def target_head(modules, level, features):
             return features
 
         def level_loss(self, o1, o2, t1, t2, mask):
             self.recorded.append((o1.detach(), o2.detach(), t1, t2, mask))
             return super().level_loss(o1, o2, t1, t2, mask)
 
+    class CoordinateIDEAL(IDEALTrainer):
+        objective_class = CoordinateObjective
+
     trainer = make_trainer(CoordinateIDEAL, PLAIN, configuration)
+    objective = trainer.objective
     patch, strides = GEOMETRY[configuration]
     ndim = len(patch)
     cum = np.cumprod(np.array(strides), axis=0)
-    trainer.sizes = {"bottleneck": tuple(int(i) for i in np.array(patch) // cum[-1]),
+    objective.sizes = {"bottleneck": tuple(int(i) for i in np.array(patch) // cum[-1]),
                      "decoder1": tuple(int(i) for i in np.array(patch) // cum[-2])}
-    trainer.align_size = 6  # the overlap grid: finer than the bottleneck
+    objective.align_size = 6  # the overlap grid: finer than the bottleneck
     grid = (6,) * ndim
     batch = random_batch(trainer, batch_size=4, seed=3)
-    trainer.geometry_batch = batch
+    objective.geometry_batch = batch
     loss, _ = trainer.ssl_loss(batch, train=True)
     assert torch.isfinite(loss)
-    assert len(trainer.recorded) == 2
+    assert len(objective.recorded) == 2
     boxes1, boxes2 = batch["box_v1"].double(), batch["box_v2"].double()
-    coords = trainer._coords(None)
+    coords = objective._coords(None)
     n_inside = 0
-    for (q1, q2, k1, k2, mask), lvl in zip(trainer.recorded, trainer.sizes):
+    for (q1, q2, k1, k2, mask), lvl in zip(objective.recorded, objective.sizes):
         assert mask.flatten().tolist() == [1.0] * 4
         maps = coords[lvl].double()
         for b in range(4):
@@ -369,8 +377,8 @@ def test_ideal_positives_are_corresponding_voxels(nnunet_folders, configuration)
     feats = coords["bottleneck"]
     a1, a2, valid = aligned_pair(feats[:4], feats[4:], geometry, grid,
                                  level_cell_geometry(trainer.network, "bottleneck"), patch)
-    torch.testing.assert_close(a1, trainer.recorded[0][0])
-    torch.testing.assert_close(a2, trainer.recorded[0][3])
+    torch.testing.assert_close(a1, objective.recorded[0][0])
+    torch.testing.assert_close(a2, objective.recorded[0][3])
 
 
 @pytest.mark.parametrize("cls,arch,configuration", [(PGLTrainer, PLAIN, "3d_fullres"), (IDEALTrainer, RESENC, "2d")])
@@ -381,16 +389,23 @@ def test_real_network_features_of_flipped_and_scaled_views_align(nnunet_folders,
     overlap's cells, for flipped and scaled views. Truth derived by hand: nnU-Net's kernel-3, padding-1 convs put
     cell j of a level with cumulative stride S on input voxel S * j (the (j + 0.5) * S convention fails here)."""
 
-    class Probe(cls):
-        def online_head(self, level, features):
+    class ProbeObjective(cls.objective_class):
+        recorded = []
+
+        @staticmethod
+        def online_head(modules, level, features):
             return features
 
-        def target_head(self, level, features):
+        @staticmethod
+        def target_head(modules, level, features):
             return features
 
         def level_loss(self, o1, o2, t1, t2, mask):
             self.recorded.append((o1.detach(), o2.detach(), t1, t2))
             return o1.sum() * 0.0
+
+    class Probe(cls):
+        objective_class = ProbeObjective
 
     levels = ("bottleneck", "encoder1", "decoder1")
     trainer = make_trainer(Probe, arch, configuration, levels=",".join(levels), align_size=8)
@@ -406,10 +421,10 @@ def test_real_network_features_of_flipped_and_scaled_views_align(nnunet_folders,
     runs = {}
     for name, make in (("ramp", lambda b, f: ramp_views(b, f, patch, coeff)),
                        ("ones", lambda b, f: torch.ones(len(b), 1, *patch, dtype=torch.float64))):
-        trainer.recorded = []
+        trainer.objective.recorded = []
         trainer.ssl_loss(dict(batch, data_v1=make(batch["box_v1"], batch["flip_v1"]),
                               data_v2=make(batch["box_v2"], batch["flip_v2"])), train=False)
-        runs[name] = trainer.recorded
+        runs[name] = trainer.objective.recorded
     boxes = [batch["box_v1"].double(), batch["box_v2"].double()]
     flips = [batch["flip_v1"], batch["flip_v2"]]
     checked = 0
@@ -449,19 +464,20 @@ def test_ideal_loss_prefers_corresponding_keys(nnunet_folders):
     q = torch.randn(2, 16, 4, 4, 4, generator=g)
     k = q + 0.05 * torch.randn(q.shape, generator=g)
     mask = torch.ones(2, 1, 1, 1, 1)
-    matched = trainer.level_loss(q, q, k, k, mask)
+    matched = trainer.objective.level_loss(q, q, k, k, mask)
     shuffled = k.flatten(2)[:, :, torch.randperm(64, generator=g)].view_as(k)
-    assert matched < trainer.level_loss(q, q, shuffled, shuffled, mask) - 1.0
+    assert matched < trainer.objective.level_loss(q, q, shuffled, shuffled, mask) - 1.0
 
 
 # --------------------------------------------------------------------------------------------- settings, variants
 def test_settings_and_variants(nnunet_folders, monkeypatch):
     t = make_trainer(IDEALTrainer, settings="ema_base=0.995,levels=bottleneck+encoder1,temperature=0.2,"
                      "num_samples=64,projector_dim=16,align_size=2", monkeypatch=monkeypatch)
-    assert (t.ema_base, t.level_names, t.contrastive.temperature, t.contrastive.num_samples) == \
+    assert (t.ema_base, t.objective.level_names, t.objective.contrastive.temperature,
+            t.objective.contrastive.num_samples) == \
         (0.995, ("bottleneck", "encoder1"), 0.2, 64)
-    assert t.current_momentum() == pytest.approx(0.995)  # IDEAL: constant key-encoder momentum by default
-    assert t.decoder_stages_needed() == 0
+    assert t.objective.current_momentum() == pytest.approx(0.995)  # IDEAL: constant key-encoder momentum by default
+    assert t.objective.decoder_stages_needed() == 0
     assert t.logger.local_logger.curve_keys[:2] == ("loss_bottleneck", "loss_encoder1")
     monkeypatch.setenv("NNUNET_SSL_SETTINGS", "temperature=0.3")
     with pytest.raises(SystemExit) as e:  # PGL has no temperature: the run stops before training
@@ -469,10 +485,11 @@ def test_settings_and_variants(nnunet_folders, monkeypatch):
     assert e.value.code == 2
     monkeypatch.delenv("NNUNET_SSL_SETTINGS")
     assert make_trainer(PGLTrainer_ema0996).ema_base == 0.996
-    assert make_trainer(PGLTrainer_bottleneckOnly).level_names == ("bottleneck",)
-    assert make_trainer(IDEALTrainer_tau02).contrastive.temperature == 0.2
-    assert make_trainer(IDEALTrainer_bottleneckOnly).level_names == ("bottleneck",)
-    assert issubclass(PGLTrainer, AlignedViewsTrainer) and issubclass(IDEALTrainer, AlignedViewsTrainer)
+    assert make_trainer(PGLTrainer_bottleneckOnly).objective.level_names == ("bottleneck",)
+    assert make_trainer(IDEALTrainer_tau02).objective.contrastive.temperature == 0.2
+    assert make_trainer(IDEALTrainer_bottleneckOnly).objective.level_names == ("bottleneck",)
+    assert issubclass(PGLObjective, AlignedViewsObjective) and issubclass(IDEALObjective, AlignedViewsObjective)
+    assert PGLTrainer.objective_class is PGLObjective and IDEALTrainer.objective_class is IDEALObjective
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

@@ -43,17 +43,17 @@ def test_all_normalisation_is_the_reference_mean_over_every_voxel(shape):
 def test_gmim_defaults_to_the_reference_normalisation_and_mae_keeps_masked(nnunet_folders, monkeypatch):
     from nnunet_ssl_trainers.masked_modeling import GMIMTrainer, MAETrainer
     gmim = make_trainer(GMIMTrainer)
-    assert gmim.recon_loss.normalisation == "all"
-    assert make_trainer(MAETrainer).recon_loss.normalisation == "masked"
+    assert gmim.objective.recon_loss.normalisation == "all"
+    assert make_trainer(MAETrainer).objective.recon_loss.normalisation == "masked"
     # the recorded reconstruction loss of a GMIM step is sum((recon - x)^2 * mask) / numel
     seen = {}
-    mask_fn = gmim.masker.mask
+    mask_fn = gmim.objective.masker.mask
 
     def recording_mask(x, generator=None):
         seen["res"] = mask_fn(x, generator)
         return seen["res"]
 
-    gmim.masker.mask = recording_mask
+    gmim.objective.masker.mask = recording_mask
     gmim.network.register_forward_hook(lambda m, i, o: seen.__setitem__("recon", o))
     patch = tuple(gmim.configuration_manager.patch_size)
     g = torch.Generator().manual_seed(1)
@@ -64,7 +64,7 @@ def test_gmim_defaults_to_the_reference_normalisation_and_mae_keeps_masked(nnune
     assert curves["recon_loss"] == pytest.approx(expected.item(), rel=1e-5)
     # our former normalisation stays available as a setting
     t = make_trainer(GMIMTrainer, settings="recon_normalisation=masked", monkeypatch=monkeypatch)
-    assert t.recon_loss.normalisation == "masked"
+    assert t.objective.recon_loss.normalisation == "masked"
     monkeypatch.setenv("NNUNET_SSL_SETTINGS", "recon_normalisation=voxels")
     with pytest.raises(SystemExit):
         make_trainer(GMIMTrainer)

@@ -153,13 +153,13 @@ def test_bad_arguments():
 # --------------------------------------------------------------------------------------------- IDEAL trainer
 def _record_contrastive_calls(trainer):
     calls = []
-    original = trainer.contrastive.forward
+    original = trainer.objective.contrastive.forward
 
     def recording(q, k, valid=None, generator=None, **kw):
         calls.append(kw)
         return original(q, k, valid, generator, **kw)
 
-    trainer.contrastive.forward = recording
+    trainer.objective.contrastive.forward = recording
     return calls
 
 
@@ -173,11 +173,11 @@ def test_trainer_passes_overlap_coordinates_and_one_feature_cell(nnunet_folders,
     calls = _record_contrastive_calls(trainer)
     loss, _ = trainer.ssl_loss(batch, train=True)
     assert torch.isfinite(loss)
-    assert len(calls) == 2 * len(trainer.level_names)  # two directions per level
+    assert len(calls) == 2 * len(trainer.objective.level_names)  # two directions per level
     patch = np.asarray(trainer.configuration_manager.patch_size, dtype=np.float64)
     b1, b2 = batch["box_v1"].double(), batch["box_v2"].double()
     lo, hi = torch.maximum(b1[:, 0], b2[:, 0]), torch.minimum(b1[:, 1], b2[:, 1])
-    for lvl, kw in zip(np.repeat(trainer.level_names, 2), calls):
+    for lvl, kw in zip(np.repeat(trainer.objective.level_names, 2), calls):
         coords = kw["coords"].cpu()
         size = coords.shape[2:]
         ndim = len(size)
@@ -197,7 +197,7 @@ def test_trainer_settings_reach_the_loss_and_radius_zero_restores_the_old_loss(n
     from nnunet_ssl_trainers.ideal import IDEALTrainer
     t = make_trainer(IDEALTrainer, settings="negative_exclusion_radius=0,cross_case_negatives=1",
                      monkeypatch=monkeypatch)
-    assert t.negative_exclusion_radius == 0.0 and t.contrastive.cross_case_negatives is True
+    assert t.negative_exclusion_radius == 0.0 and t.objective.contrastive.cross_case_negatives is True
     monkeypatch.setenv("NNUNET_SSL_SETTINGS", "negative_exclusion_radius=0")
     t = make_trainer(IDEALTrainer)
     batch = random_batch(t, batch_size=2, seed=6)
@@ -206,8 +206,8 @@ def test_trainer_settings_reach_the_loss_and_radius_zero_restores_the_old_loss(n
     new, _ = t.ssl_loss(batch, train=True)
     assert all(float(kw["radius"]) == 0.0 for kw in calls)
     # the previous loss: the same call without coordinates
-    t.contrastive.forward = lambda q, k, valid=None, generator=None, **kw: DenseInfoNCELoss.forward(
-        t.contrastive, q, k, valid, generator)
+    t.objective.contrastive.forward = lambda q, k, valid=None, generator=None, **kw: DenseInfoNCELoss.forward(
+        t.objective.contrastive, q, k, valid, generator)
     torch.manual_seed(0)
     old, _ = t.ssl_loss(batch, train=True)
     assert new.item() == pytest.approx(old.item(), rel=1e-6)

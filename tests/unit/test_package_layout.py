@@ -83,7 +83,7 @@ def test_trainer_names_match_the_trainer_index():
 
     classes = {n: c for n, c in vars(index).items() if isinstance(c, type) and issubclass(c, nnUNetTrainer)}
     bases = {n for n, c in classes.items()
-             if inspect.isabstract(c) or (issubclass(c, nnUNetSSLTrainer) and c.ssl_loss is nnUNetSSLTrainer.ssl_loss)}
+             if inspect.isabstract(c) or (issubclass(c, nnUNetSSLTrainer) and c.objective_class is None)}
     assert set(trainer_names.BASE_TRAINER_NAMES) == bases
     assert set(trainer_names.TRAINER_NAMES) == set(classes) - bases
     assert len(trainer_names.TRAINER_NAMES) == len(set(trainer_names.TRAINER_NAMES))

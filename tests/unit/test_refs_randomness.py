@@ -4,7 +4,7 @@ generator the draws use (issue 20, item 1).
 On a GPU, MAE/GMIM masks and IDEAL's voxel samples are drawn on the CUDA generator, not on the CPU one. A CPU-only
 machine has no CUDA generator, so the tests stand a separate ``torch.Generator`` in for it: the masks are drawn
 from it (as ``torch.rand(..., device='cuda')`` would draw from CUDA's) and the trainer is told that it is its
-device generator (:meth:`ReFsMixin.random_generators`). A trainer that saves and restores that generator around
+device generator (:meth:`ReFsTrainer.random_generators`). A trainer that saves and restores that generator around
 the replays but never moves it forward draws the same masks at every step.
 
 Also home of the tiny ReFs set-up (``refs_env`` / :func:`refs_trainer`) the other ReFs unit tests import.
@@ -59,14 +59,14 @@ def _record_masks(trainer, monkeypatch, generator=None):
     """Every mask the MAE objective draws, in call order; with ``generator`` the masks are drawn from it (as masks
     of CUDA tensors are drawn from CUDA's generator), else from the CPU generator."""
     masks = []
-    mask = trainer.masker.mask
+    mask = trainer.objective.masker.mask
 
     def recording(x, gen=None):
         res = mask(x, gen if gen is not None else generator)
         masks.append(res.mask.detach().clone())
         return res
 
-    monkeypatch.setattr(trainer.masker, "mask", recording)
+    monkeypatch.setattr(trainer.objective.masker, "mask", recording)
     return masks
 
 
@@ -103,7 +103,7 @@ def test_consecutive_steps_draw_new_masks_and_replays_within_a_step_draw_the_sam
     x = batch["data"].to(trainer.device)
     truth = []
     for _ in range(2):
-        truth.append(trainer.masker.mask(x).mask)
+        truth.append(trainer.objective.masker.mask(x).mask)
     assert torch.equal(truth[0], per_step[0][0]) and torch.equal(truth[1], per_step[1][0])
     assert torch.equal(gen.get_state(), after_steps)
 
@@ -114,14 +114,14 @@ def test_after_the_step_the_generators_are_where_the_last_replay_left_them(refs_
     trainer, batch = refs_trainer(refs_env, "ReFsTrainer", "cosine_every=1,fish_order=ref_first")
     gen = torch.Generator().manual_seed(7)
     mp.setattr(trainer, "random_generators", lambda: [torch.default_generator, gen], raising=False)
-    ssl_loss = trainer.ssl_loss
+    ssl_loss = trainer.objective.loss
     calls = []
 
-    def drawing_ssl_loss(b, train):
+    def drawing_ssl_loss(b, network, train, modules=None):
         calls.append(torch.rand(1 + len(calls), generator=gen))  # call k draws k + 1 numbers
-        return ssl_loss(b, train)
+        return ssl_loss(b, network, train, modules)
 
-    mp.setattr(trainer, "ssl_loss", drawing_ssl_loss)
+    mp.setattr(trainer.objective, "loss", drawing_ssl_loss)
     start = gen.get_state()
     trainer.train_step(batch)
     assert len(calls) == 2  # ref first: SSL at theta, then at the clone

@@ -1,6 +1,6 @@
 """One global step counter for every pre-training step path (issue 20, item 4).
 
-``ReFsMixin.train_step`` does not call its SSL trainer's ``train_step``; the per-step EMA schedule of PGL/IDEAL
+``ReFsTrainer.train_step`` does not call the SSL base's ``train_step``; the per-step EMA schedule of PGL/IDEAL
 must advance at every ReFs step all the same (before the fix it changed once per epoch).
 """
 import pytest
