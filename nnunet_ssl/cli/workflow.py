@@ -4,11 +4,22 @@ Every step calls the stock nnU-Net command a user would type (``nnUNetv2_plan_an
 ``nnUNetv2_train``, ``nnUNetv2_predict``, ``nnUNetv2_evaluate_simple``) plus ``nnunet_ssl ingest``. A step whose
 result already exists is skipped, so an interrupted workflow continues where it stopped when run again.
 
+Run keys: a step may be skipped only when everything that determines it is unchanged. Every training run
+(pre-training, each fine-tuning arm) therefore gets its own ``nnUNet_results`` folder,
+``<nnUNet_results>/nnunet_ssl_runs/<kind>-<trainer>-<key>``, where ``key`` is a hash of its inputs (trainer,
+dataset, plans, configuration, fold, settings - which carry the label budget and seed - and, for fine-tuning, the
+content of the pre-trained checkpoint). The inputs are written next to the run (``run_inputs.json``); a different
+method, checkpoint, plans or settings gives a new folder instead of reusing an old run. The unlabeled dataset
+records the folder it was ingested from and a different folder for the same id is refused, naming both.
+
 The comparison it ends with: the same fine-tuning schedule from scratch (``SSLScratchTrainer``) and from the
-pre-trained checkpoint (``SSLFinetuneTrainer``), Dice per class on the test images.
+pre-trained checkpoint (by default the route recommended for the method, :func:`recommended_finetune_trainer`),
+Dice per class on the test images.
 """
+import hashlib
 import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -18,6 +29,68 @@ from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.paths import dataset_name_from_id, require_env_folder
 from nnunet_ssl.trainer_names import (FINETUNE_TRAINER, METHOD_TRAINERS, PRETRAINED_ENV,  # noqa: F401
                                       SCRATCH_TRAINER, SETTINGS_ENV)
+
+#: fine-tuning route for checkpoints whose decoder is not transferred (trained to reconstruct the input): the
+#: decoder warms up alone on the frozen encoder first (README, "Does pre-training help?", item 10)
+DECODER_WARMUP_TRAINER = FINETUNE_TRAINER + "_decoderWarmup"
+RECONSTRUCTION_METHODS = ("mae", "gmim", "refs")
+RUNS_FOLDER = "nnunet_ssl_runs"
+RUN_INPUTS_FILE = "run_inputs.json"
+#: per-key lines of the weight-transfer report: in the training log file, not on the console
+_TRANSFER_DETAIL = re.compile(r"^ {2}(loaded|adapted|skipped|unused) +\S")
+
+
+def recommended_finetune_trainer(method: str) -> str:
+    """The fine-tuning trainer the project recommends for checkpoints of ``method``: MAE, GMIM and ReFs (on MAE)
+    leave the decoder random, so they fine-tune with ``SSLFinetuneTrainer_decoderWarmup``; the others with
+    ``SSLFinetuneTrainer`` (their decoder is transferred)."""
+    name = method.lower()
+    if name in RECONSTRUCTION_METHODS or METHOD_TRAINERS.get(name, method).startswith(("MAE", "GMIM", "ReFs")):
+        return DECODER_WARMUP_TRAINER
+    return FINETUNE_TRAINER
+
+
+def run_key(inputs: dict) -> str:
+    """Short stable hash of a run's inputs (a JSON-serialisable dict)."""
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's content (what a fine-tuning run's key records of its checkpoint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def differences(recorded: dict, current: dict) -> List[str]:
+    """``name: recorded -> current`` for every input that differs."""
+    return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(recorded) | set(current))
+            if recorded.get(k) != current.get(k)]
+
+
+def run_root(results: str, kind: str, trainer: str, inputs: dict) -> str:
+    """The ``nnUNet_results`` folder of one run, keyed by its inputs; records them on first use and refuses a folder
+    whose recorded inputs differ (a hash collision or a hand-edited folder), naming the difference."""
+    root = os.path.join(results, RUNS_FOLDER, f"{kind}-{trainer}-{run_key(inputs)}")
+    os.makedirs(root, exist_ok=True)
+    record = os.path.join(root, RUN_INPUTS_FILE)
+    if os.path.isfile(record):
+        with open(record) as f:
+            recorded = json.load(f)
+        diff = differences(recorded, json.loads(json.dumps(inputs, default=str)))
+        if diff:
+            raise UserInputError(f"{root} holds a run with other inputs ({'; '.join(diff)}); remove the folder or "
+                                 f"choose another nnUNet_results.")
+    else:
+        with open(record, "w") as f:
+            json.dump(inputs, f, indent=2, sort_keys=True, default=str)
+    return root
+
+
+def _console_line(line: str) -> bool:
+    return not _TRANSFER_DETAIL.match(line)
 
 
 @dataclass
@@ -41,10 +114,15 @@ class WorkflowConfig:
     work_dir: Optional[str] = None
     disable_tta: bool = False
     extra_env: Dict[str, str] = field(default_factory=dict)
+    finetune_trainer: Optional[str] = None  # None: recommended_finetune_trainer(method)
 
     @property
     def pretrain_trainer(self) -> str:
         return METHOD_TRAINERS.get(self.method.lower(), self.method)
+
+    @property
+    def finetune_route(self) -> str:
+        return self.finetune_trainer or recommended_finetune_trainer(self.method)
 
 
 def _labels_of(dataset_name: str) -> List[int]:
@@ -57,29 +135,46 @@ def _dataset_exists_preprocessed(name: str, plans: str) -> bool:
     return os.path.isfile(os.path.join(require_env_folder("nnUNet_preprocessed"), name, plans + ".json"))
 
 
-def run_workflow(cfg: WorkflowConfig) -> dict:
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        require_env_folder(var)
-    t0 = time.time()
-    downstream = dataset_name_from_id(cfg.downstream)
-    env_base = dict(cfg.extra_env)
+def _plan_downstream(cfg: WorkflowConfig, downstream: str, env: Dict[str, str]) -> str:
+    """Plan (and preprocess) the downstream dataset with ``cfg.plans``; return the plans the runs use."""
+    dataset_id = downstream.split("_")[0][7:]
+    if not _dataset_exists_preprocessed(downstream, cfg.plans):
+        if cfg.plans != "nnUNetPlans":
+            raise UserInputError(
+                f"Plans '{cfg.plans}' not found for {downstream} in nnUNet_preprocessed. Make them first (for example "
+                f"nnUNetv2_plan_and_preprocess -d {dataset_id} -c {cfg.configuration} -pl nnUNetPlannerResEncM "
+                f"gives nnUNetResEncUNetMPlans), or leave -p at its default nnUNetPlans.")
+        run_nnunet("nnUNetv2_plan_and_preprocess", ["-d", dataset_id, "-c", cfg.configuration,
+                                                    "-np", cfg.num_processes], env=env)
+    if not cfg.tiny_plans:
+        return cfg.plans
+    from nnunet_ssl.data.plans_tools import derive_plans
+    tiny = f"{cfg.plans}Tiny{cfg.tiny_max_features}"
+    if not _dataset_exists_preprocessed(downstream, tiny):
+        derive_plans(downstream, cfg.plans, tiny, max_features=cfg.tiny_max_features, batch_size=2)
+    return tiny
 
-    # 1. plan the downstream dataset (skipped if planned)
-    if not _dataset_exists_preprocessed(downstream, "nnUNetPlans"):
-        run_nnunet("nnUNetv2_plan_and_preprocess", ["-d", downstream.split("_")[0][7:], "-c", cfg.configuration,
-                                                    "-np", cfg.num_processes], env=env_base)
-    plans = cfg.plans
-    if cfg.tiny_plans:
-        from nnunet_ssl.data.plans_tools import derive_plans
-        plans = "nnUNetPlansTiny"
-        if not _dataset_exists_preprocessed(downstream, plans):
-            derive_plans(downstream, "nnUNetPlans", plans, max_features=cfg.tiny_max_features, batch_size=2)
 
-    # 2. ingest the unlabeled images with the downstream plans
+def _ingest(cfg: WorkflowConfig, downstream: str, plans: str, results: str) -> str:
+    """The unlabeled dataset, ingested with the downstream plans (skipped when done from the same folder)."""
     try:
         ssl_name = dataset_name_from_id(cfg.ssl_dataset_id)
     except UserInputError:
         ssl_name = None
+    source = os.path.abspath(cfg.unlabeled_folder) if cfg.unlabeled_folder else None
+    record_file = os.path.join(results, RUNS_FOLDER, f"ingest-{cfg.ssl_dataset_id}.json")
+    recorded = None
+    if os.path.isfile(record_file):
+        with open(record_file) as f:
+            recorded = json.load(f)
+    current = {"unlabeled_folder": source, "downstream": downstream}
+    if recorded is not None and source is not None:
+        diff = differences(recorded, current)
+        if diff:
+            raise UserInputError(
+                f"Dataset {cfg.ssl_dataset_id} was ingested from other inputs ({'; '.join(diff)}). Use another "
+                f"--ssl-id for these images, or delete {ssl_name} (nnUNet_raw and nnUNet_preprocessed) and "
+                f"{record_file}.")
     if ssl_name is None or not _dataset_exists_preprocessed(ssl_name, plans):
         if not cfg.unlabeled_folder:
             raise UserInputError(f"Dataset {cfg.ssl_dataset_id} does not exist yet: give --unlabeled FOLDER.")
@@ -88,58 +183,91 @@ def run_workflow(cfg: WorkflowConfig) -> dict:
                                   downstream, plans_identifier=plans, configurations=[cfg.configuration],
                                   num_processes=cfg.num_processes)
         ssl_name = report.dataset_name
+        if recorded is None:
+            os.makedirs(os.path.dirname(record_file), exist_ok=True)
+            with open(record_file, "w") as f:
+                json.dump(current, f, indent=2)
+    return ssl_name
 
+
+def _train(dataset: str, cfg: WorkflowConfig, fold: str, trainer: str, plans: str, root: str,
+           env: Dict[str, str]) -> str:
+    """``nnUNetv2_train`` with ``nnUNet_results=root`` unless its final checkpoint exists; return the fold folder."""
+    out_dir = os.path.join(root, dataset, f"{trainer}__{plans}__{cfg.configuration}", f"fold_{fold}")
+    if not os.path.isfile(os.path.join(out_dir, "checkpoint_final.pth")):
+        env = dict(env, nnUNet_results=root)
+        cont = []
+        if os.path.isfile(os.path.join(out_dir, "checkpoint_latest.pth")):
+            cont = ["--c"]
+            env.pop(PRETRAINED_ENV, None)
+        run_nnunet("nnUNetv2_train", [dataset, cfg.configuration, fold, "-tr", trainer, "-p", plans,
+                                      "-device", cfg.device] + cont, env=env, console_filter=_console_line)
+    return out_dir
+
+
+def _dice_of(summary_file: str) -> dict:
+    with open(summary_file) as f:
+        metrics = json.load(f)
+    return {"dice": {k: v["Dice"] for k, v in metrics["mean"].items()},
+            "mean_dice": metrics["foreground_mean"]["Dice"]}
+
+
+def run_workflow(cfg: WorkflowConfig) -> dict:
+    """Run (or continue) the workflow of ``cfg``; return the summary (also written to the work folder)."""
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        require_env_folder(var)
+    t0 = time.time()
+    downstream = dataset_name_from_id(cfg.downstream)
+    env_base = dict(cfg.extra_env)
     results = require_env_folder("nnUNet_results")
-    # 3. pre-train
-    trainer = cfg.pretrain_trainer
-    pre_dir = os.path.join(results, ssl_name, f"{trainer}__{plans}__{cfg.configuration}", "fold_all")
-    ckpt = os.path.join(pre_dir, "checkpoint_final.pth")
-    if not os.path.isfile(ckpt):
-        cont = ["--c"] if os.path.isfile(os.path.join(pre_dir, "checkpoint_latest.pth")) else []
-        run_nnunet("nnUNetv2_train", [ssl_name, cfg.configuration, "all", "-tr", trainer, "-p", plans,
-                                      "-device", cfg.device] + cont,
-                   env=dict(env_base, **{SETTINGS_ENV: cfg.pretrain_settings}))
 
-    # 4. fine-tune from the checkpoint, and the same schedule from scratch
-    arms = {"pretrained": (FINETUNE_TRAINER, {PRETRAINED_ENV: ckpt})}
+    # 1. plan the downstream dataset, 2. ingest the unlabeled images with its plans
+    plans = _plan_downstream(cfg, downstream, env_base)
+    ssl_name = _ingest(cfg, downstream, plans, results)
+
+    # 3. pre-train (keyed by its inputs)
+    trainer = cfg.pretrain_trainer
+    pre_inputs = {"step": "pretrain", "trainer": trainer, "dataset": ssl_name, "plans": plans,
+                  "configuration": cfg.configuration, "fold": "all", "settings": cfg.pretrain_settings}
+    pre_root = run_root(results, "pretrain", trainer, pre_inputs)
+    pre_dir = _train(ssl_name, cfg, "all", trainer, plans, pre_root,
+                     dict(env_base, **{SETTINGS_ENV: cfg.pretrain_settings}))
+    ckpt = os.path.join(pre_dir, "checkpoint_final.pth")
+
+    # 4. fine-tune from the checkpoint, and the same schedule from scratch (each keyed by its inputs)
+    arms = {"pretrained": (cfg.finetune_route, {PRETRAINED_ENV: ckpt})}
     if cfg.baseline:
         arms["scratch"] = (SCRATCH_TRAINER, {})
     work = cfg.work_dir or os.path.join(results, "nnunet_ssl_workflow", f"{downstream}__{trainer}__{plans}")
     os.makedirs(work, exist_ok=True)
     summary = {"downstream": downstream, "ssl_dataset": ssl_name, "pretrain_trainer": trainer, "plans": plans,
-               "configuration": cfg.configuration, "fold": cfg.fold, "checkpoint": ckpt, "arms": {}}
+               "configuration": cfg.configuration, "fold": cfg.fold, "checkpoint": ckpt,
+               "finetune_settings": cfg.finetune_settings, "arms": {}}
     for arm, (ft_trainer, arm_env) in arms.items():
-        out_dir = os.path.join(results, downstream, f"{ft_trainer}__{plans}__{cfg.configuration}",
-                               f"fold_{cfg.fold}")
-        if not os.path.isfile(os.path.join(out_dir, "checkpoint_final.pth")):
-            cont = ["--c"] if os.path.isfile(os.path.join(out_dir, "checkpoint_latest.pth")) else []
-            env = dict(env_base, **arm_env, **{SETTINGS_ENV: cfg.finetune_settings})
-            if cont:
-                env.pop(PRETRAINED_ENV, None)
-            run_nnunet("nnUNetv2_train", [downstream, cfg.configuration, cfg.fold, "-tr", ft_trainer, "-p", plans,
-                                          "-device", cfg.device] + cont, env=env)
-        arm_summary = {"trainer": ft_trainer, "output_folder": out_dir}
+        ft_inputs = {"step": "finetune", "trainer": ft_trainer, "dataset": downstream, "plans": plans,
+                     "configuration": cfg.configuration, "fold": cfg.fold, "settings": cfg.finetune_settings}
+        if PRETRAINED_ENV in arm_env:
+            ft_inputs["checkpoint_sha256"] = file_digest(ckpt)
+        ft_root = run_root(results, "finetune", ft_trainer, ft_inputs)
+        out_dir = _train(downstream, cfg, cfg.fold, ft_trainer, plans, ft_root,
+                         dict(env_base, **arm_env, **{SETTINGS_ENV: cfg.finetune_settings}))
+        arm_summary = {"trainer": ft_trainer, "output_folder": out_dir, "nnUNet_results": ft_root}
         # 5. predict the test images and 6. evaluate
         if cfg.test_images:
             pred = os.path.join(work, f"predictions_{arm}")
             args = ["-i", cfg.test_images, "-o", pred, "-d", downstream, "-c", cfg.configuration, "-f", cfg.fold,
                     "-tr", ft_trainer, "-p", plans, "-device", cfg.device, "-npp", "1", "-nps", "1"]
-            run_nnunet("nnUNetv2_predict", args + (["--disable_tta"] if cfg.disable_tta else []), env=env_base)
+            run_nnunet("nnUNetv2_predict", args + (["--disable_tta"] if cfg.disable_tta else []),
+                       env=dict(env_base, nnUNet_results=ft_root))
             if cfg.test_labels:
                 summary_file = os.path.join(pred, "summary.json")
                 run_nnunet("nnUNetv2_evaluate_simple", [cfg.test_labels, pred, "-l", *_labels_of(downstream),
                                                         "-o", summary_file, "-np", 1], env=env_base)
-                with open(summary_file) as f:
-                    metrics = json.load(f)
-                arm_summary["dice"] = {k: v["Dice"] for k, v in metrics["mean"].items()}
-                arm_summary["mean_dice"] = metrics["foreground_mean"]["Dice"]
+                arm_summary.update(_dice_of(summary_file))
         else:
             val = os.path.join(out_dir, "validation", "summary.json")
             if os.path.isfile(val):
-                with open(val) as f:
-                    metrics = json.load(f)
-                arm_summary["dice"] = {k: v["Dice"] for k, v in metrics["mean"].items()}
-                arm_summary["mean_dice"] = metrics["foreground_mean"]["Dice"]
+                arm_summary.update(_dice_of(val))
         summary["arms"][arm] = arm_summary
     summary["minutes"] = round((time.time() - t0) / 60, 1)
     with open(os.path.join(work, "workflow_summary.json"), "w") as f:
@@ -169,22 +297,35 @@ def dice_table(summary: dict) -> str:
 
 def add_workflow_arguments(p):
     p.add_argument("--downstream", required=True, help="labeled nnU-Net dataset (id or name) in nnUNet_raw")
-    p.add_argument("--unlabeled", default=None, help="folder of unlabeled images to ingest")
+    p.add_argument("--unlabeled", default=None,
+                   help="folder of unlabeled images to ingest (needed the first time for a new --ssl-id)")
     p.add_argument("--ssl-id", type=int, required=True, help="dataset id for the ingested unlabeled dataset")
-    p.add_argument("--method", default="mae", help=f"{', '.join(METHOD_TRAINERS)} or a trainer class name")
-    p.add_argument("-c", "--configuration", default="3d_fullres")
-    p.add_argument("-p", "--plans", default="nnUNetPlans")
-    p.add_argument("-f", "--fold", default="0")
-    p.add_argument("--test-images", default=None)
-    p.add_argument("--test-labels", default=None)
-    p.add_argument("--tiny-plans", action="store_true", help="cap features at 32 and batch at 2 (CPU runs)")
-    p.add_argument("--pretrain-settings", default="", help="NNUNET_SSL_SETTINGS for pre-training")
-    p.add_argument("--finetune-settings", default="", help="NNUNET_SSL_SETTINGS for both fine-tuning runs")
+    p.add_argument("--method", default="mae",
+                   help=f"pre-training method ({', '.join(METHOD_TRAINERS)}) or a pre-training trainer class name "
+                        f"(default: mae)")
+    p.add_argument("--finetune-trainer", default=None,
+                   help=f"fine-tuning trainer of the pre-trained arm (default: {DECODER_WARMUP_TRAINER} for "
+                        f"{', '.join(RECONSTRUCTION_METHODS)}, {FINETUNE_TRAINER} for the others)")
+    p.add_argument("-c", "--configuration", default="3d_fullres", help="nnU-Net configuration (default: 3d_fullres)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans",
+                   help="plans identifier; other than nnUNetPlans it must exist already (default: nnUNetPlans)")
+    p.add_argument("-f", "--fold", default="0", help="fold to fine-tune, 0-4 or all (default: 0)")
+    p.add_argument("--test-images", default=None,
+                   help="folder of test images (nnU-Net naming) to predict; without it the fold's validation Dice "
+                        "is reported")
+    p.add_argument("--test-labels", default=None, help="folder of the test labels, to evaluate the predictions")
+    p.add_argument("--tiny-plans", action="store_true",
+                   help="derive plans with features capped at 32 and batch 2 (CPU runs)")
+    p.add_argument("--pretrain-settings", default="", help="NNUNET_SSL_SETTINGS for pre-training (name=value,...)")
+    p.add_argument("--finetune-settings", default="",
+                   help="NNUNET_SSL_SETTINGS for both fine-tuning runs, e.g. label_budget=10,label_seed=0")
     p.add_argument("--no-baseline", action="store_true", help="skip the from-scratch baseline")
-    p.add_argument("-device", "--device", default="cuda")
-    p.add_argument("-np", "--num-processes", type=int, default=2)
-    p.add_argument("--disable-tta", action="store_true")
-    p.add_argument("--work-dir", default=None)
+    p.add_argument("-device", "--device", default="cuda", help="cuda, cpu or mps (default: cuda)")
+    p.add_argument("-np", "--num-processes", type=int, default=2,
+                   help="processes for planning, preprocessing and ingestion (default: 2)")
+    p.add_argument("--disable-tta", action="store_true", help="predict without test-time mirroring (faster)")
+    p.add_argument("--work-dir", default=None,
+                   help="folder for predictions and the summary (default: inside nnUNet_results)")
 
 
 def run_workflow_from_args(args) -> int:
@@ -193,6 +334,6 @@ def run_workflow_from_args(args) -> int:
                          test_images=args.test_images, test_labels=args.test_labels, tiny_plans=args.tiny_plans,
                          pretrain_settings=args.pretrain_settings, finetune_settings=args.finetune_settings,
                          baseline=not args.no_baseline, device=args.device, num_processes=args.num_processes,
-                         work_dir=args.work_dir, disable_tta=args.disable_tta)
+                         work_dir=args.work_dir, disable_tta=args.disable_tta, finetune_trainer=args.finetune_trainer)
     run_workflow(cfg)
     return 0

@@ -1,13 +1,14 @@
 """Foundation end to end with the real nnU-Net commands on hippocampus (tiny plans, few iterations):
 
 plan (fixture) -> `nnunet_ssl workflow`: ingest unlabeled -> MAETrainer pre-training -> fine-tune from the
-checkpoint (SSLFinetuneTrainer) and from scratch (SSLScratchTrainer) -> nnUNetv2_predict -> nnUNetv2_evaluate_simple
+checkpoint (the recommended route for MAE, SSLFinetuneTrainer_decoderWarmup) and from scratch (SSLScratchTrainer) -> nnUNetv2_predict -> nnUNetv2_evaluate_simple
 -> Dice table; plus the stock `-pretrained_weights` route. Fine-tuning runs with initial_lr=0 so the fine-tuned
 weights must equal the transferred ones exactly: that is what proves the transfer.
 """
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,7 +64,11 @@ def test_workflow_writes_dice_table_for_both_arms(workflow_run):
         assert set(arm["dice"]) == {"1", "2"}
         assert all(0.0 <= d <= 1.0 for d in arm["dice"].values())
     table = (workflow_run["report"] / "workflow_summary.md").read_text()
-    assert "| pretrained (SSLFinetuneTrainer) |" in table and "| scratch (SSLScratchTrainer) |" in table
+    assert "| pretrained (SSLFinetuneTrainer_decoderWarmup) |" in table and "| scratch (SSLScratchTrainer) |" in table
+    # every run has its own nnUNet_results keyed by its inputs, which it records
+    for arm in summary["arms"].values():
+        inputs = json.loads((Path(arm["nnUNet_results"]) / "run_inputs.json").read_text())
+        assert inputs["trainer"] == arm["trainer"] and inputs["settings"] == FINETUNE_LR0
 
 
 def test_pretraining_checkpoint_is_a_full_cpu_network_with_adaptation_plan(workflow_run, nnunet_env):
