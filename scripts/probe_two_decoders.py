@@ -12,16 +12,14 @@ predictor (sliding window, the same settings for all three), once per output, sc
 CPU is enough for small datasets (device: cuda when available, else cpu; ``--device`` overrides).
 """
 import argparse
-import os
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nnunet_ssl.benchmark import common as bc  # noqa: E402
-from nnunet_ssl.errors import UserInputError  # noqa: E402
-from benchmark_low_label import class_fate, voxel_confusion  # noqa: E402
+from nnunet_ssl.benchmark import common as bc
+from nnunet_ssl.benchmark.report import voxel_confusion
+from nnunet_ssl.benchmark.stats import class_fate
+from nnunet_ssl.errors import UserInputError
 
 OUTPUTS = ("average", "decoder_a", "decoder_b")
 

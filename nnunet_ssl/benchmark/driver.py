@@ -4,6 +4,7 @@ Every step writes its result atomically or through nnU-Net's own checkpoints and
 disk; an interrupted training continues with nnU-Net's ``--c``. Layout of a work directory::
 
     WORK/nnUNet_raw, WORK/nnUNet_preprocessed       one nnU-Net tree for all datasets of the benchmark
+    WORK/profile.json, WORK/commands.sh              the work dir's profile (main.py); every stock command run
     WORK/<dataset>/split.json                        the fixed split (never changes for a work directory)
     WORK/<dataset>/test/imagesTs, labelsTs           the test cases
     WORK/<dataset>/pretrain/<method>/nnUNet_results  one pre-training per method and dataset
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from nnunet_ssl.benchmark import common as bc
-from nnunet_ssl.benchmark.arms import ARMS, PRETRAIN_TRAINERS, Arm
+from nnunet_ssl.benchmark.arms import PRETRAIN_TRAINERS, Arm
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.splits import Split, fold_of, make_split, nnunet_folds
 from nnunet_ssl.errors import UserInputError
@@ -62,17 +63,31 @@ class DatasetSetup:
     label_names: Dict[int, str]
     unlabeled: Optional[str] = None
     reference: Optional[str] = None
+    plans: str = PLANS  # every arm's and every pre-training's plans (the smoke profile's are tiny)
 
 
 def dataset_dir(work: Path, ds: BenchDataset) -> Path:
     return work / ds.key
 
 
+def subset_cases(ds: BenchDataset, cases: List[str], split_seed: int, max_groups: Optional[int]) -> List[str]:
+    """The cases of ``max_groups`` groups (seeded by ``split_seed``), or every case (None)."""
+    if max_groups is None:
+        return list(cases)
+    groups = ds.groups(list(cases))
+    return sorted(c for g in bc.seeded_shuffle(list(groups), split_seed)[:max_groups] for c in groups[g])
+
+
 def prepare_dataset(work: Path, ds: BenchDataset, split_seed: int, num_processes: int, need_unlabeled: bool,
-                    need_reference: bool) -> DatasetSetup:
-    """Downstream raw dataset (non-test cases), default plans, folds, test folder, unlabeled pool, reference."""
+                    need_reference: bool, max_groups: Optional[int] = None, tiny: Optional[Dict[str, int]] = None,
+                    reference_spec: Optional[BenchDataset] = None) -> DatasetSetup:
+    """Downstream raw dataset (non-test cases), default plans, folds, test folder, unlabeled pool, reference.
+
+    ``max_groups``: use only that many groups of the source (seeded); ``tiny``: train every arm and pre-training
+    with plans derived from the default ones (``max_features``, ``batch_size``; same preprocessed data);
+    ``reference_spec``: the reference dataset's spec (default ``DATASETS[ds.reference]``)."""
     source = bc.SourceDataset(ds.source)
-    split = make_split(ds, source.cases, split_seed)
+    split = make_split(ds, subset_cases(ds, source.cases, split_seed, max_groups), split_seed)
     root = dataset_dir(work, ds)
     root.mkdir(parents=True, exist_ok=True)
     split_file = root / "split.json"
@@ -85,33 +100,39 @@ def prepare_dataset(work: Path, ds: BenchDataset, split_seed: int, num_processes
                                          split.non_test)
     bc.ensure_planned(ds.dataset_id, down, ds.configuration, len(split.non_test), num_processes,
                       log_file=str(root / "planning.log"))
+    plans = PLANS
+    if tiny:
+        plans = f"{PLANS}Tiny{tiny['max_features']}"
+        bc.ensure_derived_plans([down], PLANS, plans, max_features=tiny["max_features"],
+                                batch_size=tiny.get("batch_size"), configuration=ds.configuration)
     folds_file = Path(os.environ["nnUNet_preprocessed"]) / down / "splits_final.json"
     folds = nnunet_folds(ds, split)
     if not folds_file.is_file() or bc.load_json(folds_file) != folds:
         bc.write_json(folds, folds_file)
     test_images, test_labels = str(root / "test" / "imagesTs"), str(root / "test" / "labelsTs")
     bc.ensure_image_folder(source, test_images, split.test, with_labels_to=test_labels)
-    setup = DatasetSetup(ds, split, down, test_images, test_labels, source.foreground_labels, source.label_names)
+    setup = DatasetSetup(ds, split, down, test_images, test_labels, source.foreground_labels, source.label_names,
+                         plans=plans)
     if need_unlabeled or need_reference:
         images = str(root / "inputs" / "unlabeled_images")
         bc.ensure_image_folder(source, images, split.non_test)
         setup.unlabeled = bc.ensure_ingested(images, ds.unlabeled_id, ds.unlabeled_name.split("_", 1)[1], down,
-                                             PLANS, ds.configuration, len(split.non_test), num_processes)
+                                             plans, ds.configuration, len(split.non_test), num_processes)
     if need_reference:
-        other = DATASETS[ds.reference]
+        other = reference_spec or DATASETS[ds.reference]
         osrc = bc.SourceDataset(other.source)
-        osplit = make_split(other, osrc.cases, split_seed)
+        osplit = make_split(other, subset_cases(other, osrc.cases, split_seed, max_groups), split_seed)
         cases = bc.seeded_shuffle(osplit.non_test, split_seed)[:ds.num_reference_cases]
         ref = bc.ensure_labeled_raw_dataset(osrc, raw, ds.reference_id, f"LowLabelRef{other.key.capitalize()}",
                                             cases)
-        setup.reference = bc.ensure_reference(ref, setup.unlabeled, PLANS, ds.configuration, len(cases),
+        setup.reference = bc.ensure_reference(ref, setup.unlabeled, plans, ds.configuration, len(cases),
                                               num_processes)
     return setup
 
 
 def pretrain_checkpoint(work: Path, s: DatasetSetup, method: str) -> Path:
     return (dataset_dir(work, s.ds) / "pretrain" / method / "nnUNet_results" / s.unlabeled /
-            f"{PRETRAIN_TRAINERS[method]}__{PLANS}__{s.ds.configuration}" / "fold_all" / "checkpoint_final.pth")
+            f"{PRETRAIN_TRAINERS[method]}__{s.plans}__{s.ds.configuration}" / "fold_all" / "checkpoint_final.pth")
 
 
 def run_pretraining(work: Path, s: DatasetSetup, method: str, schedule: str, runner: Runner, device: str) -> None:
@@ -126,7 +147,7 @@ def run_pretraining(work: Path, s: DatasetSetup, method: str, schedule: str, run
         env["NNUNET_SSL_REFERENCE_DATASET"] = s.reference
     bc.log(f"{s.ds.key}: pre-training {method} ({PRETRAIN_TRAINERS[method]})" + (" (continuing)" if cont else ""))
     secs = runner("nnUNetv2_train", [s.unlabeled, s.ds.configuration, "all", "-tr", PRETRAIN_TRAINERS[method],
-                                     "-p", PLANS, "-device", device] + cont, env, folder / "train.log")
+                                     "-p", s.plans, "-device", device] + cont, env, folder / "train.log")
     if not ckpt.is_file():
         raise UserInputError(f"pre-training {method} ended without {ckpt}; see {folder / 'train.log'}")
     info = bc.load_json(folder / "run.json") if (folder / "run.json").is_file() else {"seconds": 0.0}
@@ -156,7 +177,7 @@ def results_dir(work: Path, run: Run) -> Path:
 
 
 def training_output(work: Path, s: DatasetSetup, run: Run) -> Path:
-    return (results_dir(work, run) / s.downstream / f"{run.arm.trainer}__{PLANS}__{s.ds.configuration}" /
+    return (results_dir(work, run) / s.downstream / f"{run.arm.trainer}__{s.plans}__{s.ds.configuration}" /
             f"fold_{fold_of(s.ds, run.budget, run.seed)}")
 
 
@@ -172,7 +193,7 @@ def do_run(work: Path, s: DatasetSetup, run: Run, schedule: str, runner: Runner,
     info_file = folder / "run.json"
     info = bc.load_json(info_file) if info_file.is_file() else {"seconds": {}}
     info.update(dataset=run.dataset, arm=run.arm.name, budget=run.budget, seed=run.seed, fold=int(fold),
-                trainer=run.arm.trainer, pretrain=run.arm.pretrain, settings=settings, plans=PLANS,
+                trainer=run.arm.trainer, pretrain=run.arm.pretrain, settings=settings, plans=s.plans,
                 configuration=s.ds.configuration, labeled=s.split.labeled(run.budget, run.seed))
     env = {"nnUNet_results": str(results_dir(work, run)), "NNUNET_SSL_SETTINGS": settings}
     if not (out / "checkpoint_final.pth").is_file():
@@ -186,14 +207,14 @@ def do_run(work: Path, s: DatasetSetup, run: Run, schedule: str, runner: Runner,
             env["NNUNET_SSL_UNLABELED_DATASET"] = s.unlabeled
         bc.log(f"{run.name}: training {run.arm.trainer}, fold {fold}" + (" (continuing)" if cont else ""))
         info["seconds"]["train"] = info["seconds"].get("train", 0.0) + runner(
-            "nnUNetv2_train", [s.downstream, s.ds.configuration, fold, "-tr", run.arm.trainer, "-p", PLANS,
+            "nnUNetv2_train", [s.downstream, s.ds.configuration, fold, "-tr", run.arm.trainer, "-p", s.plans,
                                "-device", device] + cont, env, folder / "train.log")
         bc.write_json(info, info_file)
     pred = folder / "predictions"
     if not (pred.is_dir() and len(bc.nifti_files(pred)) >= len(s.split.test)):
         bc.log(f"{run.name}: predicting {len(s.split.test)} test cases")
         args = ["-i", s.test_images, "-o", str(pred), "-d", s.downstream, "-c", s.ds.configuration, "-f", fold,
-                "-tr", run.arm.trainer, "-p", PLANS, "-device", device, "-npp", "1", "-nps", "1",
+                "-tr", run.arm.trainer, "-p", s.plans, "-device", device, "-npp", "1", "-nps", "1",
                 "--disable_progress_bar"] + ([] if tta else ["--disable_tta"])
         info["seconds"]["predict"] = runner("nnUNetv2_predict", args, {"nnUNet_results": str(results_dir(work, run))},
                                             folder / "predict.log")

@@ -13,7 +13,7 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def load_script():
-    """``load_script("benchmark_low_label")``: a module of scripts/ imported from its file (scripts/ is no package)."""
+    """``load_script("probe_two_decoders")``: a module of scripts/ imported from its file (scripts/ is no package)."""
     import importlib.util
     import sys
     from pathlib import Path

@@ -1,75 +1,178 @@
-"""The low-label benchmark's report helpers: per-seed table, voxel confusion (pure Python, no nnU-Net run)."""
-from pathlib import Path
+"""The low-label benchmark's statistics (against scipy / nnU-Net on known inputs) and its report on a fake work dir."""
+import csv
+import json
+import math
 
+import numpy as np
 import pytest
 
+from nnunet_ssl.benchmark import report as rp
+from nnunet_ssl.benchmark import stats as st
 
-@pytest.fixture(scope="module")
-def bench(load_script):
-    return load_script("benchmark_low_label")
+NAN = float("nan")
 
 
-def _rows(arm, seed, dice_by_case, n_pred_by_case):
+def _summary(dice_by_case):
+    """An evaluate_simple summary.json: {case: {label: Dice}} (NaN = label in neither image)."""
+    return {"metric_per_case": [
+        {"reference_file": f"/x/labelsTs/{case}.nii.gz", "prediction_file": f"/x/pred/{case}.nii.gz",
+         "metrics": {str(lb): {"Dice": d, "n_ref": 0 if math.isnan(d) else 10, "n_pred": 5} for lb, d in ds.items()}}
+        for case, ds in dice_by_case.items()]}
+
+
+def _rows(arm, seed, dice_by_case, dataset="hippocampus", budget=1):
+    return st.case_rows(_summary(dice_by_case), dataset=dataset, arm=arm, budget=budget, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------------------- stats
+
+def test_case_rows_read_ids_labels_and_nan():
+    rows = _rows("scratch", 0, {"hippocampus_001": {1: 0.5, 2: NAN}})
+    assert rows[0]["case"] == "hippocampus_001" and rows[0]["arm"] == "scratch" and rows[0]["seed"] == 0
+    assert rows[0]["dice"][1] == 0.5 and math.isnan(rows[0]["dice"][2])
+    assert rows[0]["n_ref"] == {1: 10, 2: 0}
+
+
+def test_run_dice_follows_nnunet_means_on_real_evaluation(tmp_path):
+    """Our means of an evaluate_simple result equal nnU-Net's own ``mean`` and ``foreground_mean``, NaN included."""
+    import SimpleITK as sitk
+    from nnunetv2.evaluation.evaluate_predictions import compute_metrics_on_folder_simple
+    ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
+    ref_dir.mkdir()
+    pred_dir.mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(3):
+        ref = rng.randint(0, 3, (4, 5, 6)).astype(np.uint8)
+        pred = ref.copy()
+        pred[rng.rand(*ref.shape) < 0.3] = 1
+        if i == 0:  # class 2 in neither image: Dice NaN
+            ref[ref == 2], pred[pred == 2] = 0, 0
+        for arr, d in ((ref, ref_dir), (pred, pred_dir)):
+            sitk.WriteImage(sitk.GetImageFromArray(arr), str(d / f"c{i}.nii.gz"))
+    out = tmp_path / "summary.json"
+    compute_metrics_on_folder_simple(str(ref_dir), str(pred_dir), [1, 2], str(out), num_processes=1)
+    summary = json.loads(out.read_text())
+    rows = st.case_rows(summary, dataset="d", arm="a", budget=1, seed=0)
+    assert math.isnan(rows[0]["dice"][2])
+    means = st.run_dice(rows, [1, 2])
+    assert means[1] == pytest.approx(summary["mean"]["1"]["Dice"])
+    assert means[2] == pytest.approx(summary["mean"]["2"]["Dice"])
+    assert means[st.FG] == pytest.approx(summary["foreground_mean"]["Dice"])
+
+
+def test_aggregate_mean_and_sd_over_seeds():
+    rows = _rows("scratch", 0, {"a": {1: 0.2, 2: 0.4}, "b": {1: 0.4, 2: NAN}})
+    rows += _rows("scratch", 1, {"a": {1: 0.6, 2: 0.8}, "b": {1: 0.8, 2: 0.6}})
+    agg = st.aggregate(rows, {"hippocampus": [1, 2]})[("hippocampus", "scratch", 1)]
+    # seed 0: class 1 0.3, class 2 0.4 (b's NaN left out), fg 0.35; seed 1: 0.7, 0.7, fg 0.7
+    assert agg["per_seed"][0][st.FG] == pytest.approx(0.35) and agg["per_seed"][1][st.FG] == pytest.approx(0.7)
+    assert agg["mean"][st.FG] == pytest.approx(0.525)
+    assert agg["sd"][st.FG] == pytest.approx(np.std([0.35, 0.7], ddof=1))
+    assert agg["seeds"] == [0, 1]
+    one = st.aggregate(_rows("mae", 0, {"a": {1: 0.5, 2: 0.5}}), {"hippocampus": [1, 2]})
+    assert one[("hippocampus", "mae", 1)]["sd"][st.FG] is None
+
+
+def test_wilcoxon_p_is_scipys_and_exact_on_a_known_input():
+    from scipy.stats import wilcoxon
+    d = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+    assert st.wilcoxon_p(d) == pytest.approx(2 / 2 ** 10)  # all 10 ranks positive: exact two-sided p
+    d = [0.05, -0.02, 0.11, 0.07, -0.04, 0.09, 0.01, 0.12]
+    assert st.wilcoxon_p(d) == pytest.approx(wilcoxon(d, alternative="two-sided").pvalue)
+    assert st.wilcoxon_p([0.0, 0.0]) == 1.0 and st.wilcoxon_p([]) is None
+
+
+def test_bootstrap_without_clusters_is_scipys_percentile_bootstrap():
+    from scipy.stats import bootstrap
+    d = np.array([0.05, -0.02, 0.11, 0.07, -0.04, 0.09, 0.01, 0.12, 0.3, -0.1])
+    ref = bootstrap((d,), np.mean, n_resamples=2000, method="percentile", rng=np.random.default_rng(7))
+    lo, hi = st.bootstrap_ci(d, n_boot=2000, seed=7)
+    assert (lo, hi) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high))
+    assert st.bootstrap_ci([0.2, 0.2, 0.2]) == pytest.approx((0.2, 0.2))
+
+
+def test_bootstrap_resamples_cases_by_hand():
+    """Cases A (seed diffs 0.1, 0.3) and B (0.5, 0.5). default_rng(0).integers(0, 2, (5, 2)) draws
+    BB, BA, AA, AA, AB -> means 0.5, 0.35, 0.2, 0.2, 0.35; sorted 0.2 0.2 0.35 0.35 0.5; linear percentiles:
+    2.5 % at position 0.1 -> 0.2, 97.5 % at position 3.9 -> 0.35 + 0.9 * 0.15 = 0.485."""
+    lo, hi = st.bootstrap_ci([0.1, 0.3, 0.5, 0.5], ["A", "A", "B", "B"], n_boot=5, seed=0)
+    assert (lo, hi) == pytest.approx((0.2, 0.485))
+
+
+def test_paired_pools_seeds_and_matches_scipy():
+    from scipy.stats import wilcoxon
+    labels = {"hippocampus": [1, 2]}
     rows = []
-    for case, (d1, d2) in dice_by_case.items():
-        for cls, d in ((1, d1), (2, d2)):
-            rows.append({"arm": arm, "budget": 10, "seed": seed, "case": case, "class_id": cls, "dice": d,
-                         "n_pred": n_pred_by_case[case][cls - 1]})
-    return rows
+    for seed, shift in ((0, 0.1), (1, 0.05)):
+        rows += _rows("scratch", seed, {c: {1: 0.5, 2: 0.4 + 0.01 * i} for i, c in enumerate("abcd")})
+        rows += _rows("mae", seed, {c: {1: 0.5 + shift * (i - 1), 2: 0.45} for i, c in enumerate("abcd")})
+    rows += _rows("mae", 2, {"a": {1: 0.9, 2: 0.9}})  # seed 2 without scratch: not paired
+    rows += _rows("scratch", 0, {"a": {1: 0.1, 2: 0.1}}, budget=2)  # another budget: no partner
+    out = {r["cls"]: r for r in st.paired_vs(rows, labels, n_boot=500)}
+    fg = out[st.FG]
+    diffs = []
+    for seed, shift in ((0, 0.1), (1, 0.05)):
+        for i in range(4):
+            diffs.append(((0.5 + shift * (i - 1)) + 0.45) / 2 - (0.5 + 0.4 + 0.01 * i) / 2)
+    assert fg["n_pairs"] == 8 and fg["n_seeds"] == 2 and fg["n_cases"] == 4
+    assert fg["mean_diff"] == pytest.approx(np.mean(diffs))
+    assert fg["p"] == pytest.approx(wilcoxon(diffs).pvalue)
+    assert fg["better"] == sum(d > 0 for d in diffs) and fg["worse"] == sum(d < 0 for d in diffs)
+    assert fg["ci_low"] <= fg["mean_diff"] <= fg["ci_high"]
+    assert out[2]["mean_diff"] == pytest.approx(np.mean([0.45 - 0.4 - 0.01 * i for i in range(4)]))
 
 
-def test_per_seed_table_flags_only_runs_without_any_foreground(bench):
-    rows = _rows("scratch", 0, {"a": (0.5, 0.7), "b": (0.3, 0.1)}, {"a": (10, 5), "b": (3, 1)})
-    # gmim seed 1: nothing predicted anywhere (evaluate_simple reports Dice 0 when the reference is not empty)
-    rows += _rows("gmim", 1, {"a": (0.0, 0.0), "b": (0.0, 0.0)}, {"a": (0, 0), "b": (0, 0)})
-    # pgl seed 0: Dice 0 everywhere, but case b got voxels predicted (in the wrong place): not "nothing"
-    rows += _rows("pgl", 0, {"a": (0.0, 0.0), "b": (0.0, 0.0)}, {"a": (0, 0), "b": (4, 0)})
-    lines = bench.per_seed_table(rows, bench.aggregate(rows, [1, 2])[1], [1, 2], {"1": "Anterior", "2": "Posterior"})
-    by_arm = {ln.split("|")[1].strip(): ln for ln in lines if ln.startswith("| ") and "budget" not in ln}
-    assert "2/2 |" in by_arm["scratch"] and "none" not in by_arm["scratch"]
-    assert "0.4000" in by_arm["scratch"] and "0.4000" in by_arm["scratch"].split("|")[4]  # Anterior mean
-    assert "0.4000" in by_arm["scratch"].split("|")[6]  # foreground mean (0.6 + 0.2) / 2
-    assert "0/2 **(none: still all background)**" in by_arm["gmim"]
-    assert "1/2 |" in by_arm["pgl"] and "none" not in by_arm["pgl"]
-    assert any(ln.startswith("1 of 3 runs predicted no foreground") for ln in lines)
+def test_paired_drops_pairs_with_nan():
+    rows = _rows("scratch", 0, {"a": {1: 0.5}, "b": {1: NAN}}) + _rows("mae", 0, {"a": {1: 0.7}, "b": {1: 0.2}})
+    (fg, c1) = st.paired_vs(rows, {"hippocampus": [1]})
+    assert fg["n_pairs"] == 1 and fg["mean_diff"] == pytest.approx(0.2) and c1["n_pairs"] == 1
 
 
-def test_per_seed_table_without_empty_runs_has_no_warning(bench):
-    rows = _rows("scratch", 0, {"a": (0.5, 0.7)}, {"a": (10, 5)})
-    lines = bench.per_seed_table(rows, bench.aggregate(rows, [1, 2])[1], [1, 2], {})
-    assert not any("predicted no foreground" in ln for ln in lines)
-    assert bench.per_seed_table([], {}, [1, 2], {}) == []
+def _p(ds, arm, budget, diff, p, seeds=3):
+    return dict(dataset=ds, arm=arm, budget=budget, cls=st.FG, mean_diff=diff, p=p, n_seeds=seeds,
+                ci_low=diff - 0.01, ci_high=diff + 0.01)
 
 
-def test_first_epoch_reaching_threshold(bench):
-    assert bench.first_epoch_reaching([0.0, 0.05, float("nan"), 0.12, 0.0, 0.5], 0.1) == 3
-    assert bench.first_epoch_reaching([0.0, 0.09, float("nan")], 0.1) is None
-    assert bench.first_epoch_reaching([], 0.1) is None
+def test_headline_rule():
+    ok = [_p("h", "mae", 1, 0.05, 0.001), _p("h", "pgl", 1, 0.01, 0.5), _p("h", "mae", 5, -0.01, 0.3),
+          _p("a", "gmim", 1, 0.04, 0.01)]
+    v = st.headline(ok, {"h": 1, "a": 1}, ["mae", "pgl", "gmim"])
+    assert v["passed"] and v["datasets"]["h"]["best"]["arm"] == "mae"
+    cases = {"small gain": [_p("h", "mae", 1, 0.02, 0.001)], "p": [_p("h", "mae", 1, 0.05, 0.06)],
+             "seeds": [_p("h", "mae", 1, 0.05, 0.001, seeds=2)],
+             "below": [_p("h", "mae", 1, 0.05, 0.001), _p("h", "pgl", 5, -0.02, 0.01)], "missing": []}
+    for name, rows in cases.items():
+        v = st.headline(rows, {"h": 1}, ["mae", "pgl"])
+        assert not v["passed"] and v["datasets"]["h"]["reasons"], name
+    assert "below scratch at budget 5" in st.headline(cases["below"], {"h": 1}, ["mae"])["datasets"]["h"]["reasons"][0]
+    assert not st.headline(ok, {}, ["mae"])["passed"]
 
 
-NNUNET_LOG = """\
-2026-11-29 15:54:49.355572: train_loss 0.4461
-2026-11-29 15:54:49.355700: val_loss 0.2012
-2026-11-29 15:54:49.355800: Pseudo dice [np.float32(0.0), np.float32(0.0)]
-2026-11-29 15:55:16.988263: train_loss 0.1483
-2026-11-29 15:55:16.988400: Pseudo dice [np.float32(0.4277), np.float32(0.0)]
-2026-11-29 15:55:43.769510: train_loss -0.3150
-2026-11-29 15:55:43.769600: Pseudo dice [np.float32(0.6), np.float32(0.52)]
-"""
+def test_ema_is_nnunets_logger():
+    from nnunetv2.training.logging.nnunet_logger import MetaLogger
+    values = [0.0, 0.2, 0.5, 0.45, 0.7]
+    logger = MetaLogger("/nonexistent", resume=False)
+    for epoch, v in enumerate(values):
+        logger.log("mean_fg_dice", v, epoch)
+    assert st.ema(values) == pytest.approx(logger.get_value("ema_fg_dice", step=None))
 
 
-def test_parse_training_log_keeps_mean_and_worst_class(bench):
-    c = bench.parse_training_log(NNUNET_LOG)
-    assert c["train_loss"] == [0.4461, 0.1483, -0.315]
-    assert c["pseudo_dice"] == pytest.approx([0.0, 0.21385, 0.56])
-    assert c["pseudo_dice_worst_class"] == pytest.approx([0.0, 0.0, 0.52])
-    # one class segmented (mean 0.21 >= 0.1) is "emerged" but not "every class"
-    assert bench.first_epoch_reaching(c["pseudo_dice"], bench.EMERGE_DICE) == 1
-    assert bench.first_epoch_reaching(c["pseudo_dice_worst_class"], bench.SEPARATE_DICE) == 2
+def test_convergence_criteria():
+    change, ok = st.dice_converged([min(0.8, 0.3 * i) for i in range(50)])  # flat from epoch 3 on
+    assert ok and change < st.DICE_FLAT_TOL
+    # flat from epoch 10 on: the EMA (nnU-Net's, momentum 0.9) still creeps up 0.015 in epochs 40-49
+    change, ok = st.dice_converged([min(1.0, 0.1 * i) for i in range(50)])
+    assert not ok and change == pytest.approx(0.0152, abs=1e-4)
+    change, ok = st.dice_converged([0.02 * i for i in range(50)])  # still rising
+    assert not ok and change > 0.1
+    assert st.dice_converged([0.5]) == (None, False)
+    loss = [1 / (1 + i) for i in range(100)]
+    rel, ok = st.loss_flattened(loss)
+    assert ok and rel < st.LOSS_FLAT_FRACTION
+    assert not st.loss_flattened([1 - 0.01 * i for i in range(100)])[1]  # still falling linearly
 
 
-def test_voxel_confusion_counts_true_against_predicted(bench, tmp_path):
-    import numpy as np
+def test_class_fate_and_voxel_confusion(tmp_path):
     import SimpleITK as sitk
     ref_dir, pred_dir = tmp_path / "ref", tmp_path / "pred"
     ref_dir.mkdir()
@@ -78,84 +181,114 @@ def test_voxel_confusion_counts_true_against_predicted(bench, tmp_path):
     ref[0, 0, :] = 1  # 4 voxels of class 1
     ref[1, 2, :2] = 2  # 2 voxels of class 2
     pred = ref.copy()
-    pred[0, 0, 0] = 2  # one class-1 voxel confused with class 2
-    pred[0, 0, 1] = 0  # one missed
-    pred[1, 2, 0] = 0  # one class-2 voxel missed
-    pred[1, 0, 0] = 1  # one background voxel over-segmented as class 1
-    for name in ("a.nii.gz", "b.nii.gz"):  # two cases: counts add up
-        sitk.WriteImage(sitk.GetImageFromArray(ref), str(ref_dir / name))
-        sitk.WriteImage(sitk.GetImageFromArray(pred), str(pred_dir / name))
-    m = bench.voxel_confusion(ref_dir, pred_dir, [0, 1, 2])
-    n_bg = ref.size - 6
-    assert m == [[2 * (n_bg - 1), 2, 0], [2, 4, 2], [2, 0, 2]]
+    pred[0, 0, :2] = 2  # 2 of class 1 predicted as 2
+    pred[1, 2, 0] = 0  # 1 of class 2 missed
+    for arr, d in ((ref, ref_dir), (pred, pred_dir)):
+        sitk.WriteImage(sitk.GetImageFromArray(arr), str(d / "c.nii.gz"))
+    counts = rp.voxel_confusion(ref_dir, pred_dir, [0, 1, 2])
+    assert counts == [[18, 0, 0], [0, 2, 2], [1, 0, 1]]
+    assert st.class_fate(counts, 1).tolist() == [0.0, 0.5, 0.5]
 
 
-def test_quick_profile_plans_within_three_hours_and_cpu_rank_does_not(bench):
-    """The issue's budget for the quick profile (7 default arms, one budget, two seeds, 2 CPU cores) is 3 hours;
-    the time model (calibrated on measured cpu-rank runs) must keep it there, and must not call the 2000-iteration
-    ranking schedule quick."""
-    def planned_hours(profile, extra=()):
-        args = bench.parse_args(["--profile", profile, "--work-dir", "/nonexistent", *extra])
-        runs = bench.make_runs(args)
-        est = bench.estimate(args, args.num_test, args.num_val, bench.pretrain_methods(args.arms), runs,
-                             bench.cost_table(args))
-        return est["total_s"] / 3600, len(runs), len(args.budgets), len(args.seeds)
+# ---------------------------------------------------------------------------------------------------------- report
 
-    hours, n_runs, n_budgets, n_seeds = planned_hours("quick")
-    assert (n_budgets, n_seeds) == (1, 2) and n_runs == 14  # every default arm incl. ideal-semi
-    assert hours <= 3.0
-    assert planned_hours("cpu-rank", ["--seeds", "0", "1"])[0] > 3.0
-
-
-def _write_per_case(path, rows):
-    import csv
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["arm", "trainer", "budget", "seed", "case", "class_id", "dice", "iou"])
-        w.writeheader()
-        for r in rows:
-            w.writerow({"trainer": "T", "iou": "", **{k: r[k] for k in ("arm", "budget", "seed", "case",
-                                                                          "class_id", "dice")}})
+NNUNET_LOG = """\
+2026-11-29 15:54:40.000000: Epoch 0
+2026-11-29 15:54:40.000001: Current learning rate: 0.01
+2026-11-29 15:54:49.355572: train_loss 0.4461
+2026-11-29 15:54:49.355700: val_loss 0.2012
+2026-11-29 15:54:49.355800: Pseudo dice [np.float32(0.0), np.float32(nan)]
+2026-11-29 15:54:49.355900: Epoch time: 9.35 s
+2026-11-29 15:54:50.000000: Epoch 1
+2026-11-29 15:55:16.988263: train_loss 0.1483
+2026-11-29 15:55:16.988400: Pseudo dice [np.float32(0.4277), np.float32(0.0)]
+2026-11-29 15:55:20.000000: Epoch 2
+2026-11-29 15:55:21.000000: train_loss 9.0
+"""
+CONTINUED = """\
+2026-11-29 16:00:00.000000: Epoch 2
+2026-11-29 16:00:43.769510: train_loss -0.3150
+2026-11-29 16:00:43.769600: Pseudo dice [0.6, 0.52]
+2026-11-29 16:00:44.000000: Epoch 3
+"""
 
 
-def _run(bench, arm):
-    return bench.Run(arm=arm, budget=10, seed=0, trainer="T", pretrain=None, folder=Path("."))
+def test_parse_training_log_by_epoch_with_continuation():
+    c = rp.parse_training_log(NNUNET_LOG + CONTINUED)
+    assert c["train_loss"] == [0.4461, 0.1483, -0.315]  # epoch 2 repeated after --c: the later value; 3 unfinished
+    assert c["pseudo_dice"] == pytest.approx([0.0, 0.21385, 0.56])  # nanmean over classes
+    assert c["val_loss"][0] == 0.2012 and math.isnan(c["val_loss"][1])
+    ssl = rp.parse_training_log("t t: Epoch 0\na b: train_loss 1.5\na b: val_loss 1.2\na b: recon_loss 0.7\n")
+    assert ssl == {"train_loss": [1.5], "val_loss": [1.2], "recon_loss": [0.7]}
 
 
-def test_merge_per_case_adds_only_selected_runs_missing_here(bench, tmp_path):
-    runs = [_run(bench, "scratch"), _run(bench, "gmim")]
-    old = _rows("scratch", 0, {"a": (0.5, 0.7), "b": (0.3, 0.1)}, {"a": (1, 1), "b": (1, 1)})
-    old += _rows("gmim", 0, {"a": (0.9, 0.9), "b": (0.9, 0.9)}, {"a": (1, 1), "b": (1, 1)})
-    old += _rows("pgl", 0, {"a": (0.2, 0.2), "b": (0.2, 0.2)}, {"a": (1, 1), "b": (1, 1)})  # not selected
-    _write_per_case(tmp_path / "old.csv", old)
-    own = _rows("gmim", 0, {"a": (0.6, 0.6), "b": (0.6, 0.6)}, {"a": (1, 1), "b": (1, 1)})  # finished here: kept
-    merged = bench.merged_rows([str(tmp_path / "old.csv")], runs, own, ["a", "b"])
-    assert {(r["arm"], r["budget"], r["seed"]) for r in merged} == {("scratch", 10, 0)}
-    assert len(merged) == 4 and sorted(r["dice"] for r in merged) == [0.1, 0.3, 0.5, 0.7]
-    assert all(isinstance(r["class_id"], int) for r in merged)
-    stats = bench.paired_stats(bench.aggregate(own + merged, [1, 2])[0], [1, 2], ["scratch", "gmim"], [10],
-                               {"1": "A", "2": "P", "mean": "fg"})
-    mean_row = [s for s in stats if s["arm"] == "gmim" and s["class"] == "mean"][0]
-    assert mean_row["n_cases"] == 2 and mean_row["mean_diff"] == pytest.approx(0.6 - 0.4)
+def _write_log(folder, epochs, dice=None, val=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for e in range(epochs):
+        lines += [f"2026-01-01 00:00:00.0: Epoch {e}", f"2026-01-01 00:00:01.0: train_loss {1 - 0.01 * e}"]
+        if val is not None:
+            lines.append(f"2026-01-01 00:00:01.0: val_loss {val(e)}")
+        if dice is not None:
+            lines.append(f"2026-01-01 00:00:01.0: Pseudo dice [np.float32({dice(e)}), np.float32({dice(e)})]")
+    (folder / "training_log_2026_1_1_00_00_00.txt").write_text("\n".join(lines) + "\n")
 
 
-def test_merge_per_case_refuses_another_split(bench, tmp_path):
-    _write_per_case(tmp_path / "old.csv", _rows("scratch", 0, {"a": (0.5, 0.7), "x": (0.3, 0.1)},
-                                                {"a": (1, 1), "x": (1, 1)}))
-    with pytest.raises(bench.UserInputError, match="not this split"):
-        bench.merged_rows([str(tmp_path / "old.csv")], [_run(bench, "scratch")], [], ["a", "b"])
-    (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
-    with pytest.raises(bench.UserInputError, match="not a per-case CSV"):
-        bench.merged_rows([str(tmp_path / "bad.csv")], [], [], ["a"])
+@pytest.fixture
+def fake_work(tmp_path):
+    """A work dir with hippocampus scratch and mae evaluated (seeds 0, 1), a run still training, a pre-training."""
+    work = tmp_path / "work"
+    hip = work / "hippocampus"
+    hip.mkdir(parents=True)
+    cases = ["hippocampus_001", "hippocampus_002", "hippocampus_003"]
+    (hip / "split.json").write_text(json.dumps({"split_seed": 0, "test_groups": cases, "val_groups": ["v"],
+                                                "pool_groups": [], "cases_of": {c: [c] for c in cases + ["v"]}}))
+    for arm, trainer, base in (("scratch", "nnUNetTrainer_schedule", 0.5), ("mae", "SSLFinetuneTrainer_decoderWarmup",
+                                                                               0.6)):
+        for seed in (0, 1):
+            run = hip / "arms" / arm / f"b1_s{seed}"
+            run.mkdir(parents=True)
+            (run / "summary.json").write_text(json.dumps(_summary(
+                {c: {1: base + 0.01 * i + 0.02 * seed, 2: base - 0.1} for i, c in enumerate(cases)})))
+            (run / "run.json").write_text(json.dumps({"fold": seed, "trainer": trainer, "seconds": {
+                "train": 100.0, "predict": 10.0, "evaluate": 2.0}}))
+            _write_log(hip / "arms" / arm / "nnUNet_results" / "Dataset401_LowLabelHippocampus" /
+                       f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{seed}", 50, dice=lambda e: min(0.8, 0.3 * e))
+    (hip / "arms" / "scratch" / "b2_s0").mkdir(parents=True)  # started, no log yet
+    pre = hip / "pretrain" / "mae"
+    folder = pre / "nnUNet_results" / "Dataset402_X" / "MAETrainer__nnUNetPlans__3d_fullres" / "fold_all"
+    _write_log(folder, 100, val=lambda e: 1 / (1 + e))
+    (folder / "checkpoint_final.pth").write_bytes(b"")
+    (pre / "run.json").write_text(json.dumps({"seconds": 600.0}))
+    (work / "commands.sh").write_text(f"nnUNet_results={pre}/nnUNet_results nnUNetv2_train X\n")
+    return work
 
 
-@pytest.mark.parametrize("fold", ["x", "-1", "1.5"])
-def test_bad_fold_is_a_usage_error(bench, capsys, fold):
-    with pytest.raises(SystemExit) as exc:
-        bench.parse_args(["--profile", "quick", "--fold", fold])
-    assert exc.value.code == 2
-    assert f"argument --fold: must be a fold number or 'all', not '{fold}'" in capsys.readouterr().err
+def test_report_from_work_dir(fake_work, tmp_path):
+    md = rp.build_report(fake_work, "cpu", tmp_path / "out", command="python bench.py --profile cpu")
+    text = md.read_text()
+    out = tmp_path / "out"
+    for name in ("low_label_cpu_per_case.csv", "low_label_cpu_hippocampus_dice.png",
+                 "low_label_cpu_hippocampus_convergence.png", "low_label_cpu_hippocampus_pretraining.png"):
+        assert (out / name).stat().st_size > 100, name
+    # Dice table: Anterior 0.51 (seed 0) and 0.53 (seed 1), Posterior 0.4; fg (0.51 + 0.4) / 2, (0.53 + 0.4) / 2
+    assert "| 1 | scratch | 0.520 ± 0.014 | 0.400 ± 0.000 | 0.460 ± 0.007 | 2 |" in text
+    # paired: mae - scratch = 0.1 on every class, case and seed: +10.0 points, 6 of 6 better
+    assert "| 1 | mae | 6 (2 x 3) | +10.0 [+10.0, +10.0] | 0.031 | 6 / 6 | Anterior +10.0, Posterior +10.0 |" \
+        in text
+    assert "not met" in text and "2 seed(s) < 3" in text
+    assert "| 1 | scratch | 0 | evaluated | 50 | 0.800 | 0.795 | 0.008 | yes |" in text
+    assert "| 2 | scratch | 0 | training | 0 | - | - | - | (running) |" in text  # not judged while training
+    assert "| mae | MAETrainer | finished | 100 |" in text and "| yes | 10m00s |" in text
+    assert "| scratch | 2 | 1m40s | 12s | 3m44s |" in text
+    assert "python bench.py --profile cpu --stage report" in text and "nnUNetv2_train X" in text
+    with open(out / "low_label_cpu_per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 2 * 3 * 2 and {r["class_name"] for r in rows} == {"Anterior", "Posterior"}
 
 
-@pytest.mark.parametrize("fold", ["0", "3", "all"])
-def test_fold_numbers_and_all_are_accepted(bench, fold):
-    assert bench.parse_args(["--profile", "quick", "--fold", fold]).fold == fold
+def test_report_of_an_empty_work_dir(tmp_path):
+    (tmp_path / "work" / "acdc").mkdir(parents=True)
+    text = rp.build_report(tmp_path / "work", "smoke", tmp_path / "out").read_text()
+    assert "0 evaluated runs" in text and "no pre-trained arm paired with scratch" in text
+    assert "(nothing finished yet)" in text and "| budget (patients) |" not in text

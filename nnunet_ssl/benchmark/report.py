@@ -1,0 +1,357 @@
+"""The low-label benchmark's report, built from a work directory alone (whatever has finished so far).
+
+Reads, per dataset of the work directory: every evaluated run (``arms/<arm>/b<budget>_s<seed>/summary.json`` and
+``run.json``), nnU-Net's training logs of every fine-tuning (pseudo Dice per epoch; runs still training too) and of
+every pre-training (SSL train / validation loss per epoch), and writes to the output folder::
+
+    low_label_<profile>.md                    tables: headline, Dice, paired vs scratch, convergence, pre-training,
+                                              cost, commands
+    low_label_<profile>_per_case.csv          one row per dataset x arm x budget x seed x test case x class
+    low_label_<profile>_<dataset>_dice.png    Dice vs labels, each arm a line (mean over seeds), seeds as points
+    low_label_<profile>_<dataset>_convergence.png   scratch's EMA pseudo Dice per epoch, per budget and seed
+    low_label_<profile>_<dataset>_pretraining.png   SSL train / validation loss per epoch, per method
+
+Statistics and their conventions: :mod:`nnunet_ssl.benchmark.stats`.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from nnunet_ssl.benchmark import common as bc
+from nnunet_ssl.benchmark import stats as st
+from nnunet_ssl.benchmark.arms import ARMS, PRETRAIN_TRAINERS
+from nnunet_ssl.benchmark.datasets import DATASETS
+from nnunet_ssl.benchmark.splits import fold_of
+
+DEFAULT_OUT = bc.REPO_ROOT / "docs" / "benchmarks"
+ARM_ORDER = list(ARMS)
+_RUN_DIR = re.compile(r"b(\d+)_s(\d+)$")
+_LINE = re.compile(r"^\S+ \S+: (\w+) (\S+)\s*$")
+_EPOCH = re.compile(r"^\S+ \S+: Epoch (\d+)\s*$")
+_DICE = re.compile(r"^\S+ \S+: Pseudo dice \[(.*)\]\s*$")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reading the work directory
+# ----------------------------------------------------------------------------------------------------------------
+
+def parse_training_log(text: str) -> Dict[str, List[float]]:
+    """Per-epoch curves of nnU-Net training logs (ours and stock): ``train_loss``, ``val_loss``, any other
+    ``key value`` line, and for segmentation runs ``pseudo_dice`` (nanmean over classes, as nnU-Net's
+    ``mean_fg_dice``). Values go to the epoch of the last ``Epoch N`` line, so the logs of a continued run (which
+    repeats epochs after its last checkpoint) can simply be concatenated in time order."""
+    epochs: Dict[int, Dict[str, float]] = {}
+    epoch = None
+    for line in text.splitlines():
+        m = _EPOCH.match(line)
+        if m:
+            epoch = int(m.group(1))
+            epochs[epoch] = {}
+            continue
+        if epoch is None:
+            continue
+        m = _DICE.match(line)
+        if m:
+            inner = re.sub(r"np\.\w+\(([^)]*)\)", r"\1", m.group(1))
+            vals = [float(v) for v in inner.split(",") if v.strip()]
+            epochs[epoch]["pseudo_dice"] = st._nanmean(vals)
+            continue
+        m = _LINE.match(line)
+        if m:
+            try:
+                epochs[epoch][m.group(1)] = float(m.group(2))
+            except ValueError:
+                pass
+    done = [e for e in sorted(epochs) if "train_loss" in epochs[e]]  # an epoch counts once it logged its loss
+    keys = sorted({k for e in done for k in epochs[e]})
+    return {k: [epochs[e].get(k, float("nan")) for e in done] for k in keys}
+
+
+def _log_order(path: Path) -> tuple:
+    return tuple(int(x) for x in re.findall(r"\d+", path.name))  # training_log_2026_12_2_00_42_59.txt
+
+
+def read_curves(folder: Optional[Path]) -> Dict[str, List[float]]:
+    if folder is None:
+        return {}
+    logs = sorted(folder.glob("training_log*.txt"), key=_log_order)
+    return parse_training_log("\n".join(p.read_text(errors="replace") for p in logs))
+
+
+def _trainer_folder(results: Path, trainer: str, configuration: str, fold) -> Optional[Path]:
+    hits = sorted(results.glob(f"*/{trainer}__*__{configuration}/fold_{fold}"))
+    return hits[0] if hits else None
+
+
+def _json(path: Path) -> dict:
+    return bc.load_json(path) if path.is_file() else {}
+
+
+def read_runs(work: Path, key: str) -> List[dict]:
+    """Every run folder of a dataset: dataset, arm, budget, seed, folder, info (run.json), status
+    (evaluated / trained / training), curves (training log), rows (per-case Dice, when evaluated)."""
+    ds, runs = DATASETS[key], []
+    for folder in sorted((work / key / "arms").glob("*/b*_s*")):
+        m = _RUN_DIR.match(folder.name)
+        arm = folder.parent.name
+        if not m or arm not in ARMS:
+            continue
+        budget, seed = int(m.group(1)), int(m.group(2))
+        info = _json(folder / "run.json")
+        fold = info.get("fold", fold_of(ds, budget, seed) if budget in ds.budgets else None)
+        train = _trainer_folder(folder.parent / "nnUNet_results", info.get("trainer", ARMS[arm].trainer),
+                                ds.configuration, fold)
+        summary = folder / "summary.json"
+        status = "evaluated" if summary.is_file() else (
+            "trained" if train is not None and (train / "checkpoint_final.pth").is_file() else "training")
+        rows = st.case_rows(bc.load_json(summary), dataset=key, arm=arm, budget=budget, seed=seed) \
+            if summary.is_file() else []
+        runs.append(dict(dataset=key, arm=arm, budget=budget, seed=seed, folder=folder, info=info, status=status,
+                         curves=read_curves(train), rows=rows))
+    return runs
+
+
+def read_pretrainings(work: Path, key: str) -> List[dict]:
+    out = []
+    for folder in sorted((work / key / "pretrain").glob("*")):
+        method = folder.name
+        if method not in PRETRAIN_TRAINERS:
+            continue
+        train = _trainer_folder(folder / "nnUNet_results", PRETRAIN_TRAINERS[method], DATASETS[key].configuration,
+                                "all")
+        finished = train is not None and (train / "checkpoint_final.pth").is_file()
+        out.append(dict(method=method, trainer=PRETRAIN_TRAINERS[method], info=_json(folder / "run.json"),
+                        curves=read_curves(train), finished=finished))
+    return out
+
+
+def dataset_labels(work: Path, key: str) -> Dict[int, str]:
+    """Foreground labels and names: the work dir's downstream dataset.json, else the source's."""
+    ds = DATASETS[key]
+    for dj in (work / "nnUNet_raw" / ds.downstream_name / "dataset.json", ds.source / "dataset.json"):
+        if dj.is_file():
+            return {int(v): k for k, v in bc.load_json(dj)["labels"].items() if int(v) > 0}
+    return {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tables
+# ----------------------------------------------------------------------------------------------------------------
+
+def _f(x, nd=3) -> str:
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def _pts(x) -> str:
+    return "-" if x is None or math.isnan(x) else f"{100 * x:+.1f}"
+
+
+def _order(arm: str) -> int:
+    return ARM_ORDER.index(arm) if arm in ARM_ORDER else len(ARM_ORDER)
+
+
+def _table(header: List[str], rows: List[List]) -> List[str]:
+    """A Markdown table (a note instead when there are no rows)."""
+    if not rows:
+        return ["(nothing finished yet)"]
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] +
+            ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def dice_table(agg: Dict[tuple, dict], key: str, names: Dict[int, str], word: str) -> List[str]:
+    labels = sorted(names)
+    rows = []
+    for (ds, arm, budget), a in sorted(agg.items(), key=lambda kv: (kv[0][2], _order(kv[0][1]))):
+        if ds == key:
+            rows.append([budget, arm] + [_f(a["mean"][k]) + (f" ± {_f(a['sd'][k])}" if a["sd"][k] is not None else "")
+                                         for k in labels + [st.FG]] + [len(a["seeds"])])
+    return _table([f"budget ({word}s)", "arm"] + [names[lb] for lb in labels] + ["foreground mean", "seeds"], rows)
+
+
+def paired_table(paired: List[dict], key: str, names: Dict[int, str]) -> List[str]:
+    mine = [r for r in paired if r["dataset"] == key]
+    per_class = {(r["arm"], r["budget"], r["cls"]): r for r in mine}
+    rows = []
+    for r in sorted((r for r in mine if r["cls"] == st.FG), key=lambda r: (r["budget"], _order(r["arm"]))):
+        cls = ", ".join(f"{names[lb]} {_pts(per_class[(r['arm'], r['budget'], lb)]['mean_diff'])}"
+                        for lb in sorted(names) if (r["arm"], r["budget"], lb) in per_class)
+        rows.append([r["budget"], r["arm"], f"{r['n_pairs']} ({r['n_seeds']} x {r['n_cases']})",
+                     f"{_pts(r['mean_diff'])} [{_pts(r['ci_low'])}, {_pts(r['ci_high'])}]", st.fmt_p(r["p"]),
+                     f"{r['better']} / {r['n_pairs']}", cls])
+    return _table(["budget", "arm", "pairs (seeds x cases)", "mean difference, Dice points [95 % CI]",
+                   "Wilcoxon p", "better / pairs", "per class"], rows)
+
+
+def convergence_table(runs: List[dict]) -> List[str]:
+    rows = []
+    for r in sorted(runs, key=lambda r: (r["budget"], _order(r["arm"]), r["seed"])):
+        dice = r["curves"].get("pseudo_dice", [])
+        change, flat = st.dice_converged(dice)
+        rows.append([r["budget"], r["arm"], r["seed"], r["status"], len(dice), _f(dice[-1] if dice else None),
+                     _f(st.ema(dice)[-1] if dice else None), _f(change),
+                     "(running)" if r["status"] == "training" else "yes" if flat else "no"])
+    return _table(["budget", "arm", "seed", "status", "epochs", "last pseudo Dice", "last EMA",
+                   "EMA change, last fifth", "flat"], rows)
+
+
+def pretraining_table(pres: List[dict]) -> List[str]:
+    rows = []
+    for p in pres:
+        c = p["curves"]
+        rel, flat = st.loss_flattened(c.get("val_loss", []))
+        secs = p["info"].get("seconds")
+        rows.append([p["method"], p["trainer"], "finished" if p["finished"] else "running",
+                     len(c.get("train_loss", [])), _f(c["train_loss"][-1] if c.get("train_loss") else None, 4),
+                     _f(c["val_loss"][-1] if c.get("val_loss") else None, 4), _f(rel), "yes" if flat else "no",
+                     "-" if secs is None else bc.fmt_duration(secs)])
+    return _table(["method", "trainer", "status", "epochs", "last train loss", "last val loss",
+                   "EMA val loss change, last fifth / whole range", "flattened", "time"], rows)
+
+
+def cost_lines(runs: List[dict], pres: List[dict]) -> List[str]:
+    pre = sum(float(p["info"].get("seconds", 0.0)) for p in pres)
+    total, rows = pre, []
+    for arm in sorted({r["arm"] for r in runs}, key=_order):
+        secs = [r["info"].get("seconds", {}) for r in runs if r["arm"] == arm and r["status"] == "evaluated"]
+        if not secs:
+            continue
+        train = sorted(s.get("train", 0.0) for s in secs)
+        rest = [s.get("predict", 0.0) + s.get("evaluate", 0.0) for s in secs]
+        total += sum(train) + sum(rest)
+        rows.append([arm, len(secs), bc.fmt_duration(train[len(train) // 2]), bc.fmt_duration(sum(rest) / len(rest)),
+                     bc.fmt_duration(sum(train) + sum(rest))])
+    return _table(["arm", "evaluated runs", "training per run (median)", "prediction + evaluation per run",
+                   "total"], rows) + ["", f"Pre-training: {bc.fmt_duration(pre)}; all finished work of this dataset: "
+                                          f"{bc.fmt_duration(total)} (wall clock of the nnU-Net commands)."]
+
+
+def example_commands(work: Path, key: str) -> List[str]:
+    """The first pre-training and the first fine-tuning run's stock commands of ``commands.sh``."""
+    path = work / "commands.sh"
+    if not path.is_file():
+        return []
+    cmds = path.read_text().splitlines()
+    picks = []
+    for marker in (f"/{key}/pretrain/", f"/{key}/arms/scratch/"):
+        hits = [c for c in cmds if marker in c]
+        if hits:
+            picks.append(hits[0])
+    pred = [c for c in cmds if f"/{key}/arms/scratch/" in c and "nnUNetv2_predict" in c][:1]
+    evaluate = [c for c in cmds if f"/{key}/arms/scratch/" in c and "nnUNetv2_evaluate_simple" in c][:1]
+    picks = list(dict.fromkeys(picks + pred + evaluate))
+    return ["```bash"] + picks + ["```"] if picks else []
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the report
+# ----------------------------------------------------------------------------------------------------------------
+
+def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[str]] = None,
+                 command: Optional[str] = None) -> Path:
+    """Write the report of everything finished in ``work``; returns the Markdown file."""
+    from nnunet_ssl.benchmark import plots
+    work, out = Path(work).expanduser().resolve(), Path(out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"low_label_{profile}"
+    keys = [k for k in (datasets or list(DATASETS)) if (work / k).is_dir()]
+    runs = {k: read_runs(work, k) for k in keys}
+    pres = {k: read_pretrainings(work, k) for k in keys}
+    names = {k: dataset_labels(work, k) for k in keys}
+    labels = {k: sorted(v) for k, v in names.items()}
+    rows = [row for k in keys for r in runs[k] for row in r["rows"]]
+    agg = st.aggregate(rows, labels)
+    paired = st.paired_vs(rows, labels)
+    pretrained = [a for a, arm in ARMS.items() if arm.pretrain and arm.headline]
+    verdict = st.headline(paired, {k: min(DATASETS[k].budgets) for k in keys}, pretrained)
+    write_per_case_csv(out / f"{stem}_per_case.csv", rows, names)
+    cmd = command or f"python scripts/benchmark_low_label.py --profile {profile} --work-dir {work}"
+    n_eval = sum(r["status"] == "evaluated" for k in keys for r in runs[k])
+    lines = [f"# Low-label benchmark: profile `{profile}`", "",
+             f"Built {time.strftime('%Y-%m-%d %H:%M')} from `{work}`: {n_eval} evaluated runs of "
+             f"{sum(len(runs[k]) for k in keys)} started. Run or continue: `{cmd}`; rebuild this report from "
+             f"whatever has finished: `{cmd} --stage report`.", "", "## Headline", "",
+             f"Rule: on every dataset, at its smallest budget, the best pre-trained arm beats scratch by >= "
+             f"{100 * st.MIN_GAIN:.0f} Dice points (foreground mean, pairs pooled over >= {st.MIN_SEEDS} seeds) "
+             f"with Wilcoxon p < {st.ALPHA}, and no arm is significantly below scratch at any budget.", ""]
+    head = []
+    for k, v in verdict["datasets"].items():
+        b = v["best"]
+        head.append([k, min(DATASETS[k].budgets), b["arm"] if b else "-",
+                     f"{_pts(b['mean_diff'])} [{_pts(b['ci_low'])}, {_pts(b['ci_high'])}]" if b else "-",
+                     st.fmt_p(b["p"]) if b else "-", b["n_seeds"] if b else "-",
+                     "met" if v["passed"] else "not met: " + "; ".join(v["reasons"])])
+    lines += _table(["dataset", "smallest budget", "best pre-trained arm", "difference [95 % CI]", "p", "seeds",
+                     "verdict"], head)
+    lines += ["", f"Overall: **{'met' if verdict['passed'] else 'not met'}**."]
+    for k in keys:
+        ds = DATASETS[k]
+        split = _json(work / k / "split.json")
+        n_test = sum(len(split.get("cases_of", {}).get(g, [])) for g in split.get("test_groups", []))
+        lines += ["", f"## {k}", "",
+                  f"nnU-Net configuration `{ds.configuration}` ({ds.why_configuration}). Test split: "
+                  f"{len(split.get('test_groups', []))} {ds.group_word}s ({n_test} images), never pre-trained on; "
+                  f"budgets count labeled {ds.group_word}s.", "",
+                  "### Dice on the test split (mean ± sd over seeds)", ""]
+        lines += dice_table(agg, k, names[k], ds.group_word)
+        if plots.dice_plot(agg, k, ds.group_word, out / f"{stem}_{k}_dice.png"):
+            lines += ["", f"![Dice vs labels, {k}]({stem}_{k}_dice.png)"]
+        lines += ["", "### Paired against scratch (same budget, seed and test case; pooled over seeds)", ""]
+        lines += paired_table(paired, k, names[k])
+        lines += ["", "### Convergence of fine-tuning", "",
+                  f"Pseudo Dice = nnU-Net's per-epoch Dice on validation patches of the validation "
+                  f"{ds.group_word}s ({len(split.get('val_groups', []))}; never used for any choice); EMA = "
+                  f"nnU-Net's ema_fg_dice (momentum {st.EMA_MOMENTUM}). Converged: the EMA changes by < {st.DICE_FLAT_TOL} (max - min) over "
+                  f"the last fifth of the epochs.", ""]
+        lines += convergence_table(runs[k])
+        if plots.convergence_plot([r for r in runs[k] if r["arm"] == "scratch"], out / f"{stem}_{k}_convergence.png"):
+            lines += ["", f"![scratch pseudo Dice, {k}]({stem}_{k}_convergence.png)"]
+        lines += ["", "### Pre-training", "",
+                  f"On every non-test image of the dataset (labels unused). Flattened: the EMA validation loss moves "
+                  f"by < {100 * st.LOSS_FLAT_FRACTION:.0f} % of its whole-run range over the last fifth.", ""]
+        lines += pretraining_table(pres[k])
+        if plots.pretraining_plot(pres[k], out / f"{stem}_{k}_pretraining.png"):
+            lines += ["", f"![pre-training losses, {k}]({stem}_{k}_pretraining.png)"]
+        lines += ["", "### Cost", ""] + cost_lines(runs[k], pres[k])
+        example = example_commands(work, k)
+        if example:
+            lines += ["", f"Stock commands of one pre-training and one scratch run (all of them, with their "
+                          f"environment: `{work / 'commands.sh'}`):", ""] + example
+    lines += ["", "## Conventions", "", st.__doc__.split("Conventions\n-----------\n")[1].strip(),
+              "", f"Per-case Dice: `{stem}_per_case.csv`."]
+    md = out / f"{stem}.md"
+    md.write_text("\n".join(lines) + "\n")
+    bc.log(f"report: {md} ({n_eval} evaluated runs)")
+    return md
+
+
+def write_per_case_csv(path: Path, rows: List[dict], names: Dict[str, Dict[int, str]]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["dataset", "arm", "budget", "seed", "case", "class_id", "class_name", "dice", "n_ref", "n_pred"])
+        for r in sorted(rows, key=lambda r: (r["dataset"], _order(r["arm"]), r["budget"], r["seed"], r["case"])):
+            for lb in sorted(r["dice"]):
+                w.writerow([r["dataset"], r["arm"], r["budget"], r["seed"], r["case"], lb,
+                            names[r["dataset"]].get(lb, str(lb)), _f(r["dice"][lb], 6), r["n_ref"].get(lb),
+                            r["n_pred"].get(lb)])
+
+
+def write_report(work, args, setups=None) -> Path:
+    """The CLI's report stage (``setups`` unused: everything is read from the work directory)."""
+    return build_report(work, args.profile, getattr(args, "out", DEFAULT_OUT), list(args.datasets),
+                        command=getattr(args, "command", None))
+
+
+def voxel_confusion(label_dir, pred_dir, classes: List[int]) -> List[List[int]]:
+    """Voxel counts [true class][predicted class] summed over the label files of ``label_dir``."""
+    import numpy as np
+    import SimpleITK as sitk
+    total = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for name in bc.nifti_files(label_dir):
+        ref, pred = (sitk.GetArrayFromImage(sitk.ReadImage(str(Path(d) / name))) for d in (label_dir, pred_dir))
+        total += st.confusion_counts(ref, pred, classes)
+    return total.tolist()

@@ -1,0 +1,91 @@
+"""The benchmark's splits: patient-level for ACDC, nested label subsets, stable folds, seeded, no test image in
+pre-training (synthetic case lists, no data needed)."""
+import pytest
+
+from nnunet_ssl.benchmark.datasets import DATASETS
+from nnunet_ssl.benchmark.driver import subset_cases
+from nnunet_ssl.benchmark.splits import MAX_SEEDS, fold_of, make_split, nnunet_folds
+from nnunet_ssl.errors import UserInputError
+
+ACDC = DATASETS["acdc"]
+HIPPO = DATASETS["hippocampus"]
+# 100 ACDC patients, two frames each (the frame numbers differ between patients, as in the real data)
+ACDC_CASES = [f"acdc_patient{p:03d}_frame{f:02d}" for p in range(1, 101) for f in (1, 4 + p % 10)]
+HIPPO_CASES = [f"hippocampus_{i:03d}" for i in range(1, 395, 2)]
+
+
+def _patient(case):
+    return case.rsplit("_frame", 1)[0]
+
+
+def _patients(cases):
+    return {_patient(c) for c in cases}
+
+
+@pytest.fixture(scope="module")
+def acdc():
+    return make_split(ACDC, ACDC_CASES, split_seed=0)
+
+
+def test_acdc_split_is_patient_level(acdc):
+    test, val, pool = _patients(acdc.test), _patients(acdc.val), _patients(acdc.cases(acdc.pool_groups))
+    assert len(test) == ACDC.num_test_groups and len(val) == ACDC.num_val_groups
+    assert not (test & val) and not (test & pool) and not (val & pool)
+    assert test | val | pool == _patients(ACDC_CASES)
+    for side in (acdc.test, acdc.val, acdc.non_test):  # both frames of every patient on the same side
+        assert all(sum(_patient(c) == p for c in side) == 2 for p in _patients(side))
+    for budget in ACDC.budgets:
+        for seed in range(3):
+            labeled = acdc.labeled(budget, seed)
+            assert len(labeled) == 2 * budget and len(_patients(labeled)) == budget
+            assert _patients(labeled) <= pool
+
+
+def test_subsets_nested_across_budgets_and_differ_between_seeds(acdc):
+    for seed in range(MAX_SEEDS):
+        subsets = [set(acdc.labeled_groups(b, seed)) for b in ACDC.budgets]
+        assert all(a < b for a, b in zip(subsets, subsets[1:]))
+    assert len({tuple(acdc.labeled_groups(7, s)) for s in range(3)}) == 3
+
+
+def test_folds_hold_each_budget_and_seed_and_do_not_move(acdc):
+    folds = nnunet_folds(ACDC, acdc)
+    assert len(folds) == len(ACDC.budgets) * MAX_SEEDS
+    for budget in ACDC.budgets:
+        for seed in range(MAX_SEEDS):
+            fold = folds[fold_of(ACDC, budget, seed)]
+            assert fold["train"] == acdc.labeled(budget, seed) and fold["val"] == acdc.val
+            assert not set(fold["train"]) & set(acdc.test)
+    assert fold_of(ACDC, 1, 0) == 0 and fold_of(ACDC, 3, 2) == MAX_SEEDS + 2 and fold_of(ACDC, 7, 9) == 29
+    with pytest.raises(UserInputError):
+        fold_of(ACDC, 2, 0)
+    with pytest.raises(UserInputError):
+        fold_of(ACDC, 1, MAX_SEEDS)
+
+
+def test_split_is_seeded_and_deterministic(acdc):
+    again = make_split(ACDC, list(reversed(ACDC_CASES)), split_seed=0)  # input order does not matter
+    assert again.to_dict() == acdc.to_dict() and nnunet_folds(ACDC, again) == nnunet_folds(ACDC, acdc)
+    assert make_split(ACDC, ACDC_CASES, split_seed=1).test_groups != acdc.test_groups
+    h0, h1 = make_split(HIPPO, HIPPO_CASES, 0), make_split(HIPPO, HIPPO_CASES, 0)
+    assert h0.to_dict() == h1.to_dict() and len(h0.test) == HIPPO.num_test_groups
+
+
+@pytest.mark.parametrize("ds,cases", [(ACDC, ACDC_CASES), (HIPPO, HIPPO_CASES)])
+def test_test_split_never_in_pretraining_images(ds, cases):
+    """Pre-training reads ``split.non_test`` (driver.prepare_dataset): disjoint from the test split, all the rest."""
+    for seed in (0, 3):
+        split = make_split(ds, cases, seed)
+        assert not set(split.test) & set(split.non_test)
+        assert sorted(split.test + split.non_test) == sorted(cases)
+
+
+def test_max_groups_keeps_whole_patients_and_is_seeded():
+    small = subset_cases(ACDC, ACDC_CASES, 0, 40)
+    assert len(small) == 80 and len(_patients(small)) == 40
+    assert small == subset_cases(ACDC, list(reversed(ACDC_CASES)), 0, 40)
+    assert subset_cases(ACDC, ACDC_CASES, 0, None) == ACDC_CASES
+    split = make_split(ACDC, small, 0)
+    assert not _patients(split.test) & _patients(split.non_test)
+    with pytest.raises(UserInputError):
+        make_split(ACDC, subset_cases(ACDC, ACDC_CASES, 0, 31), 0)  # 20 test + 5 val + budget 7 need 32
