@@ -1,0 +1,186 @@
+"""Command line of the low-label benchmark (``scripts/benchmark_low_label.py`` calls :func:`main`)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+from nnunet_ssl.benchmark import common as bc
+from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS
+from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
+from nnunet_ssl.benchmark.driver import (Run, Runner, do_run, prepare_dataset, run_is_done, run_pretraining,
+                                         settings_text)
+from nnunet_ssl.benchmark.report import DEFAULT_OUT, write_report
+from nnunet_ssl.errors import UserInputError
+
+PROFILES = {
+    "cpu": dict(about="2 CPU cores: default plans, each dataset's shortened schedule (same for every arm), test "
+                      "without mirroring; one pre-training per method and dataset",
+                pretrain={"num_epochs": 100, "num_iterations_per_epoch": 40, "num_val_iterations_per_epoch": 5},
+                tta=False, gpu=False),
+    "full": dict(about="GPUs: default plans, nnU-Net's 1000 x 250 schedule for pre-training and every arm, "
+                       "test-time mirroring", pretrain={}, tta=True, gpu=True),
+    "smoke": dict(about="minutes, checks the whole pipeline (numbers meaningless): tiny plans (features <= 16, batch "
+                        "2), the fewest groups the split needs (3 test cases / 2 test patients, 1 validation group), "
+                        "1 x 2 pre-training and 2 x 2 fine-tuning iterations",
+                  pretrain={"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1},
+                  finetune={"num_epochs": 2, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1,
+                            "batch_size": 2},
+                  tta=False, gpu=False, n_proc_da="0", tiny={"max_features": 16, "batch_size": 2},
+                  max_groups="fewest", seeds=(0,), num_budgets=1,
+                  split={"hippocampus": dict(num_test_groups=3, num_val_groups=1, num_reference_cases=4),
+                         "acdc": dict(num_test_groups=2, num_val_groups=1, num_reference_cases=4)}),
+}
+WORK_DIRS = {"smoke": "./low_label_work/smoke"}  # every other profile: ./low_label_work/stock
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="benchmark_low_label.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Few labels: does pre-training beat stock nnU-Net? Runs every arm on every (budget, seed) of "
+                    "the chosen datasets, skipping finished work, and writes the report.",
+        epilog="Profiles:\n" + "\n".join(f"  {k}: {v['about']}" for k, v in PROFILES.items()))
+    p.add_argument("--profile", choices=list(PROFILES), default="cpu")
+    p.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
+    p.add_argument("--budgets", nargs="+", type=int, default=None,
+                   help="labeled cases (hippocampus) or patients (ACDC); default: every budget of the dataset "
+                        "(smoke: the smallest)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="label subsets (default 0 1 2; smoke: 0)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the fixed test/validation split")
+    p.add_argument("--work-dir", default=None,
+                   help="working folder (resumable; default ./low_label_work/stock, smoke: ./low_label_work/smoke)")
+    p.add_argument("--out", default=str(DEFAULT_OUT),
+                   help="report folder (default: %(default)s); files low_label_<profile>*")
+    p.add_argument("--max-groups", type=int, default=None,
+                   help="use only this many cases/patients of each dataset (seeded by --split-seed; default: all, "
+                        "smoke: the fewest its split needs)")
+    p.add_argument("--stage", choices=["setup", "runs", "report", "all"], default="all",
+                   help="report: only rebuild the report from whatever has finished in the work dir (no setup)")
+    p.add_argument("--order", choices=["budget", "arm"], default="budget",
+                   help="budget: smallest budget of every dataset first; arm: one arm after the other")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: the profile's)")
+    p.add_argument("--num-processes", type=int, default=2)
+    p.add_argument("--verbose", action="store_true", help="show nnU-Net's output instead of log files")
+    p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    args = p.parse_args(argv)
+    args.work_dir = args.work_dir or WORK_DIRS.get(args.profile, "./low_label_work/stock")
+    if args.seeds is None:
+        args.seeds = list(PROFILES[args.profile].get("seeds", (0, 1, 2)))
+    args.command = command_line(sys.argv[1:] if argv is None else list(argv))
+    return args
+
+
+def command_line(argv: List[str]) -> str:
+    """The invocation without ``--stage``/``--dry-run``, the command the report names for running the rest."""
+    kept, skip = [], False
+    for a in map(str, argv):
+        if skip or a == "--dry-run":
+            skip = False
+            continue
+        if a == "--stage":
+            skip = True
+        elif not a.startswith("--stage="):
+            kept.append(shlex.quote(a))
+    return " ".join(["python scripts/benchmark_low_label.py"] + kept)
+
+
+def dataset_specs(args) -> Dict[str, BenchDataset]:
+    """The datasets as the profile runs them (smoke: fewer test / validation groups; others: as defined)."""
+    overrides = PROFILES[args.profile].get("split", {})
+    return {k: dataclasses.replace(ds, **overrides.get(k, {})) for k, ds in DATASETS.items()}
+
+
+def max_groups_of(args, ds: BenchDataset):
+    if args.max_groups is not None:
+        return args.max_groups
+    if PROFILES[args.profile].get("max_groups") == "fewest":
+        return ds.num_test_groups + ds.num_val_groups + max(ds.budgets)
+    return None
+
+
+def schedule_of(args, ds) -> str:
+    prof = PROFILES[args.profile]
+    if "finetune" in prof:
+        return settings_text(prof["finetune"])
+    return "" if args.profile == "full" else settings_text(ds.cpu_schedule)
+
+
+def check_profile(work: Path, profile: str) -> None:
+    """A work directory belongs to one profile (``profile.json``): its report files are named after it."""
+    marker = work / "profile.json"
+    if marker.is_file() and bc.load_json(marker).get("profile") != profile:
+        raise UserInputError(f"{work} holds the {bc.load_json(marker).get('profile')} profile's runs, not "
+                             f"{profile}'s. Fix: --profile {bc.load_json(marker).get('profile')}, or another "
+                             f"--work-dir.")
+    if work.is_dir():
+        bc.write_json({"profile": profile}, marker)
+
+
+def make_runs(args) -> List[Run]:
+    runs = []
+    for key in args.datasets:
+        ds = DATASETS[key]
+        for budget in (args.budgets or ds.budgets[:PROFILES[args.profile].get("num_budgets")]):
+            if budget not in ds.budgets:
+                raise UserInputError(f"{key}: budget {budget} is not one of {list(ds.budgets)}")
+            for seed in args.seeds:
+                for arm in args.arms:
+                    runs.append(Run(key, ARMS[arm], budget, seed))
+    if args.order == "budget":
+        runs.sort(key=lambda r: (DATASETS[r.dataset].budgets.index(r.budget), r.seed, args.datasets.index(r.dataset),
+                                 args.arms.index(r.arm.name)))
+    return runs
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    prof = PROFILES[args.profile]
+    device = args.device or ("cuda" if prof["gpu"] else "cpu")
+    work = Path(args.work_dir).expanduser().resolve()
+    runs = make_runs(args)
+    todo = [r for r in runs if not run_is_done(work, r)]
+    bc.log(f"low-label benchmark, profile {args.profile}: {len(runs)} runs, {len(todo)} to do, work dir {work}")
+    for r in todo if args.stage != "report" else []:
+        print(f"  {r.name}: {r.arm.trainer}" + (f" from {r.arm.pretrain}" if r.arm.pretrain else ""))
+    if args.dry_run:
+        return 0
+    if args.stage == "report":
+        if not work.is_dir():
+            raise UserInputError(f"--stage report: {work} does not exist. Fix: the --work-dir of the runs.")
+        check_profile(work, args.profile)
+        write_report(work, args, {})
+        return 0
+    work.mkdir(parents=True, exist_ok=True)
+    check_profile(work, args.profile)
+    folders = bc.setup_nnunet_folders(str(work), results_name="nnUNet_results_unused")
+    if not prof["gpu"]:
+        os.environ.setdefault("nnUNet_n_proc_DA", prof.get("n_proc_da", "2"))
+        os.environ.setdefault("nnUNet_def_n_proc", "1")
+    runner = Runner(work, {k: folders[k] for k in ("nnUNet_raw", "nnUNet_preprocessed")}, args.verbose)
+    specs, setups = dataset_specs(args), {}
+    arms = [ARMS[a] for a in args.arms]
+    for key in args.datasets:
+        ds = specs[key]
+        setups[key] = prepare_dataset(work, ds, args.split_seed, args.num_processes,
+                                      need_unlabeled=any(a.pretrain or a.uses_unlabeled for a in arms),
+                                      need_reference=any(a.pretrain == "refs" for a in arms),
+                                      max_groups=max_groups_of(args, ds), tiny=prof.get("tiny"),
+                                      reference_spec=specs[ds.reference])
+    if args.stage in ("runs", "all"):
+        for r in todo:
+            s = setups[r.dataset]
+            if r.arm.pretrain:
+                run_pretraining(work, s, r.arm.pretrain, settings_text(prof["pretrain"]), runner, device)
+            do_run(work, s, r, schedule_of(args, s.ds), runner, device, prof["tta"])
+            bc.log(f"{r.name}: done")
+    if args.stage == "all":
+        write_report(work, args, setups)
+    return 0
+
+if __name__ == "__main__":
+    bc.run_main(main)
