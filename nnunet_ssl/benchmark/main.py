@@ -20,7 +20,8 @@ from nnunet_ssl.errors import UserInputError
 PROFILES = {
     "cpu": dict(about="2 CPU cores: default plans, each dataset's shortened schedule (same for every arm), test "
                       "without mirroring; one pre-training per method and dataset",
-                pretrain={"num_epochs": 100, "num_iterations_per_epoch": 40, "num_val_iterations_per_epoch": 5},
+                pretrain={"num_epochs": 100, "num_iterations_per_epoch": 20, "num_val_iterations_per_epoch": 5,
+                          "batch_size": 2},
                 tta=False, gpu=False),
     "full": dict(about="GPUs: default plans, nnU-Net's 1000 x 250 schedule for pre-training and every arm, "
                        "test-time mirroring", pretrain={}, tta=True, gpu=True),
