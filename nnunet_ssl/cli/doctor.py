@@ -13,12 +13,17 @@ from typing import List, Tuple
 
 from nnunet_ssl import __version__
 from nnunet_ssl import autoregister
-from nnunet_ssl.trainer_names import ALL_TRAINER_NAMES
+from nnunet_ssl.trainer_names import ALL_TRAINER_NAMES, TRAINER_NAMES
 
 
 def project_trainer_names() -> List[str]:
     """Every trainer class our nnUNet_extTrainer folder exports (:data:`nnunet_ssl.trainer_names.ALL_TRAINER_NAMES`)."""
     return list(ALL_TRAINER_NAMES)
+
+
+def runnable_trainer_names() -> List[str]:
+    """The trainers a user can run with ``nnUNetv2_train -tr NAME`` (abstract bases left out)."""
+    return sorted(TRAINER_NAMES)
 
 
 def find_trainer_quietly(name: str):
@@ -80,22 +85,33 @@ def diagnose() -> Tuple[List[str], List[str]]:
                            "the nnunet_ssl_autoregister.pth file is missing from site-packages; reinstall with "
                            "`pip install .` (or `pip install -e .`)."))
 
-    lines.append("Trainers (found by nnU-Net's own lookup?):")
-    for name in project_trainer_names():
+    lines.append("Trainers you can run (nnUNetv2_train -tr NAME; found by nnU-Net's own lookup?):")
+    missing, shadowed, broken = [], [], {}
+    for name in runnable_trainer_names():
         try:
             cls = find_trainer_quietly(name)
             ok = cls.__module__.startswith(autoregister.TRAINER_PACKAGE)
             lines.append(f"  {'ok     ' if ok else 'SHADOWED'} {name}")
             if not ok:
-                problems.append(f"{name} resolves to {cls.__module__}: a built-in nnU-Net trainer has that name.")
+                shadowed.append(f"{name} ({cls.__module__})")
         except RuntimeError:  # nnU-Net's "Could not find requested nnunet trainer"
             lines.append(f"  MISSING {name}")
-            problems.append(f"nnUNetv2_train -tr {name} would fail: {autoregister.ENV_VAR} does not reach "
-                            f"{folder}.")
+            missing.append(name)
         except Exception as e:  # an import error in our trainers: say so, do not crash
             lines.append(f"  MISSING {name}")
-            problems.append(f"the trainer package does not import: {type(e).__name__}: {e}")
+            broken.setdefault(f"{type(e).__name__}: {e}", []).append(name)
+    if missing:
+        problems.append(f"{len(missing)} trainer(s) not found by nnUNetv2_train ({_names(missing)}): "
+                        f"{autoregister.ENV_VAR} does not reach {folder}.")
+    if shadowed:
+        problems.append(f"built-in nnU-Net trainers have the name of {_names(shadowed)}: nnU-Net runs theirs.")
+    for error, names in broken.items():
+        problems.append(f"the trainer package does not import ({_names(names)}): {error}")
     return lines, problems
+
+
+def _names(names: List[str], limit: int = 4) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def run_doctor() -> int:

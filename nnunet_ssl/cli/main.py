@@ -1,4 +1,4 @@
-"""The ``nnunet_ssl`` command: doctor, ingest, finetune, workflow, demo.
+"""The ``nnunet_ssl`` command: doctor, ingest, finetune, prepare-reference, workflow, demo, export.
 
 User-fixable problems are printed as one message without a traceback (exit status 2).
 """
@@ -49,9 +49,26 @@ def _cmd_demo(args) -> int:
     return run_demo_from_args(args)
 
 
+def _cmd_export(args) -> int:
+    from nnunet_ssl.weights.export import export_model, find_model_folder
+    folder = find_model_folder(args.model, args.trainer, args.plans, args.configuration)
+    report = export_model(folder, args.output, args.folds, args.checkpoint, overwrite=args.overwrite)
+    print(report.summary())
+    return 0
+
+
+DESCRIPTION = ("Self-supervised pre-training for nnU-Net v2: ingest unlabeled images, pre-train, fine-tune, run "
+               "the whole workflow or a demo, and export fine-tuned models for stock nnU-Net.")
+EPILOG = ("Run 'nnunet_ssl COMMAND -h' for the options of a command. Start with 'nnunet_ssl doctor', then "
+          "'nnunet_ssl demo'.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnunet_ssl", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    from nnunet_ssl import __version__
+    from nnunet_ssl.cli.demo import EXPECTED_MINUTES
+    parser = argparse.ArgumentParser(prog="nnunet_ssl", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"nnunet_ssl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
 
     p = sub.add_parser("doctor", help="versions, env vars, trainer discovery and what to fix")
     p.set_defaults(func=_cmd_doctor)
@@ -62,24 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_ingest)
 
     p = sub.add_parser("finetune", help="nnUNetv2_train with SSLFinetuneTrainer and a pre-trained checkpoint")
-    p.add_argument("dataset")
-    p.add_argument("configuration")
-    p.add_argument("fold")
+    p.add_argument("dataset", help="labeled nnU-Net dataset (id or name), planned and preprocessed")
+    p.add_argument("configuration", help="nnU-Net configuration, e.g. 3d_fullres or 2d")
+    p.add_argument("fold", help="fold to train: 0-4 or all")
     p.add_argument("-w", "--weights", required=True, help="pre-trained checkpoint (nnunet_ssl, nnU-Net or nnssl)")
-    p.add_argument("-tr", "--trainer", default=FINETUNE_TRAINER)
-    p.add_argument("-p", "--plans", default="nnUNetPlans")
-    p.add_argument("-device", "--device", default="cuda")
+    p.add_argument("-tr", "--trainer", default=FINETUNE_TRAINER,
+                   help=f"fine-tuning trainer (default: {FINETUNE_TRAINER}; for MAE, GMIM and ReFs checkpoints "
+                        f"{FINETUNE_TRAINER}_decoderWarmup is recommended)")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    p.add_argument("-device", "--device", default="cuda", help="cuda, cpu or mps (default: cuda)")
     p.add_argument("--c", action="store_true", help="continue a fine-tuning run")
-    p.add_argument("--npz", action="store_true")
+    p.add_argument("--npz", action="store_true", help="save the validation softmax outputs (nnU-Net's --npz)")
     p.set_defaults(func=_cmd_finetune)
 
     p = sub.add_parser("prepare-reference",
                        help="preprocess a labeled dataset with an unlabeled dataset's plans, as its ReFs reference")
     p.add_argument("-r", "--reference", required=True, help="labeled dataset (id or name) in nnUNet_raw")
     p.add_argument("--ssl", required=True, help="the ingested unlabeled dataset (id or name)")
-    p.add_argument("-p", "--plans", default="nnUNetPlans")
-    p.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"])
-    p.add_argument("-np", "--num-processes", type=int, default=2)
+    p.add_argument("-p", "--plans", default="nnUNetPlans",
+                   help="plans of the unlabeled dataset to preprocess with (default: nnUNetPlans)")
+    p.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"],
+                   help="configurations to preprocess (default: 3d_fullres)")
+    p.add_argument("-np", "--num-processes", type=int, default=2, help="preprocessing processes (default: 2)")
     p.set_defaults(func=_cmd_prepare_reference)
 
     try:
@@ -88,11 +109,29 @@ def build_parser() -> argparse.ArgumentParser:
         add_workflow_arguments(p)
         p.set_defaults(func=_cmd_workflow)
         from nnunet_ssl.cli.demo import add_demo_arguments
-        p = sub.add_parser("demo", help="the whole workflow on a built-in synthetic dataset (CPU, ~10 min)")
+        p = sub.add_parser("demo", help=f"the whole workflow on a built-in synthetic dataset (2 CPU cores: "
+                                        f"{EXPECTED_MINUTES} min)")
         add_demo_arguments(p)
         p.set_defaults(func=_cmd_demo)
     except ImportError:
         pass
+
+    p = sub.add_parser("export", help="write a fine-tuned model that stock nnUNetv2_predict uses without this plugin")
+    p.add_argument("model", help="trained model folder <nnUNet_results>/<Dataset>/<trainer>__<plans>__<configuration>"
+                                 ", or a dataset id/name with -tr")
+    p.add_argument("-o", "--output", required=True,
+                   help="output folder (used as nnUNet_results) or a file name ending in .zip "
+                        "(for nnUNetv2_install_pretrained_model_from_zip)")
+    p.add_argument("-tr", "--trainer", default=None, help="trainer of the run, when MODEL is a dataset")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="plans of the run, when MODEL is a dataset "
+                                                                "(default: nnUNetPlans)")
+    p.add_argument("-c", "--configuration", default="3d_fullres",
+                   help="configuration of the run, when MODEL is a dataset (default: 3d_fullres)")
+    p.add_argument("-f", "--folds", nargs="+", default=None, help="folds to export (default: every finished fold)")
+    p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth",
+                   help="checkpoint file of each fold (default: checkpoint_final.pth)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -67,12 +67,16 @@ def test_doctor_reports_trainers_and_problems(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "nnunet_ssl.cli", "doctor"], env=env, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "ok      MAETrainer" in ok.stdout and "All good" in ok.stdout
+    assert "nnUNetSSLTrainer" not in ok.stdout  # an abstract base: not offered to users
     env.pop("nnUNet_results")
     env[autoregister.OPT_OUT_VAR] = "1"
     bad = subprocess.run([sys.executable, "-m", "nnunet_ssl.cli", "doctor"], env=env, capture_output=True, text=True)
     assert bad.returncode == 1
     assert "nnUNet_results is not set" in bad.stdout
     assert "MISSING MAETrainer" in bad.stdout and "you opted out" in bad.stdout
+    # one grouped problem for all missing trainers, not one line per trainer
+    fixes = bad.stdout.split("What to fix:")[1]
+    assert fixes.count("not found by nnUNetv2_train") == 1 and "more" in fixes
 
 
 def test_regular_install_ships_the_pth_and_both_packages(tmp_path):
