@@ -1,0 +1,51 @@
+"""Issue 23 item 4: the demo shows what the plugin is for - the recommended method and fine-tuning route by default,
+a caption saying what the numbers mean, the expected time in its help."""
+import os
+
+import importlib
+
+from nnunet_ssl.cli import demo
+
+main = importlib.import_module("nnunet_ssl.cli.main")
+
+
+def _run(tmp_path, monkeypatch, capsys, *argv):
+    seen = {}
+
+    def fake_workflow(cfg):
+        seen["cfg"] = cfg
+        os.makedirs(cfg.work_dir, exist_ok=True)
+        return {"pretrain_trainer": cfg.pretrain_trainer, "arms": {
+            "pretrained": {"trainer": cfg.finetune_route, "mean_dice": 0.7},
+            "scratch": {"trainer": "SSLScratchTrainer", "mean_dice": 0.6}}}
+
+    ds = tmp_path / "d" / "nnUNet_raw" / "Dataset990_SynthOrgans"
+    ds.mkdir(parents=True, exist_ok=True)
+    (ds / "dataset.json").write_text("{}")  # no synthetic data generation
+    monkeypatch.setattr(demo, "run_workflow", fake_workflow)
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(var, "unused")  # run_demo sets its own
+    assert main.main(["demo", "--dir", str(tmp_path / "d"), "-device", "cpu", *argv]) == 0
+    return seen["cfg"], capsys.readouterr().out
+
+
+def test_default_is_mae_with_the_decoder_warmup_route_and_a_caption(tmp_path, monkeypatch, capsys):
+    cfg, out = _run(tmp_path, monkeypatch, capsys)
+    assert cfg.pretrain_trainer == "MAETrainer"
+    assert cfg.finetune_route == "SSLFinetuneTrainer_decoderWarmup"
+    assert "load_decoder" not in cfg.finetune_settings  # the checkpoint's recommendation decides
+    assert "What this shows" in out and "+0.100" in out and "does not measure" in out
+    assert "What this shows" in (tmp_path / "d" / "report" / "workflow_summary.md").read_text()
+
+
+def test_other_methods_get_their_route(tmp_path, monkeypatch, capsys):
+    cfg, _ = _run(tmp_path, monkeypatch, capsys, "--method", "pgl")
+    assert cfg.pretrain_trainer == "PGLTrainer" and cfg.finetune_route == "SSLFinetuneTrainer"
+    cfg, _ = _run(tmp_path, monkeypatch, capsys, "--method", "pgl", "--finetune-trainer",
+                  "SSLFinetuneTrainer_decoderWarmup")
+    assert cfg.finetune_route == "SSLFinetuneTrainer_decoderWarmup"
+
+
+def test_help_states_the_measured_time():
+    help_text = main.build_parser().format_help()
+    assert f"{demo.EXPECTED_MINUTES} min" in help_text
