@@ -14,6 +14,13 @@ Visible units never contribute; the two normalisations differ in what the sum of
   the scale that GMIM's 1 : 0.005 weighting with the cross-correlation term was tuned for. With masking ratio ``m``
   it is ``m`` times the ``"masked"`` value (about half at GMIM's base ratio 0.5). GMIM's default.
 
+A sample whose target has no intensity variation at all (a constant image; nnU-Net's z-score turns it into zeros)
+has nothing to reconstruct and is left out (**choice**): on such an input every feature map of nnU-Net's network is
+constant, each InstanceNorm divides by ``sqrt(0 + eps)`` and scales the gradient by ``1/sqrt(1e-5) ~ 316`` per norm
+layer on the way back, so a 4-5 stage U-Net's gradient norm overflows float32 and the trainer skips the step (found
+with GMIM on constant images, issue 24). Left out, the sample's term and gradient are exactly 0; the normalisation
+still counts its elements (``"all"``), so the other samples' scale is unchanged.
+
 Example::
 
     loss = MaskedMSELoss()(reconstruction, original_image, mask)   # mask (B, 1, *spatial), 1 = masked
@@ -36,7 +43,8 @@ class MaskedMSELoss(nn.Module):
     ``forward(pred, target, mask)``: ``pred`` and ``target`` ``(B, C, *spatial)`` (2d or 3d) of equal shape;
     ``mask`` bool or float, broadcastable to ``pred`` (typically ``(B, 1, *spatial)``), 1 / True = masked (to be
     reconstructed), 0 = visible (ignored). A float mask acts as per-unit weights. Visible units contribute neither
-    to the value nor to the gradient. Returns 0 with a zero gradient path when nothing is masked. ``target`` is not
+    to the value nor to the gradient, nor do samples with a constant target (see the module doc). Returns 0 with a
+    zero gradient path when nothing is masked. ``target`` is not
     detached (it is normally the input image, which has no gradient). Computed in float32.
     """
 
@@ -60,6 +68,9 @@ class MaskedMSELoss(nn.Module):
                 f"mask of shape {tuple(mask.shape)} cannot be broadcast to pred of shape {tuple(pred.shape)}; "
                 f"expected e.g. (B, 1, *spatial)"
             ) from None
+        flat = target.detach().flatten(1)
+        varies = (flat.amax(dim=1) > flat.amin(dim=1)).view(-1, *([1] * (pred.ndim - 1)))
+        w = w * varies.to(w.dtype)
         sq = (pred.float() - target.float()).pow(2)
         weighted = torch.where(w > 0, sq * w, torch.zeros_like(sq))
         if self.normalisation == "all":
