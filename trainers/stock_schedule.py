@@ -2,7 +2,8 @@
 
 ``nnUNetTrainer_schedule`` IS ``nnUNetTrainer`` (same network, plans, losses, augmentation, poly learning rate,
 optimizer, final validation); the only things it lets ``NNUNET_SSL_SETTINGS`` change are the length of training
-and the batch size, the three things a CPU benchmark has to shorten::
+and the batch size, the three things a CPU benchmark has to shorten (and how often ``checkpoint_latest.pth`` is
+written, which does not change training)::
 
     NNUNET_SSL_SETTINGS="num_epochs=100,num_iterations_per_epoch=50,batch_size=2" \\
         nnUNetv2_train DATASET 3d_fullres 0 -tr nnUNetTrainer_schedule
@@ -17,7 +18,7 @@ from nnunet_ssl.settings import apply_env_settings
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 SCHEDULE_SETTINGS = {"num_epochs": int, "num_iterations_per_epoch": int, "num_val_iterations_per_epoch": int,
-                     "batch_size": int}
+                     "batch_size": int, "save_every": int}
 
 
 class nnUNetTrainer_schedule(nnUNetTrainer):

@@ -65,7 +65,8 @@ class BenchDataset:
 
 # 1000 training iterations at batch 2 for every arm and dataset: about 1.4-1.5 s per stock iteration on 2 CPU
 # cores with either dataset's default plans (ACDC 2d at nnU-Net's batch 56, or even 8, would take hours per run)
-CPU_SCHEDULE = {"num_epochs": 50, "num_iterations_per_epoch": 20, "num_val_iterations_per_epoch": 10, "batch_size": 2}
+CPU_SCHEDULE = {"num_epochs": 50, "num_iterations_per_epoch": 20, "num_val_iterations_per_epoch": 10, "batch_size": 2,
+                "save_every": 5}  # save_every: a stopped run continues with --c from at most 5 epochs back
 
 DATASETS: Dict[str, BenchDataset] = {
     "hippocampus": BenchDataset(
