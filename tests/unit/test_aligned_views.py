@@ -285,13 +285,25 @@ def test_iteration_counter_resets_each_epoch(nnunet_folders):
 
 
 # --------------------------------------------------------------------------------------------- IDEAL positives
+class IdentityHeads:
+    """Objective mixin for probes: heads = identity, the aligned maps are the level features themselves."""
+
+    @staticmethod
+    def online_head(modules, level, features):
+        return features
+
+    @staticmethod
+    def target_head(modules, level, features):
+        return features
+
+
 @pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
 def test_ideal_positives_are_corresponding_voxels(nnunet_folders, configuration):
     """Coordinate-encoding features through the trainer's own alignment: query i and key i show one location.
     (Cells placed with the network's cell geometry, as the trainer assumes; that the network really puts them
     there is test_real_network_features_of_flipped_and_scaled_views_align.)"""
 
-    class CoordinateObjective(IDEALObjective):
+    class CoordinateObjective(IdentityHeads, IDEALObjective):
         """Features = case coordinates of each cell (flips applied), heads = identity, loss inputs recorded."""
         geometry_batch = None
         recorded = []
@@ -311,14 +323,6 @@ def test_ideal_positives_are_corresponding_voxels(nnunet_folders, configuration)
 
         def target_level_features(self, modules, x):
             return self._coords(x)
-
-        @staticmethod
-        def online_head(modules, level, features):
-            return features
-
-        @staticmethod
-        def target_head(modules, level, features):
-            return features
 
         def level_loss(self, o1, o2, t1, t2, mask):
             self.recorded.append((o1.detach(), o2.detach(), t1, t2, mask))
@@ -389,16 +393,8 @@ def test_real_network_features_of_flipped_and_scaled_views_align(nnunet_folders,
     overlap's cells, for flipped and scaled views. Truth derived by hand: nnU-Net's kernel-3, padding-1 convs put
     cell j of a level with cumulative stride S on input voxel S * j (the (j + 0.5) * S convention fails here)."""
 
-    class ProbeObjective(cls.objective_class):
+    class ProbeObjective(IdentityHeads, cls.objective_class):
         recorded = []
-
-        @staticmethod
-        def online_head(modules, level, features):
-            return features
-
-        @staticmethod
-        def target_head(modules, level, features):
-            return features
 
         def level_loss(self, o1, o2, t1, t2, mask):
             self.recorded.append((o1.detach(), o2.detach(), t1, t2))

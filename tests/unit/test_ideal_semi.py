@@ -369,3 +369,35 @@ def test_regions_are_refused(env):
     trainer = make_trainer(IDEALSemiSupervisedTrainer, env.plans, dj)
     with pytest.raises(SystemExit):
         trainer.initialize()
+
+
+def test_semi_supervised_step_skips_nonfinite_losses_and_stops_after_too_many(env):
+    """The semi-supervised step goes through nnunet_ssl's one guarded optimizer step: a NaN loss leaves the
+    weights alone and is counted, ``max_nonfinite_in_a_row`` in a row stop the run, a finite step resets."""
+    from nnunet_ssl_trainers.optimizer_step import NonFiniteLossError
+    trainer = _ideal(env, "label_budget=3,budget_rest=unlabeled,batch_size=2,consistency_rampup_epochs=0")
+    dl_tr, _ = trainer.get_dataloaders()
+    trainer.network.train()
+    trainer.set_deep_supervision_enabled(True)
+    batch = next(dl_tr)
+    trainer.max_nonfinite_in_a_row = 2
+    before = [p.detach().clone() for p in trainer.network.parameters()]
+    finite = trainer.loss
+
+    class NaNLoss(nn.Module):  # nnU-Net's loss (same deep-supervision weights) times NaN
+        weight_factors = getattr(finite, "weight_factors", None)
+
+        def forward(self, output, target):
+            return finite(output, target) * float("nan")
+
+    trainer.loss = NaNLoss()
+    trainer.train_step(batch)
+    assert trainer._nonfinite_in_a_row == 1
+    assert all(torch.equal(a, p) for a, p in zip(before, trainer.network.parameters()))
+    with pytest.raises(NonFiniteLossError, match="2 steps in a row had a NaN/Inf loss or gradient"):
+        trainer.train_step(batch)
+    trainer._nonfinite_in_a_row = 0
+    trainer.loss = finite
+    trainer.train_step(batch)
+    assert trainer._nonfinite_in_a_row == 0
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.network.parameters()))
