@@ -44,7 +44,9 @@ nnunetv2 is imported inside the functions, so ``import nnunet_ssl.data.ingest`` 
 
 The steps live in small modules next to this one: :mod:`~nnunet_ssl.data.ingest_target` (the new dataset's id and
 name, the downstream dataset and its plans), :mod:`~nnunet_ssl.data.ingest_inputs` (scanning and checking the
-input images), :mod:`~nnunet_ssl.data.ingest_convert` (raw copy or conversion and preprocessing of one case),
+input images), :mod:`~nnunet_ssl.data.ingest_verify` (every file read in full: complete gzip stream, NIfTI data
+size, size against the downstream dataset), :mod:`~nnunet_ssl.data.ingest_convert` (raw copy or conversion and
+preprocessing of one case),
 :mod:`~nnunet_ssl.data.ingest_metadata` (the JSON files), :mod:`~nnunet_ssl.data.ingest_commit` (temporary
 folders, atomic rename, SIGTERM) and :mod:`~nnunet_ssl.data.ingest_files` (JSON helpers).
 """
@@ -166,7 +168,8 @@ def ingest_unlabeled(input_folder: Union[str, os.PathLike], dataset_id: int, dat
     input_path, endings, cases, skipped = _collect_cases(input_folder, verbose)
     _check_channels(cases, channel_names, downstream_name)
     plans, file_ending, converted, reader_name, notes = _raw_format(plans, cases, downstream_name)
-    _handle_bad(_check_headers(cases, endings, converted), cases, skipped, skip_bad, verbose)
+    _handle_bad(_check_headers(cases, endings, converted, _downstream_voxels(pre_root / downstream_name),
+                               downstream_name), cases, skipped, skip_bad, verbose)
 
     # ---- everything checked: build into temporary siblings, rename at the end
     from nnunetv2.configuration import default_num_processes
@@ -223,6 +226,16 @@ def ingest_unlabeled(input_folder: Union[str, os.PathLike], dataset_id: int, dat
     if verbose:
         print(report.summary())
     return report
+
+
+def _downstream_voxels(downstream_pre: Path) -> Optional[int]:
+    """Voxels of the downstream dataset's smallest case (its fingerprint), for the size sanity check."""
+    from nnunet_ssl.data.ingest_files import _load_json
+    from nnunet_ssl.data.ingest_verify import smallest_downstream_voxels
+    try:
+        return smallest_downstream_voxels(_load_json(downstream_pre / "dataset_fingerprint.json"))
+    except (OSError, ValueError):
+        return None
 
 
 def _run_tasks(tasks: List[dict], num_processes: int, verbose: bool) -> List[dict]:

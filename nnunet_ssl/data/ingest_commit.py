@@ -70,16 +70,24 @@ class _StagedDataset:
 
 
 def _remove_stale_temporaries(dataset_id: int, roots: Iterable[Path]) -> None:
-    """Remove temporary folders of this dataset id left by ingest processes that no longer run (e.g. killed -9)."""
-    prefix = f".Dataset{dataset_id:03d}_"
+    """Remove temporary folders left by ingest processes that no longer run (e.g. killed -9), of ``dataset_id`` and
+    of any other id (an id that is never ingested again would keep them forever). Only hidden folders with our
+    temporary naming (``.DatasetXXX_NAME.nnunet_ssl-tmp-<pid>-<hex>``) whose writer PID is dead; symlinks and
+    everything else are never touched (folders moved aside during an overwrite, ``-old-``, are not temporaries:
+    they may be the only copy of the previous dataset)."""
+    del dataset_id  # every id's temporaries are checked
     for root in roots:
         if not root.is_dir():
             continue
         for p in root.iterdir():
-            if not (p.name.startswith(prefix) and _TMP_TAG in p.name):
+            if not (p.name.startswith(".Dataset") and _TMP_TAG in p.name):
                 continue
             try:
+                if p.is_symlink() or not p.is_dir():
+                    continue
                 pid = int(p.name.split(_TMP_TAG, 1)[1].split("-", 1)[0])
+                if pid == os.getpid():
+                    continue
                 os.kill(pid, 0)
             except ProcessLookupError:
                 shutil.rmtree(p, ignore_errors=True)

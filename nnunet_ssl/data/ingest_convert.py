@@ -150,7 +150,9 @@ def _process_case(task: dict) -> dict:
         if data.ndim != 4:
             return fail({src: f"read as a {data.ndim - 1}D image; only 3D volumes are supported" for src in sources})
         if not np.all(np.isfinite(data)):
-            return fail({src: "contains NaN or infinite values" for src in sources})
+            from nnunet_ssl.data.ingest_verify import nonfinite_reason
+            return fail(nonfinite_reason(raw_files, sources, plans_manager.image_reader_writer_class,
+                                         list(dict.fromkeys(cm.normalization_schemes))))
         # no labels: no foreground locations to oversample (nnU-Net's loader then crops randomly)
         props["class_locations"] = {(tuple(k) if isinstance(k, list) else k): [] for k in foreground}
         data = data.astype(np.float32, copy=False)

@@ -119,8 +119,12 @@ def _check_channels(cases: Dict[str, _Case], channel_names, downstream_name: str
                 f"channels.")
 
 
-def _check_headers(cases: Dict[str, _Case], endings: Sequence[str], converted: bool) -> Dict[str, Dict[str, str]]:
-    """Cheap header check of every file (unreadable, 2D, 4D, vector pixels, channels that disagree).
+def _check_headers(cases: Dict[str, _Case], endings: Sequence[str], converted: bool,
+                   downstream_voxels: Optional[int] = None, downstream_name: str = "the downstream dataset"
+                   ) -> Dict[str, Dict[str, str]]:
+    """Check of every file before any work: complete (:func:`~nnunet_ssl.data.ingest_verify.integrity_problem`),
+    readable header, not tiny against the downstream dataset's smallest case (``downstream_voxels``), not 2D/4D/
+    vector pixels, channels that agree.
 
     Returns the bad cases: case id -> {file: reason}.
     """
@@ -134,7 +138,7 @@ def _check_headers(cases: Dict[str, _Case], endings: Sequence[str], converted: b
             f = c.files[ch]
             _, ending = _split_ending(os.path.basename(f), endings)
             uses_sitk = not (ending in _TIF_ENDINGS and not converted)
-            problem, header = _header_problem(f, uses_sitk)
+            problem, header = _header_problem(f, uses_sitk, downstream_voxels, downstream_name)
             if problem:
                 problems[f] = problem
             elif header is not None:
@@ -162,14 +166,24 @@ def _read_header(path: str) -> dict:
             "components": reader.GetNumberOfComponents()}
 
 
-def _header_problem(path: str, uses_sitk: bool) -> Tuple[Optional[str], Optional[dict]]:
-    """Cheap check before any work: readable header, 3D, one component. Returns (problem, header)."""
+def _header_problem(path: str, uses_sitk: bool, downstream_voxels: Optional[int] = None,
+                    downstream_name: str = "the downstream dataset") -> Tuple[Optional[str], Optional[dict]]:
+    """Check before any work: complete file, readable header, plausible size, 3D, one component.
+    Returns (problem, header)."""
+    from nnunet_ssl.data.ingest_verify import integrity_problem, size_problem
+
+    problem = integrity_problem(path)
+    if problem:
+        return problem, None
     if not uses_sitk:
         return None, None
     try:
         h = _read_header(path)
     except Exception as e:  # noqa: BLE001 - any reader error means "unreadable"
         return f"not readable as an image ({_short_error(e)})", None
+    problem = size_problem(h["size"], downstream_voxels, downstream_name)
+    if problem:
+        return problem, h
     if h["dim"] == 2 or (h["dim"] == 3 and min(h["size"]) == 1):
         return (f"2D image (size {list(h['size'])}); nnunet_ssl ingests 3D volumes only. Stack 2D slices into a "
                 f"3D volume, or train on 2D data with nnU-Net's own tools"), h

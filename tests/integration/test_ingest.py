@@ -5,6 +5,7 @@ Uses the ``nnunet_env`` / ``planned_downstream`` fixtures (tests/integration/con
 """
 import argparse
 import json
+import os
 import shutil
 
 import numpy as np
@@ -319,3 +320,82 @@ def test_cli_arguments(planned_downstream, nnunet_env, tmp_path):
     assert report.dataset_name == "Dataset534_HippoSmallUnlabeled"
     assert report.cases == ["plain"]
     assert (nnunet_env.raw / report.dataset_name / "imagesTr" / "plain_0000.nii.gz").is_file()
+
+
+def _truncated_inputs(planned_downstream, folder):
+    """Half of a .nii.gz, its first 200 bytes, and half of an uncompressed .nii (SimpleITK zero-fills all three)."""
+    import gzip
+    src = planned_downstream.image_file(planned_downstream.unused_case_ids[NUM_UNLABELED + 2])
+    data = src.read_bytes()
+    (folder / "half.nii.gz").write_bytes(data[: len(data) // 2])
+    (folder / "tiny.nii.gz").write_bytes(data[:200])
+    raw = gzip.decompress(data)
+    (folder / "halfplain.nii").write_bytes(raw[: len(raw) // 2])
+    return ["half.nii.gz", "tiny.nii.gz", "halfplain.nii"]
+
+
+def test_truncated_files_are_named_and_can_be_skipped(planned_downstream, nnunet_env, tmp_path):
+    good = planned_downstream.unused_case_ids[NUM_UNLABELED:NUM_UNLABELED + 2]
+    folder = _folder_with(tmp_path, [(planned_downstream.image_file(c), f"{c}_0000.nii.gz") for c in good])
+    bad = _truncated_inputs(planned_downstream, folder)
+    message = _expect_error(nnunet_env, 564, *bad, "truncated", "--skip-bad", input_folder=folder,
+                            dataset_name="Cut", downstream=501)
+    assert message.count(": truncated:") == 3, message
+    report = ingest_unlabeled(folder, 564, "Cut", 501, configurations=["3d_fullres"], num_processes=0,
+                              skip_bad=True, verbose=False)
+    assert report.cases == sorted(good)
+    assert sorted(report.skipped) == sorted(str(folder.resolve() / b) for b in bad)
+    assert all("truncated" in why for why in report.skipped.values())
+
+
+def test_tiny_volume_against_the_downstream_sizes_is_reported(planned_downstream, nnunet_env, tmp_path):
+    import SimpleITK as sitk
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    sitk.WriteImage(sitk.Image([2, 2, 2], sitk.sitkFloat32), str(folder / "speck.nii.gz"))
+    _expect_error(nnunet_env, 565, "speck.nii.gz", "only 8 voxels", planned_downstream.dataset_name,
+                  input_folder=folder, dataset_name="Speck", downstream=501)
+
+
+def test_huge_finite_values_are_not_called_nan(planned_downstream, nnunet_env, tmp_path):
+    import SimpleITK as sitk
+
+    src = planned_downstream.image_file(planned_downstream.unused_case_ids[0])
+    img = sitk.Cast(sitk.ReadImage(str(src)), sitk.sitkFloat32)
+    arr = sitk.GetArrayFromImage(img)
+    arr[...] = 3e38
+    arr[0, 0, 0] = -3e38
+    huge = sitk.GetImageFromArray(arr)
+    huge.CopyInformation(img)
+    folder = tmp_path / "huge"
+    folder.mkdir()
+    sitk.WriteImage(huge, str(folder / "huge.nii.gz"))
+    message = _expect_error(nnunet_env, 566, "huge.nii.gz", "finite but huge intensities", "3e+38", "overflows",
+                            input_folder=folder, dataset_name="Huge", downstream=501)
+    assert "NaN" not in message
+
+
+def test_stale_temporaries_of_other_ids_are_removed(planned_downstream, nnunet_env, tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    stale = [root / f".Dataset777_Gone.nnunet_ssl-tmp-{p.pid}-0123abcd" for root in (nnunet_env.raw,
+                                                                                      nnunet_env.preprocessed)]
+    for s in stale:
+        (s / "imagesTr").mkdir(parents=True)
+    running = nnunet_env.raw / f".Dataset778_Busy.nnunet_ssl-tmp-{os.getppid()}-0123abcd"
+    running.mkdir()
+    target = tmp_path / "keep"
+    target.mkdir()
+    link = nnunet_env.preprocessed / f".Dataset779_Link.nnunet_ssl-tmp-{p.pid}-0123abcd"
+    link.symlink_to(target)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _expect_error(nnunet_env, 567, "No images found", input_folder=empty, dataset_name="X", downstream=501)
+    assert not any(s.exists() for s in stale)
+    assert running.is_dir() and link.is_symlink() and target.is_dir()
+    running.rmdir()
+    link.unlink()
