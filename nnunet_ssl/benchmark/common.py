@@ -309,11 +309,13 @@ def ensure_ingested(image_folder: str, ssl_id: int, ssl_name: str, downstream: s
 def ensure_reference(reference: str, ssl_dataset: str, plans: str, configuration: str, num_cases: int,
                      num_processes: int) -> str:
     """``prepare_reference`` (fingerprint, plans of the unlabeled dataset, preprocessing) unless done."""
-    from nnunet_ssl.data.reference import REFERENCE_FILE, prepare_reference
+    from nnunet_ssl.data.reference import REFERENCE_FILE, prepare_reference, reference_plans_of
     pre = Path(os.environ["nnUNet_preprocessed"])
     marker = pre / ssl_dataset / REFERENCE_FILE
+    # the reference is preprocessed under its own plans identifier (its own plans are never touched)
+    ref_plans = reference_plans_of(str(pre), ssl_dataset, reference, plans)
     if marker.is_file() and load_json(marker).get("reference_dataset") == reference \
-            and _preprocessed_ok(reference, plans, configuration, num_cases):
+            and _preprocessed_ok(reference, ref_plans, configuration, num_cases):
         log(f"{reference}: ReFs reference of {ssl_dataset} (plans {plans}), re-used")
         return reference
     log(f"{reference}: preparing as ReFs reference of {ssl_dataset} (plans {plans})")
