@@ -2,7 +2,7 @@
 
 Method: ReFs - reference-guided self-supervised learning (Xie, Zhang, Liu, Wang, Ye, Verjans, Xia, Medical Image
 Analysis 91:103023, 2024): the shared feature extractor should get low loss on both tasks *and* similar gradients
-from both. Two ways to steer towards consistent gradients (see ``../shared/METHODS.md``):
+from both. Two ways to steer towards consistent gradients (see ``docs/methods.md``):
 
 * ``"cosine"`` (:func:`cosine_matching_penalty`): add ``lam * (1 - cos(g_ssl, g_ref))`` to the loss, where
   ``g_*`` are the gradients of each loss w.r.t. the shared parameters computed with ``create_graph=True``, so one

@@ -1,7 +1,7 @@
 """GMIM masking for CNN inputs: entropy-adaptive grid masks, hierarchical feature masks, fixed-grid MAE masks.
 
 Method: GMIM - Grid Masked Image Modeling (Qi et al., Computers in Biology and Medicine, 2024; see
-``../shared/METHODS.md``).
+``docs/methods.md``).
 Pure torch, 2d ``(B, C, X, Y)`` and 3d ``(B, C, X, Y, Z)`` tensors; no nnunetv2 import.
 
 What follows the paper (**paper**) and what is our reading of it for CNNs (**choice**):
