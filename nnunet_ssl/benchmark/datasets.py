@@ -40,21 +40,11 @@ class BenchDataset:
     def source(self) -> Path:
         return SHARED_DATA / self.folder_name
 
-    @property
-    def downstream_name(self) -> str:
-        return f"Dataset{self.dataset_id:03d}_LowLabel{self.key.capitalize()}"
-
-    @property
-    def unlabeled_id(self) -> int:
-        return self.dataset_id + 1
-
-    @property
-    def unlabeled_name(self) -> str:
-        return f"Dataset{self.unlabeled_id:03d}_LowLabel{self.key.capitalize()}Unlabeled"
-
-    @property
-    def reference_id(self) -> int:
-        return self.dataset_id + 2
+    # the labeled downstream dataset has dataset_id, the unlabeled pool the next id, the ReFs reference the one after
+    unlabeled_id = property(lambda self: self.dataset_id + 1)
+    reference_id = property(lambda self: self.dataset_id + 2)
+    downstream_name = property(lambda self: f"Dataset{self.dataset_id:03d}_LowLabel{self.key.capitalize()}")
+    unlabeled_name = property(lambda self: f"Dataset{self.unlabeled_id:03d}_LowLabel{self.key.capitalize()}Unlabeled")
 
     def groups(self, cases: List[str]) -> Dict[str, List[str]]:
         out: Dict[str, List[str]] = {}
