@@ -226,6 +226,8 @@ def _load(filename: str, map_location) -> Any:
         if "weights only" not in str(e).lower() and "weights_only" not in str(e):
             raise
         offending = _offending_globals(filename, e, safe)
+        if not offending:  # no global to name: not a pickle of objects at all (text, garbage): unreadable
+            raise
         missing = sorted({m for m in map(_module_missing, offending) if m})
         note = (f" (and the module{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
                 f"{'are' if len(missing) > 1 else 'is'} not installed here)") if missing else ""
@@ -256,7 +258,8 @@ def load_checkpoint_file(filename: str, map_location="cpu") -> Dict[str, Any]:
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError, KeyError,
             IndexError) as e:  # (a text file fed to the weights-only unpickler ends in a KeyError)
         raise UserInputError(
-            f"Could not read {filename} as a PyTorch checkpoint ({type(e).__name__}: {str(e).splitlines()[0]}). "
+            f"Could not read {filename} as a PyTorch checkpoint ({type(e).__name__}: "
+            f"{(str(e).splitlines() or ['empty file'])[0]}). "
             f"The file is truncated or not a checkpoint: copy it again or point to another checkpoint.") from None
     if not isinstance(ckpt, dict) or "network_weights" not in ckpt:
         keys = list(ckpt.keys())[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
