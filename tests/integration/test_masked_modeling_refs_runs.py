@@ -103,7 +103,9 @@ def test_refs_reference_errors_are_clear(datasets, nnunet_env):
         assert proc.returncode == 2 and "Reference dataset '987' not found" in proc.stderr
     finally:
         marker.write_text(saved)
-    plans_file = nnunet_env.preprocessed / REF_NAME / f"{TINY}.json"
+    from nnunet_ssl.data.reference import reference_plans_of  # the reference's plans live under their own name
+    ref_plans = reference_plans_of(str(nnunet_env.preprocessed), SSL_NAME, REF_NAME, TINY)
+    plans_file = nnunet_env.preprocessed / REF_NAME / f"{ref_plans}.json"
     original = plans_file.read_text()
     plans = json.loads(original)
     plans["configurations"]["3d_fullres"]["spacing"] = [2.0, 1.0, 1.0]
