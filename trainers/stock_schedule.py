@@ -14,11 +14,12 @@ batch size). Every fine-tuning arm of the benchmark gets the same values, so the
 import torch
 
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
-from nnunet_ssl.settings import apply_env_settings
+from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-SCHEDULE_SETTINGS = {"num_epochs": int, "num_iterations_per_epoch": int, "num_val_iterations_per_epoch": int,
-                     "batch_size": int, "save_every": int}
+SCHEDULE_SETTINGS = {name: COMMON_SETTINGS[name] for name in ("num_epochs", "num_iterations_per_epoch",
+                                                               "num_val_iterations_per_epoch", "batch_size",
+                                                               "save_every")}
 
 
 class nnUNetTrainer_schedule(nnUNetTrainer):
