@@ -3,9 +3,10 @@
 * :class:`MAEObjective`: fixed grid 8, ratio 0.75 in every cell, masked voxel blocks zeroed at the input, the
   network (encoder AND decoder) reconstructs the input, MSE on masked units only, averaged over the masked units
   (``recon_normalisation=masked``, He et al. 2022 average over the removed patches).
-* :class:`GMIMObjective`: entropy-adaptive grid and per-cell ratios (:class:`~nnunet_ssl.methods.masking.GMIMMasker`),
-  hierarchical re-masking of the first encoder stages' outputs (p 0.3, 0.5x/0.25x/0.125x the cell ratio), and the
-  Siamese target: a stop-gradient copy of the online encoder refreshed every step (momentum 0) sees a second crop
+* :class:`GMIMObjective`: entropy-adaptive grid and per-cell ratios
+  (:class:`~nnunet_ssl.methods.gmim_maskers.GMIMMasker`), hierarchical re-masking of the first encoder stages'
+  outputs (p 0.3, 0.5x/0.25x/0.125x the cell ratio), and the Siamese target: a stop-gradient copy of the online
+  encoder refreshed every step (momentum 0) sees a second crop
   of the same case (``target_crop_shift``, default 0.25 as in the official code), no flips; separate trainable
   dense projectors on both bottlenecks; loss ``1.0 * MSE + 0.005 * L_cc`` (Barlow-Twins-style cross-correlation,
   per sample over bottleneck voxels paired by grid position). The MSE counts masked units but is divided by ALL
@@ -21,7 +22,7 @@ from torch import nn
 
 from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.methods.heads import DenseProjector
-from nnunet_ssl.methods.masking import GMIMMasker, HierarchicalFeatureMasker
+from nnunet_ssl.methods.gmim_maskers import GMIMMasker, HierarchicalFeatureMasker
 from nnunet_ssl.methods.objective import Objective
 from nnunet_ssl.methods.objectives import CrossCorrelationLoss, MaskedMSELoss
 from nnunet_ssl.methods.objectives.masked_reconstruction import RECON_NORMALISATIONS

@@ -10,7 +10,7 @@
 * ``IDEALTrainer`` 2 epochs (started in the background at the beginning to use the waiting time).
 
 Pre-training runs directly on the labeled dataset (SSL trainers never read the labels). 2d is covered at unit
-level (tests/unit/test_aligned_views.py) to keep this file short.
+level (tests/unit/test_aligned_views_*.py) to keep this file short.
 """
 import json
 import re

@@ -12,7 +12,7 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
-from nnunet_ssl.methods.masking import GMIMMasker
+from nnunet_ssl.methods.gmim_maskers import GMIMMasker
 from nnunet_ssl.methods.objectives.masked_reconstruction import MaskedMSELoss
 
 

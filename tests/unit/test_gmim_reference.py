@@ -15,7 +15,7 @@ from nnunet_ssl.methods.objectives import MaskedMSELoss
 from nnunet_ssl.data.two_view_loader import TwoViewDataLoader
 from nnunet_ssl.methods.views import ViewSamplingConfig, extract_view, overlap_fraction
 
-from test_aligned_views import make_trainer, nnunet_folders  # noqa: F401 (fixture)
+from aligned_views_trainers import make_trainer, nnunet_folders  # noqa: F401 (fixture)
 from test_two_view_loader import PATCH_3D, _write_dataset, dataset  # noqa: F401 (fixture)
 
 

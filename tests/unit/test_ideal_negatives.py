@@ -13,7 +13,7 @@ import torch
 
 from nnunet_ssl.methods.objectives import DenseInfoNCELoss
 
-from test_aligned_views import make_trainer, nnunet_folders, random_batch  # noqa: F401 (fixture)
+from aligned_views_trainers import make_trainer, nnunet_folders, random_batch  # noqa: F401 (fixture)
 from test_objectives import _infonce_loop
 
 

@@ -1,20 +1,21 @@
-"""Unit tests for nnunet_ssl.methods.masking (GMIM adaptive grid masks, hierarchical feature masks, MAE baseline)."""
+"""Unit tests for GMIM masking: nnunet_ssl.methods.adaptive_grid (cells, entropies, grid choice, ratios),
+block_masks (exact per-cell block masks) and gmim_maskers (adaptive grid masks, hierarchical feature masks, MAE
+baseline)."""
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from nnunet_ssl.methods.masking import (
-    GMIMMasker,
-    HierarchicalFeatureMasker,
+from nnunet_ssl.methods.adaptive_grid import (
     adaptive_cell_ratios,
     cell_bounds,
     cell_entropies,
     cell_index_map,
     choose_grid,
-    grid_block_mask,
     valid_grids,
 )
+from nnunet_ssl.methods.block_masks import grid_block_mask
+from nnunet_ssl.methods.gmim_maskers import GMIMMasker, HierarchicalFeatureMasker
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
