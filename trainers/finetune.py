@@ -31,7 +31,7 @@ import os
 
 import torch
 
-from nnunet_ssl.weights.checkpoint import atomic_file, load_checkpoint_file
+from nnunet_ssl.weights.checkpoint import atomic_file, load_checkpoint_file, load_checkpoint_for_resume
 from nnunet_ssl.weights.encoder_freeze import EncoderFreeze, non_encoder_parameters
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
 from nnunet_ssl.data.label_budget import LABEL_BUDGET_SETTINGS
@@ -176,7 +176,10 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
         # read here for the epoch, and again by nnU-Net's loader: nnU-Net 2.8's load_checkpoint takes only a path
         # (given a dict it fails with UnboundLocalError, found by tests/integration/test_interruption.py)
         path = os.fspath(filename_or_checkpoint)
-        epoch = load_checkpoint_file(path, map_location="cpu")["current_epoch"]
+        try:  # a damaged or unsafe file stops here with a message (naming an intact checkpoint_best.pth if any)
+            epoch = load_checkpoint_for_resume(path, map_location="cpu")["current_epoch"]
+        except UserInputError as e:
+            exit_on_user_error(e)
         # the checkpoint's optimizer is that of the last finished epoch's stage (after the decoder warm-up's last
         # epoch it holds the decoder only); the next on_train_epoch_start moves on to the stage of `epoch`.
         # (A finished run, --c: its last epoch's stage; warmup_all and train share the whole-net SGD)

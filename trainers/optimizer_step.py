@@ -3,8 +3,9 @@
 Pre-training (:class:`~nnunet_ssl_trainers.ssl_base.nnUNetSSLTrainer`, ReFs' gradient matching included) and
 IDEAL's semi-supervised fine-tuning share it: backward (through the AMP ``GradScaler`` when the trainer has one),
 gradient clipping, a NaN/Inf guard on the loss and on the gradient norm, the optimizer step. A step whose loss or
-gradient is not finite is skipped and counted; ``max_nonfinite_in_a_row`` in a row stop the run with a clear
-message (the last good checkpoint stays on disk). Under DDP every rank takes the same decision.
+gradient is not finite is skipped and counted; ``max_nonfinite_in_a_row`` in a row raise
+:class:`NonFiniteLossError`, which the training loop turns into a message naming the last usable checkpoint.
+Under DDP every rank takes the same decision.
 
 :class:`GuardedOptimizerStep` is held by the trainer (composition, no mixin) and reads the trainer's
 ``optimizer``, ``grad_scaler``, ``is_ddp``, ``device``, ``grad_clip``, ``max_nonfinite_in_a_row``,
@@ -48,10 +49,8 @@ class GuardedOptimizerStep:
                             f"({t._nonfinite_in_a_row} in a row)")
         if t._nonfinite_in_a_row >= t.max_nonfinite_in_a_row:
             raise NonFiniteLossError(
-                f"{t._nonfinite_in_a_row} steps in a row had a NaN/Inf loss or gradient; training stopped at "
-                f"epoch {t.current_epoch}. The last good checkpoint is in {t.output_folder}. Lower the "
-                f"learning rate (NNUNET_SSL_SETTINGS=initial_lr=...) or check the input data for NaN/Inf values, "
-                f"then continue with --c.")
+                f"{t._nonfinite_in_a_row} steps in a row had a NaN/Inf loss or gradient (max_nonfinite_in_a_row="
+                f"{t.max_nonfinite_in_a_row}); training stopped at epoch {t.current_epoch}.")
         return False
 
     def __call__(self, loss: torch.Tensor) -> bool:

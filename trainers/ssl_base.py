@@ -15,7 +15,10 @@ What it changes in ``nnUNetTrainer`` (and nothing else):
   one way to build extra data loaders (:meth:`extra_loader`, finished at the end of training);
 * checkpoints are written atomically with CPU tensors plus an ``nnssl_adaptation_plan`` block;
 * a step whose loss or gradient is NaN/Inf is skipped and counted; ``max_nonfinite_in_a_row`` in a row stop the
-  run with a clear message (the last good checkpoint stays on disk);
+  run with a message naming the last usable checkpoint; a checkpoint is never written over with diverged weights
+  (:mod:`nnunet_ssl.weights.health`);
+* SIGTERM/SIGUSR1 write ``checkpoint_latest.pth`` mid-epoch and exit; ``--c`` resumes at the next step
+  (:mod:`nnunet_ssl_trainers.pretraining_loop`);
 * ``NNUNET_SSL_SETTINGS`` overrides hyperparameters (see :mod:`nnunet_ssl.settings`).
 """
 import math
@@ -37,10 +40,13 @@ from nnunet_ssl.methods.objective import NetworkInfo, Objective
 from nnunet_ssl.methods.views import ViewSamplingConfig
 from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
 from nnunet_ssl.ssl_logging import SSLLocalLogger
-from nnunet_ssl.weights.checkpoint import adaptation_plan, atomic_torch_save, load_checkpoint_file, to_cpu
+from nnunet_ssl.weights.checkpoint import atomic_torch_save
+from nnunet_ssl.weights.health import DIVERGENCE_FACTOR, global_weight_norm, is_diverged
 from nnunet_ssl.weights.network_parts import unwrap
 from nnunet_ssl_trainers.distributed_mixin import CPUDistributedMixin
 from nnunet_ssl_trainers.optimizer_step import GuardedOptimizerStep, NonFiniteLossError  # noqa: F401
+from nnunet_ssl_trainers.pretraining_checkpoint import pretraining_checkpoint, restore_pretraining_checkpoint
+from nnunet_ssl_trainers.pretraining_loop import run_pretraining
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
@@ -84,6 +90,8 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
         self.full_forward = None  # objective's online forward through the wrapped network: None = under DDP only
         self.objective: Optional[Objective] = None  # built by initialize (build_ssl_modules)
         self._extra_loaders = []
+        self.initial_weight_norm: Optional[float] = None  # the network's weight norm when the run started (health)
+        self._epoch_progress = None  # (steps_done, step_outputs) of a checkpoint written mid-epoch by a signal
         self.step_guard = GuardedOptimizerStep(self, self.trainable_parameters, lambda: self._sync_head_gradients(),
                                                self.after_optimizer_step)
         # the objective's settings with their defaults, unless a (variant) class sets them
@@ -265,10 +273,48 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
         self._extra_loaders.append(augmenter)
         return augmenter
 
+    def shutdown_data_loaders(self) -> None:
+        for augmenter in [self.dataloader_train, self.dataloader_val] + self._extra_loaders:
+            if augmenter is not None:
+                finish_augmenter(augmenter)
+
     def on_train_end(self):
         super().on_train_end()
         for augmenter in self._extra_loaders:
             finish_augmenter(augmenter)
+
+    # ------------------------------------------------------------------ the loop
+    def run_training(self):
+        run_pretraining(self)  # nnU-Net's loop plus SIGTERM/SIGUSR1 checkpoints and a clear stop after NaN/Inf
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.initial_weight_norm is None:  # a fresh run (a resumed one restores it from its checkpoint)
+            self.initial_weight_norm = global_weight_norm(unwrap(self.network).state_dict().values())
+
+    def resume_progress(self) -> Tuple[int, List[dict]]:
+        """Steps already done in the current epoch and their outputs (a checkpoint written mid-epoch), else 0."""
+        steps, outputs = self._epoch_progress or (0, [])
+        self._epoch_progress = None
+        self._iteration_in_epoch = steps  # the global step continues where the signal stopped it
+        return steps, outputs
+
+    def weights_diverged(self) -> bool:
+        norm = global_weight_norm(unwrap(self.network).state_dict().values())
+        if not is_diverged(norm, self.initial_weight_norm):
+            return False
+        self.print_to_log_file(f"WARNING: the weights diverged (norm {norm:.3g}, more than {DIVERGENCE_FACTOR:g} "
+                               f"times the initial {self.initial_weight_norm:.3g}): no checkpoint is written over "
+                               f"with them. Lower the learning rate (initial_lr={self.initial_lr:g}).")
+        return True
+
+    def save_progress_checkpoint(self, steps_done: int, step_outputs: List[dict]) -> None:
+        """``checkpoint_latest.pth`` of the epoch in progress (after ``steps_done`` steps): ``--c`` resumes there."""
+        if self.local_rank != 0 or self.disable_checkpointing or self.weights_diverged():
+            return
+        outputs = [{k: float(np.mean(v)) for k, v in o.items()} for o in step_outputs]
+        atomic_torch_save(self.checkpoint_dict(progress=(steps_done, outputs)),
+                          join(self.output_folder, "checkpoint_latest.pth"))
 
     # ------------------------------------------------------------------ epoch bookkeeping
     def on_train_epoch_end(self, train_outputs: List[dict]):
@@ -294,10 +340,12 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
             self.print_to_log_file(k, np.round(get(k, step=-1), decimals=4))
         self.print_to_log_file(f"Epoch time: {np.round(get('epoch_end_timestamps', step=-1) - get('epoch_start_timestamps', step=-1), decimals=2)} s")
 
-        if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1):
+        diverged = self.weights_diverged()
+        if (self.current_epoch + 1) % self.save_every == 0 and self.current_epoch != (self.num_epochs - 1) \
+                and not diverged:
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
         val = get("val_losses", step=-1)
-        if math.isfinite(val) and (self._best_val_loss is None or val < self._best_val_loss):
+        if math.isfinite(val) and (self._best_val_loss is None or val < self._best_val_loss) and not diverged:
             self._best_val_loss = val
             self.print_to_log_file(f"New best validation SSL loss: {np.round(val, decimals=4)}")
             self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
@@ -310,26 +358,10 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
                                f"{join(self.output_folder, 'checkpoint_final.pth')} on a labeled dataset.")
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_dict(self) -> dict:
-        net = unwrap(self.network)
-        return {
-            "network_weights": to_cpu(net.state_dict()),
-            "optimizer_state": to_cpu(self.optimizer.state_dict()),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            "ssl_state": to_cpu({k: unwrap(m).state_dict() for k, m in self.ssl_modules.items()}),
-            "nnunet_ssl": {"best_val_loss": self._best_val_loss, "kind": "pretraining",
-                           "configuration": self.configuration_name,
-                           "nonfinite_in_a_row": self._nonfinite_in_a_row,
-                           "transfer_decoder": self.decoder_transfers},
-            "nnssl_adaptation_plan": adaptation_plan(net, self.plans_manager.plans, self.configuration_name,
-                                                     self.num_input_channels),
-        }
+    def checkpoint_dict(self, progress: Optional[Tuple[int, List[dict]]] = None) -> dict:
+        """The checkpoint at the end of the current epoch, or (``progress``: steps done and their outputs) in the
+        middle of it (:mod:`nnunet_ssl_trainers.pretraining_checkpoint`)."""
+        return pretraining_checkpoint(self, progress)
 
     def save_checkpoint(self, filename: str) -> None:
         if self.local_rank != 0:
@@ -342,22 +374,7 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not self.was_initialized:
             self.initialize()
-        ckpt = load_checkpoint_file(filename_or_checkpoint, map_location=self.device) \
-            if not isinstance(filename_or_checkpoint, dict) else filename_or_checkpoint
-        weights = {k[7:] if k.startswith("module.") else k: v for k, v in ckpt["network_weights"].items()}
-        unwrap(self.network).load_state_dict(weights)
-        for name, state in ckpt.get("ssl_state", {}).items():
-            if name in self.ssl_modules:
-                unwrap(self.ssl_modules[name]).load_state_dict(state)
-        self.my_init_kwargs = ckpt["init_args"]
-        self.current_epoch = ckpt["current_epoch"]
-        self.logger.load_checkpoint(ckpt["logging"])
-        self._best_ema = ckpt.get("_best_ema")
-        meta = ckpt.get("nnunet_ssl", {})
-        self._best_val_loss = meta.get("best_val_loss")
-        self._nonfinite_in_a_row = meta.get("nonfinite_in_a_row", 0)
-        self.inference_allowed_mirroring_axes = ckpt.get("inference_allowed_mirroring_axes",
-                                                         self.inference_allowed_mirroring_axes)
-        self.optimizer.load_state_dict(ckpt["optimizer_state"])
-        if self.grad_scaler is not None and ckpt.get("grad_scaler_state") is not None:
-            self.grad_scaler.load_state_dict(ckpt["grad_scaler_state"])
+        try:
+            restore_pretraining_checkpoint(self, filename_or_checkpoint)
+        except UserInputError as e:
+            exit_on_user_error(e)

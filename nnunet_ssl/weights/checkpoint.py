@@ -266,3 +266,23 @@ def load_checkpoint_file(filename: str, map_location="cpu") -> Dict[str, Any]:
         raise UserInputError(
             f"{filename} is not an nnU-Net/nnssl checkpoint: it has no 'network_weights' entry (found: {keys}).")
     return ckpt
+
+
+def load_checkpoint_for_resume(path: str, map_location="cpu") -> Dict[str, Any]:
+    """Load a checkpoint ``--c`` picked; if it is damaged, say which intact checkpoint of its folder to use."""
+    try:
+        return load_checkpoint_file(path, map_location=map_location)
+    except UserInputError as e:
+        folder, name = os.path.split(os.path.abspath(path))
+        best = os.path.join(folder, "checkpoint_best.pth")
+        if name != "checkpoint_latest.pth" or not os.path.isfile(best):
+            raise
+        try:
+            epoch = load_checkpoint_file(best, map_location="cpu").get("current_epoch")
+        except UserInputError:
+            raise UserInputError(f"{e} checkpoint_best.pth in the same folder is damaged as well: start the run "
+                                 f"again without --c.") from None
+        raise UserInputError(
+            f"{e} checkpoint_best.pth in the same folder is intact (it continues at epoch {epoch}): move the "
+            f"damaged file away (mv {path} {path}.damaged) and run the same command with --c again; nnU-Net then "
+            f"continues from checkpoint_best.pth.") from None

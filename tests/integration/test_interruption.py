@@ -116,3 +116,50 @@ def test_sigkill_then_continue_restores_the_exact_checkpoint_state(trainer, ssl_
     assert saved["optimizer_state"]["state"], "the optimizer state (momentum) must be in the checkpoint"
     if trainer in ("PGLTrainer", "IDEALTrainer", "ReFsTrainer", "GMIMTrainer"):
         assert saved["ssl_state"], f"{trainer}: SSL modules (teachers, heads) must be in the checkpoint"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM])
+def test_sigterm_saves_mid_epoch_and_continue_finishes_that_epoch(sig, ssl_datasets, nnunet_env, tmp_path):
+    """A scheduler's SIGTERM to the whole process group (data loader workers included): the run writes
+    checkpoint_latest.pth although no periodic save was due, exits 128+15 without a traceback, and --c continues the
+    epoch at the step where it stopped."""
+    trainer = "PGLTrainer"
+    folder = nnunet_env.results / SSL_NAME / f"{trainer}__{TINY}__3d_fullres" / "fold_all"
+    settings = "num_epochs=200,num_iterations_per_epoch=6,num_val_iterations_per_epoch=1,save_every=100"
+    env = dict(ssl_datasets.env, nnUNet_n_proc_DA="1")
+    env.pop("NNUNET_SSL_PRETRAINED", None)
+    cmd = [nnunet_bin("nnUNetv2_train"), str(SSL_ID), "3d_fullres", "all", "-tr", trainer, "-p", TINY,
+           "-device", "cpu"]
+    seed = int(os.environ.get("NNUNET_SSL_KILL_SEED", time.time_ns() % 2 ** 31))
+    delay = random.Random(seed).uniform(0.0, 2.0)
+    print(f"{signal.Signals(sig).name} {delay:.2f} s after epoch 1 started (NNUNET_SSL_KILL_SEED={seed})")
+    log_path = tmp_path / "train.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([str(c) for c in cmd], env=dict(env, NNUNET_SSL_SETTINGS=settings), stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            start = time.time()
+            while "Epoch 1\n" not in log_path.read_text():
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                assert time.time() - start < 900, "epoch 1 never started"
+                time.sleep(0.2)
+            time.sleep(delay)
+            os.killpg(proc.pid, sig)
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    out = log_path.read_text()
+    assert proc.returncode == 128 + sig, out[-3000:]
+    assert f"Stopped by {signal.Signals(sig).name} at epoch" in out and "Traceback" not in out, out[-3000:]
+    left = load_ckpt(folder / "checkpoint_latest.pth")  # save_every=100: only the signal can have written it
+    epoch, steps = left["current_epoch"], (left["nnunet_ssl"]["epoch_progress"] or {}).get("steps_done", 0)
+    assert epoch >= 1
+
+    resume = run(cmd + ["--c"], dict(env, NNUNET_SSL_SETTINGS=settings.replace("num_epochs=200",
+                                                                                f"num_epochs={epoch + 1}")))
+    if steps:
+        assert f"Continuing epoch {epoch} at step {steps} of 6" in resume.stdout
+    final = load_ckpt(folder / "checkpoint_final.pth")
+    assert final["current_epoch"] == epoch + 1
+    assert len(final["logging"]["train_losses"]) == epoch + 1

@@ -43,7 +43,7 @@ def test_nonfinite_loss_and_gradient_skip_the_step_and_stop_after_too_many(unlab
     trainer.ssl_loss = lambda batch, train: (torch.sqrt(p0.sum() - x.detach() + 0.0 * x), {})  # loss 0, grad inf
     assert trainer.train_step({})["skipped_steps"] == 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, _params(trainer)))
-    with pytest.raises(NonFiniteLossError, match="3 steps in a row had a NaN/Inf loss or gradient.*--c"):
+    with pytest.raises(NonFiniteLossError, match="3 steps in a row had a NaN/Inf loss or gradient"):
         trainer.train_step({})
     # a finite step resets the counter
     trainer._nonfinite_in_a_row = 0
