@@ -10,10 +10,16 @@ network is wrapped exactly once. Everything else of nnU-Net's DDP path is unchan
 oversampling, batch Dice across ranks, gradient averaging, rank-0-only logging and checkpoints.
 
 :func:`nnunet_ssl.cpu_ddp.run_cpu_ddp` launches such a run the way nnU-Net's ``run_ddp`` does.
+
+As the one layer every trainer of ours has directly above ``nnUNetTrainer``, its ``__init__`` also turns an output
+folder that cannot be created or written into a message instead of a traceback (or, for an existing read-only
+folder, nnU-Net's five retries on every log line).
 """
 import torch
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunet_ssl.errors import exit_on_file_system_error, writable_folder
 
 
 def _cpu_process_group() -> bool:
@@ -26,7 +32,11 @@ class CPUDistributedMixin:
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
+        try:  # nnU-Net creates the output folder and opens its log there (every trainer of ours passes here)
+            super().__init__(plans, configuration, fold, dataset_json, device)
+            writable_folder(self.output_folder)
+        except OSError as e:
+            exit_on_file_system_error(e)  # read-only / not permitted / full: a message, not a traceback
         if self.is_ddp and torch.device(device).type == "cpu" and _cpu_process_group():
             self.device = torch.device("cpu")
             self.grad_scaler = None

@@ -160,8 +160,11 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
         """nnU-Net's checkpoint, written atomically: a kill during the write leaves the previous file intact."""
         if self.local_rank != 0 or self.disable_checkpointing:
             return super().save_checkpoint(filename)
-        with atomic_file(filename) as tmp:
-            super().save_checkpoint(tmp)
+        try:
+            with atomic_file(filename) as tmp:
+                super().save_checkpoint(tmp)
+        except UserInputError as e:  # disk full, read-only folder
+            exit_on_user_error(e)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         """``--c``: nnU-Net 2.8's warm-up trainer reads checkpoints with ``torch.load``'s default

@@ -7,7 +7,8 @@
   is lost or repeated (the global step and every schedule continue exactly).
 * **Too many NaN/Inf steps in a row** (:class:`~nnunet_ssl_trainers.optimizer_step.NonFiniteLossError`): a message
   instead of a traceback, naming the last checkpoint whose weights are still usable
-  (:mod:`nnunet_ssl.weights.health`) or saying plainly that none is; exit status 2.
+  (:mod:`nnunet_ssl.weights.health`) or saying plainly that none is; exit status 2. So does any
+  :class:`~nnunet_ssl.errors.UserInputError` of the run (a checkpoint that cannot be written: disk full, read-only).
 
 Trainers call :func:`run_pretraining` from ``run_training``; they provide ``save_progress_checkpoint(steps_done,
 step_outputs)``, ``resume_progress()`` and ``shutdown_data_loaders()``.
@@ -54,6 +55,9 @@ def run_pretraining(trainer) -> None:
             message = f"{e} {usable_checkpoint_advice(t)}"
             t.print_to_log_file(message)
             exit_on_user_error(UserInputError(message))
+        except UserInputError as e:  # e.g. a checkpoint that cannot be written (disk full, read-only folder)
+            t.shutdown_data_loaders()
+            exit_on_user_error(e)
 
 
 def _stop_if_signalled(t, stop: StopSignals, outputs: List[dict]) -> None:

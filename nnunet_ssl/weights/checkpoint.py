@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from nnunet_ssl.errors import UserInputError
+from nnunet_ssl.errors import UserInputError, file_system_error
 
 #: ``NNUNET_SSL_TRUSTED_CHECKPOINTS=/path/a.pth:/path/b.pth`` (``os.pathsep``-separated): checkpoint files the user
 #: trusts, loaded with full unpickling (which can run code stored in the file). Every other file is loaded with
@@ -114,13 +114,14 @@ def atomic_file(filename: str):
     ``filename``, otherwise removed. A process killed at any moment leaves either the previous file or the complete
     new one, never a torn one (a stray temporary at most, removed by the next write into that folder once its
     writer is dead). The file gets the mode a plain ``open`` gives (0666 minus the umask), so other users and
-    containers can read what the umask allows. A full disk is a :class:`UserInputError` naming the folder."""
+    containers can read what the umask allows. A full disk or an unwritable folder is a :class:`UserInputError`
+    naming the folder."""
     folder = os.path.dirname(os.path.abspath(filename))
-    os.makedirs(folder, exist_ok=True)
-    clean_stale_temporaries(folder)
     tmp = os.path.join(folder, temp_name(filename))
     try:
         try:
+            os.makedirs(folder, exist_ok=True)
+            clean_stale_temporaries(folder)
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
             yield tmp
             with open(tmp, "rb") as f:
@@ -129,6 +130,9 @@ def atomic_file(filename: str):
         except OSError as e:
             if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
                 raise _disk_full_error(filename, e) from None
+            explained = file_system_error(e)  # read-only, not permitted
+            if explained is not None:
+                raise explained from None
             raise
     finally:
         if os.path.lexists(tmp):

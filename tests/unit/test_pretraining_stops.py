@@ -125,3 +125,44 @@ def test_continue_from_a_damaged_latest_checkpoint_names_the_intact_best_one(ref
     err = capsys.readouterr().err
     assert "checkpoint_best.pth in the same folder is intact" in err and f"mv {latest}" in err
     assert "Traceback" not in err
+
+
+def _unwritable_root():
+    """A folder nobody may create (sysfs); running as root defeats chmod-based read-only folders."""
+    path = "/sys/nnunet_ssl_results_probe"
+    try:
+        os.mkdir(path)
+    except OSError:
+        return path
+    os.rmdir(path)
+    return None
+
+
+@pytest.mark.parametrize("name", ["MAETrainer", "SSLFinetuneTrainer"])
+def test_an_unwritable_results_folder_is_a_message(refs_env, capsys, name):
+    root = _unwritable_root()
+    if root is None:
+        pytest.skip("no unwritable folder on this machine (/sys accepted a new folder)")
+    refs_env.mp.setenv("nnUNet_results", root)
+    with pytest.raises(SystemExit) as e:
+        _trainer(refs_env, SHORT, name)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"Cannot write {root}" in err and "nnUNet_results" in err
+
+
+def test_a_full_disk_while_saving_stops_with_a_message(refs_env, capsys, monkeypatch):
+    import errno
+    import torch
+    t = _trainer(refs_env, f"{SHORT},num_epochs=3,save_every=1")
+
+    def full(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(SystemExit) as e:
+        t.run_training()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "No space left on device while writing checkpoint_" in err and "--c" in err
+    assert not [f for f in os.listdir(t.output_folder) if f.startswith((".tmp", "checkpoint"))]
