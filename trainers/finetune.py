@@ -36,7 +36,7 @@ from nnunet_ssl.weights.encoder_freeze import EncoderFreeze, non_encoder_paramet
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
 from nnunet_ssl.data.label_budget import LABEL_BUDGET_SETTINGS
 from nnunet_ssl.weights.network_parts import unwrap
-from nnunet_ssl.settings import COMMON_SETTINGS, apply_env_settings
+from nnunet_ssl.settings import COMMON_SETTINGS, Setting, apply_env_settings
 from nnunet_ssl.trainer_names import PRETRAINED_ENV
 from nnunet_ssl.weights.transfer import recommended_load_decoder, transfer_weights
 from nnunet_ssl_trainers.distributed_mixin import CPUDistributedMixin
@@ -58,7 +58,8 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
     """nnU-Net training from a pre-trained start with nnU-Net's warm-up schedule (``nnUNetTrainer_warmup``'s stages
     and schedulers, re-implemented in :meth:`configure_optimizers` with an optional decoder-only stage in front)."""
 
-    tunable_settings = dict(COMMON_SETTINGS, warmup_duration_whole_net=int, warmup_duration_decoder=int,
+    tunable_settings = dict(COMMON_SETTINGS, warmup_duration_whole_net=Setting(int, min=1),
+                            warmup_duration_decoder=Setting(int, min=0),
                             load_decoder=bool, final_validation=bool, **LABEL_BUDGET_SETTINGS)
     STAGES = ("warmup_decoder", "warmup_all", "train")
 

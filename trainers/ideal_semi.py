@@ -37,10 +37,13 @@ from nnunet_ssl.methods.objectives.cross_pseudo_supervision import CrossPseudoSu
 from nnunet_ssl.methods.semi_supervised import (consistency_weight_at, default_rampup_epochs,
                                                 two_decoder_semi_supervised_loss)
 from nnunet_ssl.methods.two_decoder_unet import TwoDecoderUNet
+from nnunet_ssl.settings import Setting
+from nnunet_ssl.weights.health import global_weight_norm
 from nnunet_ssl.data.unlabeled_pool import (UNLABELED_DATASET_ENV, PoolSource, UnlabeledDataLoader, UnlabeledPool,
                                             resolve_unlabeled_dataset)
 from nnunet_ssl_trainers.finetune import SSLFinetuneTrainer
-from nnunet_ssl_trainers.optimizer_step import GuardedOptimizerStep
+from nnunet_ssl_trainers.optimizer_step import GUARD_SETTINGS, GuardedOptimizerStep, NonFiniteLossError
+from nnunet_ssl_trainers.pretraining_loop import usable_checkpoint_advice
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
@@ -67,8 +70,10 @@ def build_two_decoder_unet(plans_manager, configuration_manager, num_input_chann
 class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
     uses_unlabeled_pool = True
     curve_keys = ("sup_loss", "cps_loss", "consistency_weight")
-    tunable_settings = dict(SSLFinetuneTrainer.tunable_settings, consistency_weight=float,
-                            consistency_rampup_epochs=int, cps_confidence_threshold=float, unlabeled_batch_size=int)
+    tunable_settings = dict(SSLFinetuneTrainer.tunable_settings, consistency_weight=Setting(float, min=0),
+                            consistency_rampup_epochs=Setting(int, min=0),
+                            cps_confidence_threshold=Setting(float, min=0, max=1),
+                            unlabeled_batch_size=Setting(int, min=1), **GUARD_SETTINGS)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -80,6 +85,7 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
         self.cps_loss = None
         self.unlabeled_pool = None
         self.dataloader_unlabeled = None
+        self.initial_weight_norm = None  # set by on_train_start (nnunet_ssl.weights.health)
         # the one guarded optimizer step of nnunet_ssl (nnU-Net's clip at 12 plus the NaN/Inf guard)
         self.grad_clip = 12.0
         self.max_nonfinite_in_a_row = 20
@@ -175,6 +181,20 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
     def on_train_end(self):
         super().on_train_end()
         finish_augmenter(self.dataloader_unlabeled)
+
+    def on_train_start(self):
+        super().on_train_start()  # loads the pre-trained weights: the start the divergence check compares with
+        self.initial_weight_norm = global_weight_norm(self.network.state_dict().values())
+
+    def run_training(self):
+        try:
+            super().run_training()
+        except NonFiniteLossError as e:  # a message naming the checkpoint to continue from, not a traceback
+            for augmenter in (self.dataloader_train, self.dataloader_val, self.dataloader_unlabeled):
+                finish_augmenter(augmenter)
+            message = f"{e} {usable_checkpoint_advice(self)}"
+            self.print_to_log_file(message)
+            exit_on_user_error(UserInputError(message))
 
     # ------------------------------------------------------------------ steps
     def current_consistency_weight(self) -> float:

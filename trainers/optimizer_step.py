@@ -18,6 +18,12 @@ from typing import Callable, Iterable, Optional
 import torch
 from torch import distributed as dist
 
+from nnunet_ssl.settings import Setting
+
+
+#: the settings of the guarded step, for the trainers that hold one
+GUARD_SETTINGS = {"max_nonfinite_in_a_row": Setting(int, min=1), "grad_clip": Setting(float, min=0, min_exclusive=True)}
+
 
 class NonFiniteLossError(RuntimeError):
     pass

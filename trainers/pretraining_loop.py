@@ -86,7 +86,7 @@ def usable_checkpoint_advice(t) -> str:
         except UserInputError:
             continue
         norm = state_dict_norm(ckpt.get("network_weights", {}))
-        if not is_diverged(norm, t.initial_weight_norm):
+        if not is_diverged(norm, getattr(t, "initial_weight_norm", None)):
             usable.append((name, ckpt.get("current_epoch")))
     if not usable:
         return (f"No checkpoint in {t.output_folder} was written before the weights diverged (none holds finite "

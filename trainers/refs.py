@@ -52,19 +52,21 @@ from torch import distributed as dist
 from torch import nn
 
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
-from nnunet_ssl.methods.gradient_matching import (FishGradientMatcher, cosine_matching_penalty, gradient_cosine,
-                                                  scaled_task_gradients)
+from nnunet_ssl.methods.gradient_matching import (FISH_ORDERS, FishGradientMatcher, cosine_matching_penalty,
+                                                  gradient_cosine, scaled_task_gradients)
 from nnunet_ssl.methods.ideal import IDEALObjective
 from nnunet_ssl.methods.masked_modeling import GMIMObjective, MAEObjective
 from nnunet_ssl.methods.pgl import PGLObjective
 from nnunet_ssl.methods.randomness import ReplayedRandomness, device_generators  # noqa: F401
+from nnunet_ssl.settings import Setting
 from nnunet_ssl.weights.network_parts import unwrap
 from nnunet_ssl_trainers.reference_task import ReferenceHead, ReferenceTask  # noqa: F401
 from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer
 
-REFS_SETTINGS = {"matching": str, "fish_inner_lr": float, "fish_order": str, "cosine_lambda": float,
-                 "ref_weight": float, "cosine_every": int}
 MATCHING_MODES = ("fish", "cosine", "none")
+REFS_SETTINGS = {"matching": Setting(str, choices=MATCHING_MODES), "fish_inner_lr": Setting(float, min=0),
+                 "fish_order": Setting(str, choices=FISH_ORDERS), "cosine_lambda": Setting(float, min=0),
+                 "ref_weight": Setting(float, min=0), "cosine_every": Setting(int, min=1)}
 # static scale of the losses whose gradients ReFs takes itself (fish's task gradients, the cosine mode's g_ssl and
 # g_ref) while float16 mixed precision is on (the trainer has a GradScaler, on whatever device)
 INNER_LOSS_SCALE = 1024.0

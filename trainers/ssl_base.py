@@ -44,7 +44,7 @@ from nnunet_ssl.weights.checkpoint import atomic_torch_save
 from nnunet_ssl.weights.health import DIVERGENCE_FACTOR, global_weight_norm, is_diverged
 from nnunet_ssl.weights.network_parts import unwrap
 from nnunet_ssl_trainers.distributed_mixin import CPUDistributedMixin
-from nnunet_ssl_trainers.optimizer_step import GuardedOptimizerStep, NonFiniteLossError  # noqa: F401
+from nnunet_ssl_trainers.optimizer_step import GUARD_SETTINGS, GuardedOptimizerStep, NonFiniteLossError  # noqa: F401
 from nnunet_ssl_trainers.pretraining_checkpoint import pretraining_checkpoint, restore_pretraining_checkpoint
 from nnunet_ssl_trainers.pretraining_loop import run_pretraining
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
@@ -64,7 +64,7 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
     # stored in the checkpoint; the objective's unless a class says otherwise
     decoder_transfers = True
     # the settings of the trainer itself; tunable_settings adds the objective's (__init_subclass__)
-    trainer_settings: Dict[str, type] = dict(COMMON_SETTINGS, max_nonfinite_in_a_row=int, grad_clip=float)
+    trainer_settings: Dict[str, type] = dict(COMMON_SETTINGS, **GUARD_SETTINGS)
     tunable_settings: Dict[str, type] = trainer_settings
 
     def __init_subclass__(cls, **kwargs):

@@ -21,17 +21,18 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from nnunet_ssl.errors import UserInputError
+from nnunet_ssl.settings import Setting
 
 __all__ = ["LABEL_BUDGET_SETTINGS", "BUDGET_REST_CHOICES", "BudgetSplit", "seeded_selection", "read_case_list",
            "apply_label_budget"]
 
+BUDGET_REST_CHOICES = ("unused", "unlabeled")
 LABEL_BUDGET_SETTINGS = {
-    "label_budget": int,
+    "label_budget": Setting(int, min=1),
     "label_seed": int,
     "labeled_cases_file": str,
-    "budget_rest": str,
+    "budget_rest": Setting(str, choices=BUDGET_REST_CHOICES),
 }
-BUDGET_REST_CHOICES = ("unused", "unlabeled")
 
 
 @dataclass

@@ -46,6 +46,7 @@ from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.methods.alignment import CellGeometry, align_views, decoder_cell_geometry, encoder_cell_geometry
 from nnunet_ssl.methods.objective import Objective
 from nnunet_ssl.methods.teachers import EMATeacher, cosine_momentum
+from nnunet_ssl.settings import Setting
 from nnunet_ssl.weights.network_parts import capture_output, decoder_features, unwrap
 
 __all__ = ["AlignedViewsObjective", "aligned_pair", "parse_levels", "level_spec", "level_channels",
@@ -134,8 +135,9 @@ class AlignedViewsObjective(Objective):
     """Base of PGL and IDEAL. Subclasses implement :meth:`make_projector` and :meth:`level_loss` and may add a
     predictor (:meth:`make_predictor`)."""
 
-    settings = {"ema_base": float, "ema_final": float, "levels": str, "projector_dim": int,
-                "projector_hidden": int, "align_size": int}
+    settings = {"ema_base": Setting(float, min=0, max=1), "ema_final": Setting(float, min=0, max=1), "levels": str,
+                "projector_dim": Setting(int, min=1), "projector_hidden": Setting(int, min=1),
+                "align_size": Setting(int, min=0)}
     data = "two_views"
     curve_keys = ("ema_momentum", "overlapping_samples")  # plus loss_<level>, see all_curve_keys
     ema_base = 0.99

@@ -135,6 +135,9 @@ def all_reduce_mean_(t: torch.Tensor) -> torch.Tensor:
 LossFn = Callable[[nn.Module], torch.Tensor]
 
 
+FISH_ORDERS = ("ssl_first", "ref_first", "alternate")
+
+
 class FishGradientMatcher:
     """First-order (Fish) gradient matching between ``L_ssl`` and ``L_ref`` on the shared parameters.
 
@@ -167,7 +170,7 @@ class FishGradientMatcher:
     def __init__(self, inner_lr: float = 0.01, meta_lr: float = 0.5, order: str = "ssl_first",
                  apply: str = "direct", measure_cosine: bool = True, average_across_ranks: Optional[bool] = None,
                  skip_non_finite: bool = True, loss_scale: float = 1.0):
-        if order not in ("ssl_first", "ref_first", "alternate"):
+        if order not in FISH_ORDERS:
             raise ValueError(f"order must be 'ssl_first', 'ref_first' or 'alternate', got {order!r}")
         if apply not in ("direct", "grad"):
             raise ValueError(f"apply must be 'direct' or 'grad', got {apply!r}")

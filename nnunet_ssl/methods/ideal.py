@@ -38,6 +38,7 @@ from nnunet_ssl.methods.alignment import overlap_box
 from nnunet_ssl.methods.heads import DenseProjector
 from nnunet_ssl.methods.objectives import DenseInfoNCELoss
 from nnunet_ssl.methods.views import view_cell_centres
+from nnunet_ssl.settings import Setting
 
 __all__ = ["IDEALObjective", "batch_case_ids"]
 
@@ -54,8 +55,9 @@ def batch_case_ids(batch: dict) -> Optional[list]:
 
 
 class IDEALObjective(AlignedViewsObjective):
-    settings = dict(AlignedViewsObjective.settings, temperature=float, num_samples=int,
-                    negative_exclusion_radius=float, cross_case_negatives=bool)
+    settings = dict(AlignedViewsObjective.settings, temperature=Setting(float, min=0, min_exclusive=True),
+                    num_samples=Setting(int, min=1), negative_exclusion_radius=Setting(float, min=0),
+                    cross_case_negatives=bool)
     ema_final = None  # constant key-encoder momentum ema_base (0.99)
     temperature = 0.1
     num_samples = 1024

@@ -27,11 +27,13 @@ from nnunet_ssl.methods.objective import Objective
 from nnunet_ssl.methods.objectives import CrossCorrelationLoss, MaskedMSELoss
 from nnunet_ssl.methods.objectives.masked_reconstruction import RECON_NORMALISATIONS
 from nnunet_ssl.methods.teachers import StopGradientCopy
+from nnunet_ssl.settings import Setting
 from nnunet_ssl.weights.network_parts import capture_output, unwrap
 
 __all__ = ["MAEObjective", "GMIMObjective"]
 
-MAE_SETTINGS = {"mask_ratio": float, "mask_grid": int, "recon_normalisation": str}
+MAE_SETTINGS = {"mask_ratio": Setting(float, min=0, max=1, max_exclusive=True), "mask_grid": Setting(int, min=1),
+                "recon_normalisation": Setting(str, choices=RECON_NORMALISATIONS)}
 
 
 class MAEObjective(Objective):
@@ -71,8 +73,10 @@ class MAEObjective(Objective):
 class GMIMObjective(MAEObjective):
     """GMIM: adaptive grid masking, hierarchical masks and the Siamese cross-correlation target."""
 
-    settings = dict(MAE_SETTINGS, base_ratio=float, ratio_spread=float, cc_weight=float,
-                    hierarchical_probability=float, projector_dim=int, target_crop_shift=float)
+    settings = dict(MAE_SETTINGS, base_ratio=Setting(float, min=0, max=1, max_exclusive=True),
+                    ratio_spread=Setting(float, min=0, max=1), cc_weight=Setting(float, min=0),
+                    hierarchical_probability=Setting(float, min=0, max=1), projector_dim=Setting(int, min=1),
+                    target_crop_shift=Setting(float, min=0, max=1, max_exclusive=True))
     # the target view: a second, overlapping crop (target_crop_shift) without flips, intensity augmentation only
     data = "second_crop"
     curve_keys = ("recon_loss", "cc_loss", "masked_fraction", "mean_grid")

@@ -147,7 +147,7 @@ def test_variant_scaling_explicit_lengths_and_errors(env, capsys):
     assert t.warmup_duration_decoder == 6
     with pytest.raises(SystemExit) as e:
         _trainer(env, "num_epochs=10,warmup_duration_decoder=-1")
-    assert e.value.code == 2 and "must be >= 0" in capsys.readouterr().err
+    assert e.value.code == 2 and "warmup_duration_decoder must be int >= 0" in capsys.readouterr().err
     # explicitly longer than the run: decoder-only training throughout, said in the log
     t = _trainer(env, "num_epochs=3,warmup_duration_decoder=3")
     assert [_epoch_start(t, e)[0] for e in range(3)] == ["warmup_decoder"] * 3 and t._encoder_freeze.frozen

@@ -58,4 +58,4 @@ def test_unknown_matching_mode_names_all_three(refs_env, capsys):
         refs_trainer(refs_env, "ReFsTrainer", "matching=fishy")
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "fish, cosine or none" in err
+    assert "matching must be str one of fish, cosine, none" in err
