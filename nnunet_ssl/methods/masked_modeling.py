@@ -26,6 +26,7 @@ from nnunet_ssl.methods.gmim_maskers import GMIMMasker, HierarchicalFeatureMaske
 from nnunet_ssl.methods.objective import Objective
 from nnunet_ssl.methods.objectives import CrossCorrelationLoss, MaskedMSELoss
 from nnunet_ssl.methods.objectives.masked_reconstruction import RECON_NORMALISATIONS
+from nnunet_ssl.methods.sample_variation import varying_samples
 from nnunet_ssl.methods.teachers import StopGradientCopy
 from nnunet_ssl.settings import Setting
 from nnunet_ssl.weights.network_parts import capture_output, unwrap
@@ -138,7 +139,14 @@ class GMIMObjective(MAEObjective):
                 target_bottleneck = target(self.to_device(batch["data_v2"]))[-1]
             za = modules["online_projector"](skips[-1])
             zb = modules["target_projector"](target_bottleneck)
-            cc = self.cc_loss(za, zb)
+            # a constant view has a zero-variance projection: left out (nnunet_ssl.methods.sample_variation)
+            keep = varying_samples(x) & varying_samples(batch["data_v2"]).to(x.device)
+            if bool(keep.all()):
+                cc = self.cc_loss(za, zb)
+            elif bool(keep.any()):
+                cc = self.cc_loss(za[keep], zb[keep])
+            else:
+                cc = (za * 0.0).sum() + (zb * 0.0).sum()  # every parameter still gets a (zero) gradient
             loss = loss + self.cc_weight * cc
         curves = {"recon_loss": float(recon_loss.detach()), "cc_loss": float(cc.detach()),
                   "masked_fraction": float(res.mask.mean()), "mean_grid": float(sum(res.grids) / len(res.grids))}

@@ -50,3 +50,27 @@ def test_an_all_constant_batch_is_a_zero_gradient_not_an_infinite_one(one_thread
     loss.backward()
     assert torch.isfinite(torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0))
     assert float(loss) == 0.0
+
+
+@pytest.mark.parametrize("constant_view", ["data_v1", "data_v2"])
+def test_gmim_cross_correlation_term_gives_finite_gradients_on_constant_samples(one_thread, constant_view):
+    """The Siamese cross-correlation term standardises each projection over its voxels: a constant sample's
+    projection has zero variance, so its gradient is scaled by 1/sqrt(eps) before it even reaches the InstanceNorms.
+    A sample without intensity variation in either view is left out of that term."""
+    from nnunet_ssl.methods.masked_modeling import GMIMObjective
+    from nnunet_ssl.methods.objective import NetworkInfo
+    net = _unet()
+    objective = GMIMObjective(net, NetworkInfo.of(net, (32, 32, 32), 1), device=torch.device("cpu"),
+                              hierarchical_probability=0.0)
+    with torch.no_grad():  # the heads as tiny-biased as the network's (see _unet)
+        for name, p in objective.modules.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(torch.randn_like(p) * 1e-30)
+    torch.manual_seed(1)
+    batch = {"data_v1": torch.randn(2, 1, 32, 32, 32), "data_v2": torch.randn(2, 1, 32, 32, 32)}
+    batch[constant_view][0] = 0.0
+    loss, curves = objective.loss(batch, net, train=True)
+    loss.backward()
+    params = list(net.parameters()) + list(objective.modules.parameters())
+    assert torch.isfinite(torch.nn.utils.clip_grad_norm_(params, 12.0))
+    assert curves["cc_loss"] > 0  # the textured sample still has the term

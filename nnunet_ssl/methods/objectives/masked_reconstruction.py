@@ -29,6 +29,8 @@ Example::
 import torch
 from torch import nn
 
+from nnunet_ssl.methods.sample_variation import varying_samples
+
 __all__ = ["MaskedMSELoss", "RECON_NORMALISATIONS"]
 
 _EPS = 1e-12
@@ -68,8 +70,7 @@ class MaskedMSELoss(nn.Module):
                 f"mask of shape {tuple(mask.shape)} cannot be broadcast to pred of shape {tuple(pred.shape)}; "
                 f"expected e.g. (B, 1, *spatial)"
             ) from None
-        flat = target.detach().flatten(1)
-        varies = (flat.amax(dim=1) > flat.amin(dim=1)).view(-1, *([1] * (pred.ndim - 1)))
+        varies = varying_samples(target).view(-1, *([1] * (pred.ndim - 1)))
         w = w * varies.to(w.dtype)
         sq = (pred.float() - target.float()).pow(2)
         weighted = torch.where(w > 0, sq * w, torch.zeros_like(sq))
