@@ -209,7 +209,10 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
                 "Hint: the decoder starts random. With few labels, a decoder-only warm-up first (-tr "
                 "SSLFinetuneTrainer_decoderWarmup, or warmup_duration_decoder=N in NNUNET_SSL_SETTINGS) turned "
                 "losses against training from scratch into a match in our benchmark (README, item 10).")
-        self.print_to_log_file(report.summary())
+        # the console gets the headline, the training log every tensor (hundreds of lines)
+        self.print_to_log_file(report.summary(), also_print_to_console=False)
+        if self.local_rank == 0:
+            print(f"{report.headline()} Per-tensor list: {self.log_file}")
         return report
 
     def on_train_start(self):

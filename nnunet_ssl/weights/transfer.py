@@ -35,10 +35,15 @@ class TransferReport:
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     unused_in_checkpoint: List[str] = field(default_factory=list)
 
+    def headline(self) -> str:
+        """One line: how many tensors were loaded, adapted, kept, unused."""
+        return (f"nnunet_ssl weight transfer: {len(self.loaded)} tensors loaded, {len(self.adapted)} adapted, "
+                f"{len(self.skipped)} kept at their initialisation, "
+                f"{len(self.unused_in_checkpoint)} checkpoint tensors unused.")
+
     def summary(self) -> str:
-        lines = [f"nnunet_ssl weight transfer: {len(self.loaded)} tensors loaded, {len(self.adapted)} adapted, "
-                 f"{len(self.skipped)} kept at their initialisation, "
-                 f"{len(self.unused_in_checkpoint)} checkpoint tensors unused."]
+        """The headline and one line per tensor (for the training log)."""
+        lines = [self.headline()]
         lines += [f"  loaded   {k}" for k in self.loaded]
         lines += [f"  adapted  {k}: {why}" for k, why in self.adapted]
         lines += [f"  skipped  {k}: {why}" for k, why in self.skipped]

@@ -184,3 +184,16 @@ def test_random_decoder_start_logs_the_warmup_hint(env, settings, hint):
     torch.save({"network_weights": t.network.state_dict(), "trainer_name": "MAETrainer"}, path)
     t.load_pretrained(path)
     assert ("Hint: the decoder starts random" in open(t.log_file).read()) == hint
+
+
+def test_transfer_report_console_gets_one_line_the_log_every_tensor(env, capsys):
+    t = _trainer(env, "num_epochs=10")
+    path = os.path.join(str(env.tmp), "pretrained.pth")
+    torch.save({"network_weights": t.network.state_dict(), "trainer_name": "MAETrainer"}, path)
+    capsys.readouterr()
+    report = t.load_pretrained(path)
+    out = capsys.readouterr().out
+    assert out.count("nnunet_ssl weight transfer:") == 1 and "  loaded   " not in out
+    assert t.log_file in out
+    log = open(t.log_file).read()
+    assert log.count("  loaded   ") == len(report.loaded) > 10
