@@ -139,13 +139,17 @@ def recommended_load_decoder(checkpoint: Dict,
     trainer's ``decoder_transfers``); for older ones of ours ``decoder_transfers_of(trainer_name)`` is asked. A
     decoder trained to reconstruct the input (MAE, GMIM, ReFs on MAE) is not transferred: at the first fine-tuning
     step it passes the encoder 2-25 % of the gradient a random decoder passes (``scripts/probe_finetune_start.py``),
-    and nnU-Net then stays longer in its all-background phase. Any other checkpoint (nnssl's, stock nnU-Net's):
-    decoder loaded."""
+    and nnU-Net then stays longer in its all-background phase. An nnssl checkpoint (an ``nnssl_adaptation_plan``
+    without our block): encoder and stem only, as nnssl's own fine-tuning loads it (its decoders are trained to
+    reconstruct). Any other checkpoint (stock nnU-Net's, supervised): decoder loaded."""
     meta = checkpoint.get("nnunet_ssl") or {}
     name = checkpoint.get("trainer_name") or "unknown trainer"
     value = meta.get("transfer_decoder")
     if value is None and meta.get("kind") == "pretraining" and decoder_transfers_of is not None:
         value = decoder_transfers_of(name)
+    if value is None and not meta and "nnssl_adaptation_plan" in checkpoint:
+        return False, (f"{name} checkpoint (nnssl): encoder and stem loaded, decoder left at its initialisation, as "
+                       f"nnssl's own fine-tuning does; load_decoder=True loads it")
     if value is None or value:
         return True, f"{name} checkpoint: decoder loaded where shapes match"
     return False, (f"{name} checkpoint: decoder left at its initialisation (it was trained to reconstruct the input "

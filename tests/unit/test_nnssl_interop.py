@@ -85,9 +85,11 @@ def test_nnssl_saved_checkpoint_loads_through_the_finetune_transfer(tmp_path):
     ckpt = load_checkpoint_file(str(path))  # weights-only load, as the trainer does
     assert ckpt["trainer_name"] == "BaseMAETrainer" and "nnssl_adaptation_plan" in ckpt
     load_decoder, why = recommended_load_decoder(ckpt)
-    assert load_decoder and "BaseMAETrainer" in why  # not one of ours: decoder loaded where shapes match
+    # nnssl's own fine-tuning loads encoder and stem only (its decoders reconstruct the input): so do we by default
+    assert not load_decoder and "BaseMAETrainer" in why and "nnssl" in why
 
     target = build(entry, input_channels=2, num_classes=3)  # downstream: 2 modalities, 3 classes
+    initial = {k: v.clone() for k, v in target.state_dict().items()}
     report = transfer_weights(target, ckpt, load_decoder=load_decoder)
     src, dst = source.state_dict(), target.state_dict()
     stem = "encoder.stem.convs.0.conv.weight"
@@ -98,6 +100,12 @@ def test_nnssl_saved_checkpoint_loads_through_the_finetune_transfer(tmp_path):
     for k in encoder:
         assert torch.equal(dst[k], src[k]), k
     decoder = [k for k in dst if k.startswith(("decoder.stages.", "decoder.transpconvs."))]
+    assert decoder and all(torch.equal(dst[k], initial[k]) for k in decoder)  # left at the initialisation
+
+    # load_decoder=True (NNUNET_SSL_SETTINGS) still loads it, all but the output layer
+    target = build(entry, input_channels=2, num_classes=3)
+    report = transfer_weights(target, ckpt, load_decoder=True)
+    dst = target.state_dict()
     assert decoder and all(torch.equal(dst[k], src[k]) for k in decoder)
     assert all(".seg_layers." in k for k, _ in report.skipped)
     assert not report.unused_in_checkpoint or all(".seg_layers." in k for k in report.unused_in_checkpoint)
