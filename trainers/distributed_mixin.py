@@ -13,13 +13,15 @@ oversampling, batch Dice across ranks, gradient averaging, rank-0-only logging a
 
 As the one layer every trainer of ours has directly above ``nnUNetTrainer``, its ``__init__`` also turns an output
 folder that cannot be created or written into a message instead of a traceback (or, for an existing read-only
-folder, nnU-Net's five retries on every log line).
+folder, nnU-Net's five retries on every log line), and removes the checkpoint temporaries a run killed during a
+save left there.
 """
 import torch
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_ssl.errors import exit_on_file_system_error, writable_folder
+from nnunet_ssl.weights.checkpoint import clean_stale_temporaries
 
 
 def _cpu_process_group() -> bool:
@@ -37,6 +39,7 @@ class CPUDistributedMixin:
             writable_folder(self.output_folder)
         except OSError as e:
             exit_on_file_system_error(e)  # read-only / not permitted / full: a message, not a traceback
+        clean_stale_temporaries(self.output_folder)  # of a run killed during a checkpoint save
         if self.is_ddp and torch.device(device).type == "cpu" and _cpu_process_group():
             self.device = torch.device("cpu")
             self.grad_scaler = None

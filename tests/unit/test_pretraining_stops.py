@@ -166,3 +166,17 @@ def test_a_full_disk_while_saving_stops_with_a_message(refs_env, capsys, monkeyp
     err = capsys.readouterr().err
     assert "No space left on device while writing checkpoint_" in err and "--c" in err
     assert not [f for f in os.listdir(t.output_folder) if f.startswith((".tmp", "checkpoint"))]
+
+
+@pytest.mark.parametrize("name", ["MAETrainer", "SSLFinetuneTrainer"])
+def test_a_new_start_removes_checkpoint_temporaries_of_a_killed_save(refs_env, name):
+    from nnunet_ssl.weights.checkpoint import temp_name
+    first = _trainer(refs_env, SHORT, name)
+    dead_pid = 2 ** 22 + 12345  # above Linux's default pid_max: no such process
+    stale = os.path.join(first.output_folder, temp_name("checkpoint_latest.pth", pid=dead_pid))
+    mine = os.path.join(first.output_folder, temp_name("checkpoint_latest.pth"))  # a live writer's: kept
+    kept = os.path.join(first.output_folder, ".tmp_notes.txt")  # not our naming: kept
+    for path in (stale, mine, kept):
+        open(path, "wb").close()
+    _trainer(refs_env, SHORT, name)
+    assert not os.path.exists(stale) and os.path.exists(mine) and os.path.exists(kept)
