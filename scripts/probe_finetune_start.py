@@ -7,7 +7,9 @@ optionally encoder only), run one batch of real preprocessed training cases thro
 
 * the gradient norm reaching the encoder, the decoder and the output layer;
 * the last decoder stage's features (what the new output layer sees): fraction > 0 and the spread of each channel
-  over the batch (a channel with std near 0 passes almost no signal or gradient).
+  over the batch (a channel with std near 0 passes almost no signal or gradient);
+* the effective rank of every encoder stage's output (:mod:`nnunet_ssl.weights.feature_rank`): how many
+  directions its channels use; pre-training that collapses early stages onto a few directions fine-tunes slowly.
 
 A checkpoint whose encoder gradient is far below the random network's starts fine-tuning with a blocked network:
 nnU-Net then stays longer in its initial all-background phase (README, low-label benchmark).
@@ -36,6 +38,8 @@ def parse_args(argv=None):
     p.add_argument("-c", "--configuration", default="3d_fullres")
     p.add_argument("checkpoints", nargs="+", metavar="NAME=PATH", help="pre-trained checkpoints to probe")
     p.add_argument("--encoder-only", action="store_true", help="transfer the encoder only (load_decoder=False)")
+    p.add_argument("--reinit-encoder-stages", type=int, default=0, metavar="N",
+                   help="keep the first N encoder stages at their initialisation (the fine-tuning setting)")
     p.add_argument("--cases", type=int, default=4, help="training cases in the batch (default 4)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -77,6 +81,7 @@ def load_batch(folder: str, patch, num_cases: int):
 
 
 def probe(network, x, y, loss_fn) -> dict:
+    from nnunet_ssl.weights.feature_rank import encoder_effective_ranks
     from nnunet_ssl.weights.network_parts import is_encoder_key
     seen = {}
     hook = network.decoder.stages[-1].register_forward_hook(lambda m, i, o: seen.__setitem__("features", o.detach()))
@@ -94,7 +99,7 @@ def probe(network, x, y, loss_fn) -> dict:
     channel_std = f.transpose(0, 1).flatten(1).std(dim=1)
     return dict(loss=loss.item(), **{k: v ** 0.5 for k, v in groups.items()},
                 positive=(f > 0).float().mean().item(), std_min=channel_std.min().item(),
-                std_median=channel_std.median().item())
+                std_median=channel_std.median().item(), ranks=encoder_effective_ranks(network, x))
 
 
 def main(argv=None):
@@ -133,7 +138,8 @@ def main(argv=None):
     rows = [("random init", probe(network(), x, y, loss_fn))]
     for label, path in args.checkpoints:
         net = network()
-        transfer_weights(net, load_checkpoint_file(path, map_location="cpu"), load_decoder=not args.encoder_only)
+        transfer_weights(net, load_checkpoint_file(path, map_location="cpu"), load_decoder=not args.encoder_only,
+                         reinit_encoder_stages=args.reinit_encoder_stages)
         rows.append((label, probe(net, x, y, loss_fn)))
     ref = rows[0][1]["encoder"]
     print("\n| start | loss | grad encoder | vs random | grad decoder | grad output layer | last decoder features > 0 "
@@ -142,6 +148,12 @@ def main(argv=None):
     for label, r in rows:
         print(f"| {label} | {r['loss']:.3f} | {r['encoder']:.4f} | {r['encoder'] / ref:.2f}x | {r['decoder']:.4f} | "
               f"{r['output layer']:.4f} | {r['positive']:.2f} | {r['std_min']:.3f} / {r['std_median']:.3f} |")
+    stages = len(rows[0][1]["ranks"])
+    print("\nEffective rank of each encoder stage's output (of its channels; the random network's for comparison)\n")
+    print("| start | " + " | ".join(f"stage {i} (of {c})" for i, (_, c) in enumerate(rows[0][1]["ranks"])) + " |")
+    print("|---|" + "---|" * stages)
+    for label, r in rows:
+        print(f"| {label} | " + " | ".join(f"{v:.1f}" for v, _ in r["ranks"]) + " |")
 
 
 if __name__ == "__main__":

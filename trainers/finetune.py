@@ -10,6 +10,8 @@
   reconstruct the input (MAE, GMIM, ReFs on MAE) is left at its initialisation, because it blocks the gradient to
   the encoder (``recommended_load_decoder``); ``load_decoder=True`` / ``False`` in ``NNUNET_SSL_SETTINGS`` decides
   explicitly;
+* ``reinit_encoder_stages=N`` keeps the first N encoder stages at their random initialisation (pre-training can
+  collapse early-stage features; ``scripts/probe_feature_rank.py`` measures it);
 * a different input-channel count adapts the stem as nnssl does; a truly incompatible checkpoint is refused
   naming the first mismatching layer and both shapes;
 * CUDA-saved checkpoints load on CPU-only machines; checkpoints are written atomically (temp file + rename);
@@ -60,7 +62,8 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
 
     tunable_settings = dict(COMMON_SETTINGS, warmup_duration_whole_net=Setting(int, min=1),
                             warmup_duration_decoder=Setting(int, min=0),
-                            load_decoder=bool, final_validation=bool, **LABEL_BUDGET_SETTINGS)
+                            load_decoder=bool, final_validation=bool, reinit_encoder_stages=Setting(int, min=0),
+                            **LABEL_BUDGET_SETTINGS)
     STAGES = ("warmup_decoder", "warmup_all", "train")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -69,6 +72,7 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
         self.warmup_duration_whole_net = 50  # nnUNetTrainer_warmup's linear whole-net warm-up (epochs of 1000)
         self.training_stage = None  # warmup_decoder / warmup_all / train (STAGES)
         self.load_decoder = None  # None: as the pre-training recommends (recommended_load_decoder)
+        self.reinit_encoder_stages = 0  # N > 0: the first N encoder stages keep their random initialisation
         self.warmup_duration_decoder = 0  # epochs with the encoder frozen before the whole-net warm-up
         self._encoder_freeze = None
         self.final_validation = True  # False: skip nnU-Net's sliding-window validation of the fold (demo, benchmarks)
@@ -200,7 +204,8 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
         load_decoder, why = recommended_load_decoder(ckpt, _decoder_transfers_of)
         if self.load_decoder is not None:
             load_decoder, why = self.load_decoder, f"load_decoder={self.load_decoder} (NNUNET_SSL_SETTINGS)"
-        report = transfer_weights(self.network, ckpt, load_decoder=load_decoder)
+        report = transfer_weights(self.network, ckpt, load_decoder=load_decoder,
+                                  reinit_encoder_stages=self.reinit_encoder_stages)
         self.transfer_report = report
         self.print_to_log_file(f"Pre-trained weights from {path}")
         self.print_to_log_file(f"Decoder: {why}")

@@ -4,7 +4,8 @@ nnU-Net's networks expose ``.encoder`` (returns the list of stage outputs, bottl
 (``transpconvs``, ``stages``, ``seg_layers``). The decoder only returns segmentation logits; methods that need
 dense decoder features (PGL's higher-resolution level, IDEAL) run the decoder loop here instead.
 """
-from typing import List, Sequence
+import re
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -62,6 +63,18 @@ def encoder_key_prefix(network: nn.Module) -> str:
 
 def is_encoder_key(key: str) -> bool:
     return key.startswith("encoder.") or key.startswith("decoder.encoder.")
+
+
+_STAGE_RE = re.compile(r"^(?:decoder\.)?encoder\.(?:stages\.(\d+)|stem)\.")
+
+
+def encoder_stage_of(key: str) -> Optional[int]:
+    """The encoder stage a state-dict key belongs to (the stem of a ResidualEncoderUNet counts as stage 0); None
+    outside the encoder."""
+    m = _STAGE_RE.match(key)
+    if m is None:
+        return None
+    return int(m.group(1)) if m.group(1) is not None else 0
 
 
 def encoder_parameters(network: nn.Module):

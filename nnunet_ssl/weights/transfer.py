@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.weights.network_parts import is_encoder_key, unwrap
+from nnunet_ssl.weights.network_parts import encoder_stage_of, is_encoder_key, unwrap
 
 
 def _strip_wrappers(key: str) -> str:
@@ -67,8 +67,12 @@ def adapt_in_proj(weight: torch.Tensor, new_in_channels: int) -> torch.Tensor:
 
 
 def transfer_weights(network: nn.Module, checkpoint: Dict, load_decoder: bool = True,
-                     adapt_stem: bool = True) -> TransferReport:
-    """Copy pre-trained weights into ``network`` in place and report what happened to every key."""
+                     adapt_stem: bool = True, reinit_encoder_stages: int = 0) -> TransferReport:
+    """Copy pre-trained weights into ``network`` in place and report what happened to every key.
+
+    ``reinit_encoder_stages=N`` leaves the first N encoder stages (the stem with stage 0) at the network's own
+    initialisation: pre-training can collapse the features of early stages onto a few directions
+    (:mod:`nnunet_ssl.weights.feature_rank`), and fine-tuning then learns more slowly than from random weights."""
     net = unwrap(network)
     source = {_strip_wrappers(k): v for k, v in checkpoint["network_weights"].items()}
     plan = checkpoint.get("nnssl_adaptation_plan") or {}
@@ -90,6 +94,11 @@ def transfer_weights(network: nn.Module, checkpoint: Dict, load_decoder: bool = 
             report.skipped.append((key, "segmentation layer (task-specific, always re-initialised)"))
             continue
         encoder = is_encoder_key(key)
+        stage = encoder_stage_of(key)
+        if stage is not None and stage < reinit_encoder_stages:
+            report.skipped.append((key, f"encoder stage {stage} kept at its initialisation (reinit_encoder_stages="
+                                        f"{reinit_encoder_stages})"))
+            continue
         if not encoder and not load_decoder:
             report.skipped.append((key, "decoder transfer disabled"))
             continue

@@ -177,3 +177,23 @@ def test_recommended_load_decoder_follows_the_checkpoint_then_the_trainer_then_l
     # not a pre-training checkpoint of ours (nnssl, stock nnU-Net): decoder loaded, whatever the name
     assert recommended_load_decoder({"trainer_name": "MAETrainer"}, _decoder_transfers_of)[0] is True
     assert recommended_load_decoder({"network_weights": {}})[0] is True
+
+
+@pytest.mark.parametrize("make", [plain, resenc])
+def test_reinit_encoder_stages_keeps_the_first_stages_at_their_initialisation(make):
+    from nnunet_ssl.weights.network_parts import encoder_stage_of
+    assert [encoder_stage_of(k) for k in ("encoder.stages.1.0.convs.0.conv.weight", "encoder.stem.convs.0.conv.weight",
+                                          "decoder.encoder.stages.2.0.convs.1.norm.bias",
+                                          "decoder.stages.0.convs.0.conv.weight")] == [1, 0, 2, None]
+    torch.manual_seed(0)
+    checkpoint = {"network_weights": {k: v + 1.0 for k, v in make().state_dict().items()}}
+    target = make()
+    initial = {k: v.clone() for k, v in target.state_dict().items()}
+    report = transfer_weights(target, checkpoint, reinit_encoder_stages=2)
+    after = target.state_dict()
+    early = [k for k in after if encoder_stage_of(k) is not None and encoder_stage_of(k) < 2]
+    late = [k for k in after if encoder_stage_of(k) is not None and encoder_stage_of(k) >= 2]
+    assert early and late
+    assert all(torch.equal(after[k], initial[k]) for k in early)
+    assert all(torch.equal(after[k], checkpoint["network_weights"][k]) for k in late)
+    assert {k for k, _ in report.skipped} >= set(early)

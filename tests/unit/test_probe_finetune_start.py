@@ -109,3 +109,27 @@ def test_bad_checkpoint_argument_is_a_usage_error(probe_mod, tiny_env, capsys):
         probe_mod.main(["-d", DATASET, f"x={tiny_env['tmp'] / 'missing.pth'}"])
     assert exc.value.code == 2
     assert "expected NAME=PATH of an existing checkpoint file" in capsys.readouterr().err
+
+
+def test_effective_rank_table_shows_a_collapsed_first_stage_and_the_reinit_setting(probe_mod, tiny_env, capsys,
+                                                                                    one_thread):
+    from nnunet_ssl.weights.checkpoint import atomic_torch_save
+    plans = tiny_env["plans"]
+    collapsed = _network(plans)
+    with torch.no_grad():  # every filter of stage 0 the same: its output carries one signal
+        for conv in (collapsed.encoder.stages[0][0].convs[0].conv, collapsed.encoder.stages[0][0].convs[1].conv):
+            conv.weight.copy_(conv.weight[:1].expand_as(conv.weight))
+    path = tiny_env["tmp"] / "collapsed.pth"
+    atomic_torch_save({"network_weights": collapsed.state_dict()}, str(path))
+
+    def stage0(out, label):
+        m = re.search(rf"^\| {label} \| ([\d.]+) \|", out.split("Effective rank")[1], re.M)
+        return float(m.group(1))
+
+    probe_mod.main(["-d", DATASET, "-p", plans["plans_name"], "--cases", "2", f"collapsed={path}"])
+    out = capsys.readouterr().out
+    assert stage0(out, "collapsed") < 1.5 < stage0(out, "random init")
+    probe_mod.main(["-d", DATASET, "-p", plans["plans_name"], "--cases", "2", "--reinit-encoder-stages", "1",
+                    f"collapsed={path}"])
+    out = capsys.readouterr().out
+    assert stage0(out, "collapsed") == pytest.approx(stage0(out, "random init"))
