@@ -42,5 +42,11 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
         route="encoder + decoder; two decoders, cross pseudo supervision on the unlabeled pool"),
     Arm("refs", "SSLFinetuneTrainer_decoderWarmup", "refs",
         route="encoder; " + _WARM + " (reference = the other dataset's labels)"),
+    # diagnostics (not in the headline, not run by default): the same checkpoints with the first encoder stages
+    # left at their random initialisation (pre-training collapses early-stage features; docs/benchmarks.md)
+    Arm("ideal-reinit2", "SSLFinetuneTrainer", "ideal", settings="reinit_encoder_stages=2", headline=False,
+        route="encoder stages >= 2 + decoder; whole-net warm-up"),
+    Arm("mae-reinit1", "SSLFinetuneTrainer_decoderWarmup", "mae", settings="reinit_encoder_stages=1",
+        headline=False, route="encoder stages >= 1; " + _WARM),
 )}
-DEFAULT_ARMS = list(ARMS)
+DEFAULT_ARMS = [name for name, arm in ARMS.items() if arm.headline]
