@@ -8,7 +8,9 @@ caption saying what the numbers mean.
 
 Default route: MAE pre-training (the cheapest method per iteration) fine-tuned with
 ``SSLFinetuneTrainer_decoderWarmup``, the route the project recommends for MAE, GMIM and ReFs checkpoints (their
-reconstruction decoder is not transferred, so the decoder first warms up alone on the frozen pre-trained encoder).
+reconstruction decoder is not transferred, so the decoder first warms up alone on the frozen pre-trained encoder),
+with the first encoder stage left at its random initialisation (``reinit_encoder_stages``, :data:`REINIT_STAGES`):
+on this data pre-training collapses the early stages' features, and fully transferred checkpoints lost to scratch.
 Other methods (``--method``) fine-tune with their recommended route (:func:`recommended_finetune_trainer`).
 Sized for 10-17 minutes on 2 free CPU cores (see ``EXPECTED_MINUTES``); ``--epochs-scale`` trades time for quality.
 """
@@ -24,22 +26,28 @@ DEFAULT_METHOD = "mae"
 #: plan, ingest, MAE 10 x 20 iterations, two fine-tunings 10 x 15, two predictions); wall time on shared cores
 #: grows with their load (80 min at load average 20)
 EXPECTED_MINUTES = "about 10-17"
+#: encoder stages the demo's fine-tuning keeps at their random initialisation, per method, as measured on the demo's
+#: data (docs/benchmarks.md, "Why pre-training lost"): MAE stage 0 reset 0.84 / 0.82 mean Dice against 0.73 / 0.71
+#: fully transferred (scratch 0.77 / 0.78 / 0.82); IDEAL stages 0-1 reset 0.74 / 0.77 against 0.49 / 0.21
+REINIT_STAGES = {"mae": 1, "ideal": 2}
 N_TRAIN, N_TEST, N_UNLABELED = 8, 12, 48
 
 
-def caption(summary: dict, epochs_pre: int, epochs_ft: int) -> str:
+def caption(summary: dict, epochs_pre: int, epochs_ft: int, reinit: int = 0) -> str:
     """What the demo's numbers mean, in a few honest lines."""
     arms = summary["arms"]
+    kept = f" (first {reinit} encoder stage{'s' if reinit > 1 else ''} left random)" if reinit else ""
     lines = [f"What this shows: {summary['pretrain_trainer']} pre-trained for {epochs_pre} short epochs on "
              f"{N_UNLABELED} unlabeled synthetic volumes, then fine-tuned on {N_TRAIN} labeled cases with "
-             f"{arms['pretrained']['trainer']} ('pretrained'), against the same {epochs_ft}-epoch schedule from "
-             f"random weights ('scratch'); Dice on {N_TEST} held-out test cases."]
+             f"{arms['pretrained']['trainer']}{kept} ('pretrained'), against the same {epochs_ft}-epoch schedule "
+             f"from random weights ('scratch'); Dice on {N_TEST} held-out test cases."]
     if "mean_dice" in arms.get("pretrained", {}) and "mean_dice" in arms.get("scratch", {}):
         diff = arms["pretrained"]["mean_dice"] - arms["scratch"]["mean_dice"]
         lines.append(f"Mean Dice difference pretrained - scratch: {diff:+.3f}.")
-    lines.append("A demo-sized CPU run on synthetic data: it shows the pipeline end to end (ingest, pre-train, "
-                 "transfer, fine-tune, stock nnUNetv2_predict); it does not measure how much pre-training helps on "
-                 "real data - see the README's low-label benchmark for that.")
+    lines.append("A demo-sized CPU run on synthetic data, one run per arm (repeated runs of either arm differ by "
+                 "up to 0.05): it shows the pipeline end to end (ingest, pre-train, transfer, fine-tune, stock "
+                 "nnUNetv2_predict); it does not measure how much pre-training helps on real data - see the "
+                 "README's low-label benchmark for that.")
     return "\n".join(lines)
 
 
@@ -49,7 +57,8 @@ def _settings(epochs: int, iters: int, val_iters: int = 2, **extra) -> str:
 
 
 def run_demo(directory: str = "nnunet_ssl_demo", method: str = DEFAULT_METHOD, device: str = None,
-             epochs_scale: float = 1.0, seed: int = 0, finetune_trainer: str = None) -> dict:
+             epochs_scale: float = 1.0, seed: int = 0, finetune_trainer: str = None,
+             reinit_encoder_stages: int = None) -> dict:
     """Run the demo in ``directory`` (nnU-Net folders inside); return the workflow summary."""
     directory = os.path.abspath(directory)
     for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
@@ -72,17 +81,19 @@ def run_demo(directory: str = "nnunet_ssl_demo", method: str = DEFAULT_METHOD, d
         return max(1, int(round(n * epochs_scale)))
 
     epochs_pre, epochs_ft = scaled(10), scaled(10)
+    reinit = REINIT_STAGES.get(method.lower(), 0) if reinit_encoder_stages is None else reinit_encoder_stages
+    extra = {"reinit_encoder_stages": reinit} if reinit else {}
     cfg = WorkflowConfig(
         downstream=str(DEMO_ID), unlabeled_folder=unlabeled, ssl_dataset_id=DEMO_SSL_ID, method=method,
         configuration="3d_fullres", fold="all", test_images=os.path.join(folder, "imagesTs"),
         test_labels=os.path.join(folder, "labelsTs"), tiny_plans=True, tiny_max_features=16,
         pretrain_settings=_settings(epochs_pre, 20, val_iters=1),
         # the decoder follows the checkpoint's recommendation (MAE: left random, then warmed up alone)
-        finetune_settings=_settings(epochs_ft, 15, val_iters=1, final_validation=False),
+        finetune_settings=_settings(epochs_ft, 15, val_iters=1, final_validation=False, **extra),
         device=device, num_processes=2, disable_tta=True, finetune_trainer=finetune_trainer,
         work_dir=os.path.join(directory, "report"))
     summary = run_workflow(cfg)
-    text = caption(summary, epochs_pre, epochs_ft)
+    text = caption(summary, epochs_pre, epochs_ft, reinit)
     print("\n" + text)
     with open(os.path.join(cfg.work_dir, "workflow_summary.md"), "a") as f:
         f.write("\n" + text + "\n")
@@ -97,6 +108,9 @@ def add_demo_arguments(p):
     p.add_argument("--finetune-trainer", default=None,
                    help=f"fine-tuning trainer (default: the method's recommended route, "
                         f"{recommended_finetune_trainer(DEFAULT_METHOD)} for {DEFAULT_METHOD})")
+    p.add_argument("--reinit-encoder-stages", type=int, default=None, metavar="N",
+                   help="encoder stages the fine-tuning keeps at their random initialisation (default: "
+                        f"{REINIT_STAGES.get(DEFAULT_METHOD, 0)} for {DEFAULT_METHOD}; 0 transfers the whole encoder)")
     p.add_argument("-device", "--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--epochs-scale", type=float, default=1.0,
                    help="multiply every epoch count: more time, better numbers (default: 1.0)")
@@ -104,5 +118,6 @@ def add_demo_arguments(p):
 
 
 def run_demo_from_args(args) -> int:
-    run_demo(args.dir, args.method, args.device, args.epochs_scale, args.seed, args.finetune_trainer)
+    run_demo(args.dir, args.method, args.device, args.epochs_scale, args.seed, args.finetune_trainer,
+             args.reinit_encoder_stages)
     return 0

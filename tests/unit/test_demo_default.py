@@ -34,6 +34,7 @@ def test_default_is_mae_with_the_decoder_warmup_route_and_a_caption(tmp_path, mo
     assert cfg.pretrain_trainer == "MAETrainer"
     assert cfg.finetune_route == "SSLFinetuneTrainer_decoderWarmup"
     assert "load_decoder" not in cfg.finetune_settings  # the checkpoint's recommendation decides
+    assert "reinit_encoder_stages=1" in cfg.finetune_settings  # MAE collapses stage 0 on the demo's data
     assert "What this shows" in out and "+0.100" in out and "does not measure" in out
     assert "What this shows" in (tmp_path / "d" / "report" / "workflow_summary.md").read_text()
 
@@ -41,6 +42,9 @@ def test_default_is_mae_with_the_decoder_warmup_route_and_a_caption(tmp_path, mo
 def test_other_methods_get_their_route(tmp_path, monkeypatch, capsys):
     cfg, _ = _run(tmp_path, monkeypatch, capsys, "--method", "pgl")
     assert cfg.pretrain_trainer == "PGLTrainer" and cfg.finetune_route == "SSLFinetuneTrainer"
+    assert "reinit_encoder_stages" not in cfg.finetune_settings  # not measured for PGL: whole encoder
+    cfg, _ = _run(tmp_path, monkeypatch, capsys, "--reinit-encoder-stages", "0")
+    assert "reinit_encoder_stages" not in cfg.finetune_settings
     cfg, _ = _run(tmp_path, monkeypatch, capsys, "--method", "pgl", "--finetune-trainer",
                   "SSLFinetuneTrainer_decoderWarmup")
     assert cfg.finetune_route == "SSLFinetuneTrainer_decoderWarmup"
