@@ -231,16 +231,18 @@ def cost_lines(runs: List[dict], pres: List[dict]) -> List[str]:
 
 
 def example_commands(work: Path, key: str) -> List[str]:
-    """The first pre-training and the first fine-tuning run's stock commands of ``commands.sh``."""
+    """One pre-training and one scratch run's stock commands of ``commands.sh`` (the latest start of each: an
+    earlier start with other settings may precede it)."""
     path = work / "commands.sh"
     if not path.is_file():
         return []
     cmds = path.read_text().splitlines()
     picks = []
     for marker in (f"/{key}/pretrain/", f"/{key}/arms/scratch/"):
-        hits = [c for c in cmds if marker in c]
-        if hits:
-            picks.append(hits[0])
+        hits = [c for c in cmds if marker in c and "nnUNetv2_train" in c]
+        starts = [c for c in hits if not c.rstrip().endswith("--c")] or hits
+        if starts:
+            picks.append(starts[-1])
     pred = [c for c in cmds if f"/{key}/arms/scratch/" in c and "nnUNetv2_predict" in c][:1]
     evaluate = [c for c in cmds if f"/{key}/arms/scratch/" in c and "nnUNetv2_evaluate_simple" in c][:1]
     picks = list(dict.fromkeys(picks + pred + evaluate))

@@ -52,7 +52,8 @@ def _cmd_demo(args) -> int:
 def _cmd_export(args) -> int:
     from nnunet_ssl.weights.export import export_model, find_model_folder
     folder = find_model_folder(args.model, args.trainer, args.plans, args.configuration)
-    report = export_model(folder, args.output, args.folds, args.checkpoint, overwrite=args.overwrite)
+    report = export_model(folder, args.output, args.folds, args.checkpoint, overwrite=args.overwrite,
+                          single_decoder=args.single_decoder)
     print(report.summary())
     return 0
 
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-chk", "--checkpoint", default="checkpoint_final.pth",
                    help="checkpoint file of each fold (default: checkpoint_final.pth)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    p.add_argument("--single-decoder", action="store_true",
+                   help="export a two-decoder (IDEAL semi-supervised) model with decoder A alone, the only one stock "
+                        "nnU-Net can rebuild (refused without this flag: it can predict much worse than the pair)")
     p.set_defaults(func=_cmd_export)
     return parser
 

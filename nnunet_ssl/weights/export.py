@@ -22,8 +22,9 @@ plans' own nnU-Net network, so the export
 ``IDEALSemiSupervisedTrainer`` trains a two-decoder network whose prediction (in the plugin) averages the softmax of
 decoder A (the plans' own ``UNetDecoder``) and decoder B (interpolation upsampling, not an nnU-Net architecture).
 Stock nnU-Net can only rebuild decoder A, so the export keeps encoder + decoder A and drops ``decoder_b.*``: the
-exported model predicts what decoder A alone predicts, not the plugin's average (README: the measured Dice
-difference).
+exported model predicts what decoder A alone predicts, not the plugin's average. Because one decoder can be much
+worse than the pair (measured: docs/benchmarks.md), such a model is exported only with ``single_decoder=True``
+(``--single-decoder``).
 
 Stock prediction then works with either ::
 
@@ -168,12 +169,29 @@ def _write_model(model_folder: str, target: str, folds: Sequence[str], checkpoin
                                 f"prediction does not need it")
 
 
+def _check_two_decoder(checkpoint_path: str, single_decoder: bool) -> None:
+    """Refuse a two-decoder checkpoint unless the user accepts that stock nnU-Net predicts with decoder A alone."""
+    from nnunet_ssl.weights.checkpoint import load_checkpoint_file
+    weights = load_checkpoint_file(checkpoint_path, map_location="cpu")["network_weights"]
+    if single_decoder or not any(k.startswith(TWO_DECODER_PREFIX) for k in weights):
+        return
+    raise UserInputError(
+        "This is a two-decoder model (IDEALSemiSupervisedTrainer): the plugin predicts with the mean softmax of "
+        "both decoders, but stock nnU-Net can rebuild only decoder A, so the exported model predicts with decoder A "
+        "alone - and one decoder can be much worse than the pair (in our demo run: decoder A 0.24 mean Dice, "
+        "decoder B 0.65, the pair 0.56; docs/benchmarks.md). Compare the exported model with the plugin's "
+        "prediction on your validation cases before submitting it; pass --single-decoder to export decoder A "
+        "anyway.")
+
+
 def export_model(model_folder: str, output: str, folds: Optional[Sequence[str]] = None,
-                 checkpoint_name: str = "checkpoint_final.pth", overwrite: bool = False) -> ExportReport:
+                 checkpoint_name: str = "checkpoint_final.pth", overwrite: bool = False,
+                 single_decoder: bool = False) -> ExportReport:
     """Export the trained model in ``model_folder`` (``<nnUNet_results>/<Dataset>/<trainer>__<plans>__<cfg>``) for
     stock nnU-Net. ``output``: a folder used as ``nnUNet_results`` (the model lands in
     ``<output>/<Dataset>/nnUNetTrainer__<plans>__<cfg>``), or a file name ending in ``.zip``. ``folds``: default
-    every fold with ``checkpoint_name``. Returns an :class:`ExportReport`."""
+    every fold with ``checkpoint_name``. A two-decoder model is refused unless ``single_decoder`` (its stock
+    prediction uses decoder A alone, see the module doc). Returns an :class:`ExportReport`."""
     model_folder = os.path.abspath(model_folder)
     dataset = os.path.basename(os.path.dirname(model_folder))
     trainer, plans, configuration = _parse_folder_name(os.path.basename(model_folder))
@@ -183,6 +201,7 @@ def export_model(model_folder: str, output: str, folds: Optional[Sequence[str]] 
     missing = [f for f in folds if not os.path.isfile(os.path.join(model_folder, f"fold_{f}", checkpoint_name))]
     if missing:
         raise UserInputError(f"{model_folder} has no {checkpoint_name} for fold(s) {', '.join(missing)}.")
+    _check_two_decoder(os.path.join(model_folder, f"fold_{folds[0]}", checkpoint_name), single_decoder)
     relative = os.path.join(dataset, f"{STOCK_TRAINER}__{plans}__{configuration}")
     output = os.path.abspath(output)
     report = ExportReport(output=output, model_folder=relative, source_trainer=trainer, folds=folds)

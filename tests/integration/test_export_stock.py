@@ -92,7 +92,12 @@ def _export_and_compare(trained, trainer, as_zip=False):
     env, work = trained["env"], trained["work"]
     out = work / f"export_{trainer}"
     target = out.with_suffix(".zip") if as_zip else out
-    proc = run([nnunet_bin("nnunet_ssl"), "export", trained["folders"][trainer], "-o", target], env)
+    cmd = [nnunet_bin("nnunet_ssl"), "export", trained["folders"][trainer], "-o", target]
+    if trainer == "IDEALSemiSupervisedTrainer":  # refused unless the user accepts decoder A alone
+        refused = run(cmd, env, expect_ok=False)
+        assert refused.returncode == 2 and "--single-decoder" in refused.stderr and not target.exists()
+        cmd.append("--single-decoder")
+    proc = run(cmd, env)
     assert "Exported" in proc.stdout
     if as_zip:
         with zipfile.ZipFile(target) as zf:
