@@ -22,9 +22,9 @@ from nnunet_ssl.cli.workflow import WorkflowConfig, recommended_finetune_trainer
 DEMO_ID = 990
 DEMO_SSL_ID = 991
 DEFAULT_METHOD = "mae"
-#: on 2 free CPU cores, no GPU: about 16-17 CPU-minutes measured end to end (fresh folder, OMP_NUM_THREADS=1;
-#: plan, ingest, MAE 10 x 20 iterations, two fine-tunings 10 x 15, two predictions); wall time on shared cores
-#: grows with their load (80 min at load average 20)
+#: CPU time measured end to end (fresh folder, OMP_NUM_THREADS=1; plan, ingest, MAE 10 x 20 iterations, two
+#: fine-tunings 10 x 15, two predictions): 16.5 CPU-minutes before, 10 on 2026-12-02 (14.7 min of wall clock on 2
+#: cores shared with a benchmark run); wall time on shared cores grows with their load (80 min at load average 20)
 EXPECTED_MINUTES = "about 10-17"
 #: encoder stages the demo's fine-tuning keeps at their random initialisation, per method, as measured on the demo's
 #: data (docs/benchmarks.md, "Why pre-training lost"): MAE stage 0 reset 0.84 / 0.82 / 0.81 mean Dice against
@@ -37,7 +37,8 @@ N_TRAIN, N_TEST, N_UNLABELED = 8, 12, 48
 def caption(summary: dict, epochs_pre: int, epochs_ft: int, reinit: int = 0) -> str:
     """What the demo's numbers mean, in a few honest lines."""
     arms = summary["arms"]
-    kept = f" (first {reinit} encoder stage{'s' if reinit > 1 else ''} left random)" if reinit else ""
+    kept = (" (first encoder stage left random)" if reinit == 1 else
+            f" (first {reinit} encoder stages left random)" if reinit else "")
     lines = [f"What this shows: {summary['pretrain_trainer']} pre-trained for {epochs_pre} short epochs on "
              f"{N_UNLABELED} unlabeled synthetic volumes, then fine-tuned on {N_TRAIN} labeled cases with "
              f"{arms['pretrained']['trainer']}{kept} ('pretrained'), against the same {epochs_ft}-epoch schedule "
