@@ -126,6 +126,8 @@ def test_sigterm_saves_mid_epoch_and_continue_finishes_that_epoch(sig, ssl_datas
     trainer = "PGLTrainer"
     folder = nnunet_env.results / SSL_NAME / f"{trainer}__{TINY}__3d_fullres" / "fold_all"
     settings = "num_epochs=200,num_iterations_per_epoch=6,num_val_iterations_per_epoch=1,save_every=100"
+    # the SIGKILL test of the same trainer leaves checkpoint_final.pth in this folder, and --c prefers it
+    shutil.rmtree(folder, ignore_errors=True)
     env = dict(ssl_datasets.env, nnUNet_n_proc_DA="1")
     env.pop("NNUNET_SSL_PRETRAINED", None)
     cmd = [nnunet_bin("nnUNetv2_train"), str(SSL_ID), "3d_fullres", "all", "-tr", trainer, "-p", TINY,
@@ -159,7 +161,7 @@ def test_sigterm_saves_mid_epoch_and_continue_finishes_that_epoch(sig, ssl_datas
     resume = run(cmd + ["--c"], dict(env, NNUNET_SSL_SETTINGS=settings.replace("num_epochs=200",
                                                                                 f"num_epochs={epoch + 1}")))
     if steps:
-        assert f"Continuing epoch {epoch} at step {steps} of 6" in resume.stdout
+        assert f"Continuing epoch {epoch} at step {steps} of 6" in resume.stdout, resume.stdout[-5000:]
     final = load_ckpt(folder / "checkpoint_final.pth")
     assert final["current_epoch"] == epoch + 1
     assert len(final["logging"]["train_losses"]) == epoch + 1

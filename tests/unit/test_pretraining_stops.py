@@ -69,7 +69,7 @@ def test_a_run_that_diverges_later_points_to_the_checkpoint_from_before(refs_env
     assert _norm(best) < 2 * initial
 
 
-@pytest.mark.parametrize("name, sig", [("MAETrainer", signal.SIGTERM), ("ReFsTrainer", signal.SIGUSR1)])
+@pytest.mark.parametrize("name, sig", [("MAETrainer", signal.SIGTERM), ("ReFsTrainer", signal.SIGUSR1), ("PGLTrainer", signal.SIGTERM)])
 def test_a_signal_mid_epoch_saves_and_continue_resumes_at_the_next_step(refs_env, capsys, name, sig):
     settings = "num_iterations_per_epoch=5,num_val_iterations_per_epoch=1,num_epochs=3,save_every=50"
     t = _trainer(refs_env, settings, name)
