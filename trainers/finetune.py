@@ -11,7 +11,7 @@
   the encoder (``recommended_load_decoder``); ``load_decoder=True`` / ``False`` in ``NNUNET_SSL_SETTINGS`` decides
   explicitly;
 * ``reinit_encoder_stages=N`` keeps the first N encoder stages at their random initialisation (pre-training can
-  collapse early-stage features; ``scripts/probe_feature_rank.py`` measures it);
+  collapse early-stage features; ``scripts/probe_finetune_start.py`` measures it);
 * a different input-channel count adapts the stem as nnssl does; a truly incompatible checkpoint is refused
   naming the first mismatching layer and both shapes;
 * CUDA-saved checkpoints load on CPU-only machines; checkpoints are written atomically (temp file + rename);

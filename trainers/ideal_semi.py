@@ -39,11 +39,12 @@ from nnunet_ssl.methods.semi_supervised import (consistency_weight_at, default_r
 from nnunet_ssl.methods.two_decoder_unet import TwoDecoderUNet
 from nnunet_ssl.settings import Setting
 from nnunet_ssl.weights.health import global_weight_norm
+from nnunet_ssl.weights.network_parts import unwrap
 from nnunet_ssl.data.unlabeled_pool import (UNLABELED_DATASET_ENV, PoolSource, UnlabeledDataLoader, UnlabeledPool,
                                             resolve_unlabeled_dataset)
 from nnunet_ssl_trainers.finetune import SSLFinetuneTrainer
 from nnunet_ssl_trainers.optimizer_step import GUARD_SETTINGS, GuardedOptimizerStep, NonFiniteLossError
-from nnunet_ssl_trainers.pretraining_loop import usable_checkpoint_advice
+from nnunet_ssl_trainers.pretraining_loop import exit_after_nonfinite
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 
@@ -184,17 +185,14 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
 
     def on_train_start(self):
         super().on_train_start()  # loads the pre-trained weights: the start the divergence check compares with
-        self.initial_weight_norm = global_weight_norm(self.network.state_dict().values())
+        self.initial_weight_norm = global_weight_norm(unwrap(self.network).state_dict().values())
 
     def run_training(self):
         try:
             super().run_training()
         except NonFiniteLossError as e:  # a message naming the checkpoint to continue from, not a traceback
-            for augmenter in (self.dataloader_train, self.dataloader_val, self.dataloader_unlabeled):
-                finish_augmenter(augmenter)
-            message = f"{e} {usable_checkpoint_advice(self)}"
-            self.print_to_log_file(message)
-            exit_on_user_error(UserInputError(message))
+            exit_after_nonfinite(self, e, lambda: [finish_augmenter(a) for a in (
+                self.dataloader_train, self.dataloader_val, self.dataloader_unlabeled)])
 
     # ------------------------------------------------------------------ steps
     def current_consistency_weight(self) -> float:

@@ -51,10 +51,7 @@ def run_pretraining(trainer) -> None:
                 _stop_if_signalled(t, stop, [])
             t.on_train_end()
         except NonFiniteLossError as e:
-            t.shutdown_data_loaders()
-            message = f"{e} {usable_checkpoint_advice(t)}"
-            t.print_to_log_file(message)
-            exit_on_user_error(UserInputError(message))
+            exit_after_nonfinite(t, e, t.shutdown_data_loaders)
         except UserInputError as e:  # e.g. a checkpoint that cannot be written (disk full, read-only folder)
             t.shutdown_data_loaders()
             exit_on_user_error(e)
@@ -71,6 +68,14 @@ def _stop_if_signalled(t, stop: StopSignals, outputs: List[dict]) -> None:
                         f"{join(t.output_folder, 'checkpoint_latest.pth')}. Continue with the same nnUNetv2_train "
                         f"command plus --c (it resumes at this step).")
     raise SystemExit(128 + signum)
+
+
+def exit_after_nonfinite(t, error: NonFiniteLossError, shutdown_data_loaders) -> None:
+    """Stop the loaders, log and print the NaN/Inf stop with :func:`usable_checkpoint_advice`, exit status 2."""
+    shutdown_data_loaders()
+    message = f"{error} {usable_checkpoint_advice(t)}"
+    t.print_to_log_file(message)
+    exit_on_user_error(UserInputError(message))
 
 
 def usable_checkpoint_advice(t) -> str:

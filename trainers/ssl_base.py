@@ -310,11 +310,10 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
 
     def save_progress_checkpoint(self, steps_done: int, step_outputs: List[dict]) -> None:
         """``checkpoint_latest.pth`` of the epoch in progress (after ``steps_done`` steps): ``--c`` resumes there."""
-        if self.local_rank != 0 or self.disable_checkpointing or self.weights_diverged():
+        if self.weights_diverged():
             return
         outputs = [{k: float(np.mean(v)) for k, v in o.items()} for o in step_outputs]
-        atomic_torch_save(self.checkpoint_dict(progress=(steps_done, outputs)),
-                          join(self.output_folder, "checkpoint_latest.pth"))
+        self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"), progress=(steps_done, outputs))
 
     # ------------------------------------------------------------------ epoch bookkeeping
     def on_train_epoch_end(self, train_outputs: List[dict]):
@@ -363,13 +362,13 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
         middle of it (:mod:`nnunet_ssl_trainers.pretraining_checkpoint`)."""
         return pretraining_checkpoint(self, progress)
 
-    def save_checkpoint(self, filename: str) -> None:
+    def save_checkpoint(self, filename: str, progress: Optional[Tuple[int, List[dict]]] = None) -> None:
         if self.local_rank != 0:
             return
         if self.disable_checkpointing:
             self.print_to_log_file("No checkpoint written, checkpointing is disabled")
             return
-        atomic_torch_save(self.checkpoint_dict(), filename)
+        atomic_torch_save(self.checkpoint_dict(progress), filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not self.was_initialized:

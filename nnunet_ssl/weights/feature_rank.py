@@ -5,7 +5,7 @@ and the rank is ``exp(entropy)`` of the normalised squared singular values of th
 channel carries its own independent signal, 1 when they all carry one signal. A randomly initialised nnU-Net
 encoder uses most of its channels; pre-training can collapse early stages onto a few directions (dimensional
 collapse), which slows fine-tuning down (see docs/benchmarks.md, "Why pre-training lost"). ``scripts/
-probe_feature_rank.py`` prints it per encoder stage for a random initialisation and for checkpoints.
+probe_finetune_start.py`` prints it per encoder stage for a random initialisation and for checkpoints.
 """
 from typing import List, Tuple
 
