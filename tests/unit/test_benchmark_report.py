@@ -158,14 +158,25 @@ def test_ema_is_nnunets_logger():
 
 
 def test_convergence_criteria():
-    change, ok = st.dice_converged([min(0.8, 0.3 * i) for i in range(50)])  # flat from epoch 3 on
-    assert ok and change < st.DICE_FLAT_TOL
-    # flat from epoch 10 on: the EMA (nnU-Net's, momentum 0.9) still creeps up 0.015 in epochs 40-49
-    change, ok = st.dice_converged([min(1.0, 0.1 * i) for i in range(50)])
-    assert not ok and change == pytest.approx(0.0152, abs=1e-4)
-    change, ok = st.dice_converged([0.02 * i for i in range(50)])  # still rising
-    assert not ok and change > 0.1
+    rise, ok = st.dice_converged([min(0.8, 0.3 * i) for i in range(50)])  # flat from epoch 3 on
+    assert ok and rise == 0
+    # flat from epoch 10 on: the EMA still creeps up 0.015 in epochs 40-49, but the curve itself no longer rises
+    rise, ok = st.dice_converged([min(1.0, 0.1 * i) for i in range(50)])
+    assert ok and rise == 0
+    rise, ok = st.dice_converged([0.02 * i for i in range(50)])  # still rising: 10 epochs x 0.02
+    assert not ok and rise == pytest.approx(0.2)
+    rise, ok = st.dice_converged([0.3 + 0.0025 * i for i in range(50)])  # slow rise: 0.025 per fifth
+    assert not ok and rise == pytest.approx(0.025)
+    # a flat curve scattering +-0.05 per epoch (one labeled case): converged, where the EMA's max - min is not
+    scatter = list(np.random.default_rng(0).normal(0, 0.05, 10))
+    noisy = [0.3] * 30 + [0.3 + e for e in scatter] + [0.3 + e for e in scatter[::-1]]  # same values, both fifths
+    rise, ok = st.dice_converged(noisy)
+    assert ok and abs(rise) < 1e-9
+    ema_tail = st.ema(noisy)[-10:]
+    assert max(ema_tail) - min(ema_tail) > 0.01
     assert st.dice_converged([0.5]) == (None, False)
+    assert st.dice_converged([0.5] * 3) == (None, False)  # needs two fifths of >= 2 epochs
+    assert st.fifth_means([0.1] * 40 + [0.2] * 10) == pytest.approx((0.1, 0.2))
     loss = [1 / (1 + i) for i in range(100)]
     rel, ok = st.loss_flattened(loss)
     assert ok and rel < st.LOSS_FLAT_FRACTION
@@ -277,8 +288,8 @@ def test_report_from_work_dir(fake_work, tmp_path):
     assert "| 1 | mae | 6 (2 x 3) | +10.0 [+10.0, +10.0] | 0.031 | 6 / 6 | Anterior +10.0, Posterior +10.0 |" \
         in text
     assert "not met" in text and "2 seed(s) < 3" in text
-    assert "| 1 | scratch | 0 | evaluated | 50 | 0.800 | 0.795 | 0.008 | yes |" in text
-    assert "| 2 | scratch | 0 | training | 0 | - | - | - | (running) |" in text  # not judged while training
+    assert "| 1 | scratch | 0 | evaluated | 50 | 0.800 | 0.795 | 0.800 -> 0.800 | +0.000 | yes |" in text
+    assert "| 2 | scratch | 0 | training | 0 | - | - | - | - | (running) |" in text  # not judged while training
     assert "| mae | MAETrainer | finished | 100 |" in text and "| yes | 10m00s |" in text
     assert "| scratch | 2 | 1m40s | 12s | 3m44s |" in text
     assert "python bench.py --profile cpu --stage report" in text and "nnUNetv2_train X" in text
