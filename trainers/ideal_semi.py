@@ -38,6 +38,7 @@ from nnunet_ssl.methods.semi_supervised import (consistency_weight_at, default_r
                                                 two_decoder_semi_supervised_loss)
 from nnunet_ssl.methods.two_decoder_unet import TwoDecoderUNet
 from nnunet_ssl.settings import Setting
+from nnunet_ssl.ssl_logging import SSLLocalLogger
 from nnunet_ssl.weights.health import global_weight_norm
 from nnunet_ssl.weights.network_parts import unwrap
 from nnunet_ssl.data.unlabeled_pool import (UNLABELED_DATASET_ENV, PoolSource, UnlabeledDataLoader, UnlabeledPool,
@@ -92,8 +93,8 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
         self.max_nonfinite_in_a_row = 20
         self._nonfinite_in_a_row = 0
         self.step_guard = GuardedOptimizerStep(self, lambda: self.network.parameters())
-        for k in self.curve_keys:
-            self.logger.local_logger.my_fantastic_logging.setdefault(k, [])
+        self.logger.local_logger = SSLLocalLogger(self.curve_keys, with_dice=True,
+                                                  curves_title="semi-supervised curves")
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,

@@ -401,3 +401,25 @@ def test_semi_supervised_step_skips_nonfinite_losses_and_stops_after_too_many(en
     trainer.train_step(batch)
     assert trainer._nonfinite_in_a_row == 0
     assert any(not torch.equal(a, p) for a, p in zip(before, trainer.network.parameters()))
+
+
+def test_progress_png_shows_pseudo_dice_and_semi_supervised_curves(env, tmp_path):
+    trainer = _ideal(env, "label_budget=3")
+    values = dict(mean_fg_dice=0.3, ema_fg_dice=0.2, dice_per_class_or_region=[0.3], train_losses=-0.5,
+                  val_losses=-0.4, lrs=0.01, epoch_start_timestamps=0.0, epoch_end_timestamps=5.0,
+                  sup_loss=-0.6, cps_loss=0.1, consistency_weight=0.5)
+    local = trainer.logger.local_logger
+    assert local.figure() is None  # nothing completed yet
+    for epoch in range(2):
+        for k, v in values.items():
+            trainer.logger.log(k, v, epoch)
+    fig = local.figure()
+    labels = {t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()}
+    assert {"pseudo dice", "pseudo dice (mov. avg.)", "sup_loss", "cps_loss", "consistency_weight",
+            "loss_tr", "learning rate"} <= labels
+    trainer.logger.plot_progress_png(str(tmp_path))
+    assert (tmp_path / "progress.png").stat().st_size > 1000
+    # a checkpoint's log from before the curves were drawn (stock keys only) loads with empty curves
+    stock = {k: [v, v] for k, v in values.items() if k not in trainer.curve_keys}
+    local.load_checkpoint(stock)
+    assert local.completed_epochs() == 0 and local.my_fantastic_logging["cps_loss"] == []
