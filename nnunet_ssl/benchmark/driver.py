@@ -80,12 +80,14 @@ def subset_cases(ds: BenchDataset, cases: List[str], split_seed: int, max_groups
 
 def prepare_dataset(work: Path, ds: BenchDataset, split_seed: int, num_processes: int, need_unlabeled: bool,
                     need_reference: bool, max_groups: Optional[int] = None, tiny: Optional[Dict[str, int]] = None,
-                    reference_spec: Optional[BenchDataset] = None) -> DatasetSetup:
+                    reference_spec: Optional[BenchDataset] = None,
+                    reference_max_groups: Optional[int] = None) -> DatasetSetup:
     """Downstream raw dataset (non-test cases), default plans, folds, test folder, unlabeled pool, reference.
 
     ``max_groups``: use only that many groups of the source (seeded); ``tiny``: train every arm and pre-training
     with plans derived from the default ones (``max_features``, ``batch_size``; same preprocessed data);
-    ``reference_spec``: the reference dataset's spec (default ``DATASETS[ds.reference]``)."""
+    ``reference_spec``: the reference dataset's spec (default ``DATASETS[ds.reference]``); ``reference_max_groups``:
+    the reference dataset's own ``max_groups`` (its split needs its own number of groups)."""
     source = bc.SourceDataset(ds.source)
     split = make_split(ds, subset_cases(ds, source.cases, split_seed, max_groups), split_seed)
     root = dataset_dir(work, ds)
@@ -121,7 +123,7 @@ def prepare_dataset(work: Path, ds: BenchDataset, split_seed: int, num_processes
     if need_reference:
         other = reference_spec or DATASETS[ds.reference]
         osrc = bc.SourceDataset(other.source)
-        osplit = make_split(other, subset_cases(other, osrc.cases, split_seed, max_groups), split_seed)
+        osplit = make_split(other, subset_cases(other, osrc.cases, split_seed, reference_max_groups), split_seed)
         cases = bc.seeded_shuffle(osplit.non_test, split_seed)[:ds.num_reference_cases]
         ref = bc.ensure_labeled_raw_dataset(osrc, raw, ds.reference_id, f"LowLabelRef{other.key.capitalize()}",
                                             cases)

@@ -104,6 +104,16 @@ def max_groups_of(args, ds: BenchDataset):
     return None
 
 
+def dataset_options(args, specs: Dict[str, BenchDataset], key: str, arms) -> dict:
+    """What :func:`prepare_dataset` needs besides the folders: the pools the arms read, the groups of the dataset
+    and of its reference dataset (each by its own split), tiny plans."""
+    ds = specs[key]
+    return dict(need_unlabeled=any(a.pretrain or a.uses_unlabeled for a in arms),
+                need_reference=any(a.pretrain == "refs" for a in arms),
+                max_groups=max_groups_of(args, ds), tiny=PROFILES[args.profile].get("tiny"),
+                reference_spec=specs[ds.reference], reference_max_groups=max_groups_of(args, specs[ds.reference]))
+
+
 def schedule_of(args, ds) -> str:
     prof = PROFILES[args.profile]
     if "finetune" in prof:
@@ -166,12 +176,8 @@ def main(argv=None) -> int:
     specs, setups = dataset_specs(args), {}
     arms = [ARMS[a] for a in args.arms]
     for key in args.datasets:
-        ds = specs[key]
-        setups[key] = prepare_dataset(work, ds, args.split_seed, args.num_processes,
-                                      need_unlabeled=any(a.pretrain or a.uses_unlabeled for a in arms),
-                                      need_reference=any(a.pretrain == "refs" for a in arms),
-                                      max_groups=max_groups_of(args, ds), tiny=prof.get("tiny"),
-                                      reference_spec=specs[ds.reference])
+        setups[key] = prepare_dataset(work, specs[key], args.split_seed, args.num_processes,
+                                      **dataset_options(args, specs, key, arms))
     if args.stage in ("runs", "all"):
         for r in todo:
             s = setups[r.dataset]

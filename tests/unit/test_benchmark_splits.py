@@ -89,3 +89,21 @@ def test_max_groups_keeps_whole_patients_and_is_seeded():
     assert not _patients(split.test) & _patients(split.non_test)
     with pytest.raises(UserInputError):
         make_split(ACDC, subset_cases(ACDC, ACDC_CASES, 0, 31), 0)  # 20 test + 5 val + budget 7 need 32
+
+
+@pytest.mark.parametrize("key", ["hippocampus", "acdc"])
+def test_smoke_reference_dataset_gets_groups_for_its_own_split(key):
+    """The smoke profile keeps only the groups each split needs; the ReFs reference (the other dataset) is split by
+    its own needs, not the downstream dataset's (hippocampus' 8 groups cannot hold ACDC's smoke split)."""
+    from nnunet_ssl.benchmark.arms import ARMS
+    from nnunet_ssl.benchmark.main import dataset_options, dataset_specs, parse_args
+    args = parse_args(["--profile", "smoke", "--budgets", "1", "--arms", "refs"])
+    specs = dataset_specs(args)
+    opts = dataset_options(args, specs, key, [ARMS["refs"]])
+    other = specs[key].reference
+    assert opts["need_reference"] and opts["reference_spec"] == specs[other]
+    cases = {"acdc": ACDC_CASES, "hippocampus": HIPPO_CASES}
+    for k, groups in ((key, opts["max_groups"]), (other, opts["reference_max_groups"])):
+        split = make_split(specs[k], subset_cases(specs[k], cases[k], 0, groups), 0)  # no error
+        assert len(split.test_groups) == specs[k].num_test_groups
+    assert opts["max_groups"] != opts["reference_max_groups"]
