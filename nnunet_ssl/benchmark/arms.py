@@ -48,5 +48,9 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
         route="encoder stages >= 2 + decoder; whole-net warm-up"),
     Arm("mae-reinit1", "SSLFinetuneTrainer_decoderWarmup", "mae", settings="reinit_encoder_stages=1",
         headline=False, route="encoder stages >= 1; " + _WARM),
+    # diagnostic: IDEAL's two-decoder semi-supervised fine-tuning from a random start, which separates what the
+    # unlabeled pool gives during fine-tuning from what IDEAL's pre-training gives (ideal-semi = both)
+    Arm("semi-scratch", "IDEALSemiSupervisedTrainer", None, uses_unlabeled=True, headline=False,
+        route="random start; two decoders, cross pseudo supervision on the unlabeled pool"),
 )}
 DEFAULT_ARMS = [name for name, arm in ARMS.items() if arm.headline]

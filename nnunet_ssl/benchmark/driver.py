@@ -187,6 +187,20 @@ def run_is_done(work: Path, run: Run) -> bool:
     return (run_folder(work, run) / "summary.json").is_file()
 
 
+def training_environment(work: Path, s: DatasetSetup, run: Run, continuing: bool) -> Dict[str, str]:
+    """The arm's start and pools: ``NNUNET_SSL_PRETRAINED`` (not when continuing: ``--c`` never reloads
+    pre-trained weights) and ``NNUNET_SSL_UNLABELED_DATASET``."""
+    env = {}
+    if run.arm.pretrain and not continuing:
+        ckpt = pretrain_checkpoint(work, s, run.arm.pretrain)
+        if not ckpt.is_file():
+            raise UserInputError(f"{run.name}: pre-training {run.arm.pretrain} has no checkpoint ({ckpt})")
+        env["NNUNET_SSL_PRETRAINED"] = str(ckpt)
+    if run.arm.uses_unlabeled:
+        env["NNUNET_SSL_UNLABELED_DATASET"] = s.unlabeled
+    return env
+
+
 def do_run(work: Path, s: DatasetSetup, run: Run, schedule: str, runner: Runner, device: str, tta: bool) -> None:
     folder, out = run_folder(work, run), training_output(work, s, run)
     folder.mkdir(parents=True, exist_ok=True)
@@ -200,13 +214,7 @@ def do_run(work: Path, s: DatasetSetup, run: Run, schedule: str, runner: Runner,
     env = {"nnUNet_results": str(results_dir(work, run)), "NNUNET_SSL_SETTINGS": settings}
     if not (out / "checkpoint_final.pth").is_file():
         cont = ["--c"] if (out / "checkpoint_latest.pth").is_file() else []
-        if run.arm.pretrain and not cont:  # --c never reloads pre-trained weights
-            ckpt = pretrain_checkpoint(work, s, run.arm.pretrain)
-            if not ckpt.is_file():
-                raise UserInputError(f"{run.name}: pre-training {run.arm.pretrain} has no checkpoint ({ckpt})")
-            env["NNUNET_SSL_PRETRAINED"] = str(ckpt)
-        if run.arm.uses_unlabeled:
-            env["NNUNET_SSL_UNLABELED_DATASET"] = s.unlabeled
+        env.update(training_environment(work, s, run, continuing=bool(cont)))
         bc.log(f"{run.name}: training {run.arm.trainer}, fold {fold}" + (" (continuing)" if cont else ""))
         info["seconds"]["train"] = info["seconds"].get("train", 0.0) + runner(
             "nnUNetv2_train", [s.downstream, s.ds.configuration, fold, "-tr", run.arm.trainer, "-p", s.plans,

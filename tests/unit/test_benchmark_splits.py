@@ -107,3 +107,28 @@ def test_smoke_reference_dataset_gets_groups_for_its_own_split(key):
         split = make_split(specs[k], subset_cases(specs[k], cases[k], 0, groups), 0)  # no error
         assert len(split.test_groups) == specs[k].num_test_groups
     assert opts["max_groups"] != opts["reference_max_groups"]
+
+
+def test_arm_environments(tmp_path):
+    """What each kind of arm starts from: scratch nothing, pre-trained arms their method's checkpoint (refused when
+    it is missing, never on --c), semi-supervised arms the unlabeled pool; semi-scratch the pool without weights."""
+    from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS
+    from nnunet_ssl.benchmark.driver import DatasetSetup, Run, pretrain_checkpoint, training_environment
+    s = DatasetSetup(ACDC, make_split(ACDC, ACDC_CASES, 0), "Dataset271_LowLabelAcdc", "", "", [1, 2, 3], {},
+                     unlabeled="Dataset272_LowLabelAcdcUnlabeled")
+
+    def env(arm, continuing=False):
+        return training_environment(tmp_path, s, Run("acdc", ARMS[arm], 1, 0), continuing)
+
+    ckpt = pretrain_checkpoint(tmp_path, s, "ideal")
+    with pytest.raises(UserInputError, match="pre-training ideal has no checkpoint"):
+        env("ideal")
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    assert env("scratch") == {}
+    assert env("ideal") == {"NNUNET_SSL_PRETRAINED": str(ckpt)}
+    assert env("ideal-semi") == {"NNUNET_SSL_PRETRAINED": str(ckpt),
+                                 "NNUNET_SSL_UNLABELED_DATASET": "Dataset272_LowLabelAcdcUnlabeled"}
+    assert env("ideal-semi", continuing=True) == {"NNUNET_SSL_UNLABELED_DATASET": "Dataset272_LowLabelAcdcUnlabeled"}
+    assert env("semi-scratch") == {"NNUNET_SSL_UNLABELED_DATASET": "Dataset272_LowLabelAcdcUnlabeled"}
+    assert ARMS["semi-scratch"].trainer == ARMS["ideal-semi"].trainer and "semi-scratch" not in DEFAULT_ARMS
