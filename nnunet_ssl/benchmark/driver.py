@@ -183,6 +183,24 @@ def training_output(work: Path, s: DatasetSetup, run: Run) -> Path:
             f"fold_{fold_of(s.ds, run.budget, run.seed)}")
 
 
+def run_settings(schedule: str, run: Run) -> str:
+    """``NNUNET_SSL_SETTINGS`` of a run: the profile's schedule for its dataset plus the arm's own settings."""
+    return settings_text({}, schedule, run.arm.settings)
+
+
+def stale_runs(work: Path, runs: List[Run], schedules: Dict[str, str]) -> List[str]:
+    """Runs started with other settings than the ones they would get now (``schedules``: dataset key -> schedule),
+    one line each; their results must not be mixed with the current schedule's."""
+    out = []
+    for run in runs:
+        info_file = run_folder(work, run) / "run.json"
+        if info_file.is_file():
+            old, new = bc.load_json(info_file).get("settings"), run_settings(schedules[run.dataset], run)
+            if old != new:
+                out.append(f"{run.name}: started with NNUNET_SSL_SETTINGS={old!r}, now {new!r}")
+    return out
+
+
 def run_is_done(work: Path, run: Run) -> bool:
     return (run_folder(work, run) / "summary.json").is_file()
 
@@ -205,7 +223,7 @@ def do_run(work: Path, s: DatasetSetup, run: Run, schedule: str, runner: Runner,
     folder, out = run_folder(work, run), training_output(work, s, run)
     folder.mkdir(parents=True, exist_ok=True)
     fold = str(fold_of(s.ds, run.budget, run.seed))
-    settings = settings_text({}, schedule, run.arm.settings)
+    settings = run_settings(schedule, run)
     info_file = folder / "run.json"
     info = bc.load_json(info_file) if info_file.is_file() else {"seconds": {}}
     info.update(dataset=run.dataset, arm=run.arm.name, budget=run.budget, seed=run.seed, fold=int(fold),

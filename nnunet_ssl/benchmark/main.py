@@ -13,7 +13,7 @@ from nnunet_ssl.benchmark import common as bc
 from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.driver import (Run, Runner, do_run, prepare_dataset, run_is_done, run_pretraining,
-                                         settings_text)
+                                         settings_text, stale_runs)
 from nnunet_ssl.benchmark.report import DEFAULT_OUT, write_report
 from nnunet_ssl.errors import UserInputError
 
@@ -154,6 +154,14 @@ def main(argv=None) -> int:
     device = args.device or ("cuda" if prof["gpu"] else "cpu")
     work = Path(args.work_dir).expanduser().resolve()
     runs = make_runs(args)
+    specs = dataset_specs(args)
+    stale = stale_runs(work, runs, {k: schedule_of(args, specs[k]) for k in args.datasets})
+    if stale and args.stage != "report":
+        arms_dirs = sorted({str(work / line.split("/")[0] / "arms") for line in stale})
+        raise UserInputError("these runs were started with another schedule than the profile's current one, so their "
+                             "results cannot be compared with new runs:\n  " + "\n  ".join(stale) + "\nFix: move "
+                             "the old runs away (mv " + " ".join(arms_dirs) + " somewhere else; pre-trainings stay "
+                             "valid) or use another --work-dir.")
     todo = [r for r in runs if not run_is_done(work, r)]
     bc.log(f"low-label benchmark, profile {args.profile}: {len(runs)} runs, {len(todo)} to do, work dir {work}")
     for r in todo if args.stage != "report" else []:
@@ -173,7 +181,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("nnUNet_n_proc_DA", prof.get("n_proc_da", "2"))
         os.environ.setdefault("nnUNet_def_n_proc", "1")
     runner = Runner(work, {k: folders[k] for k in ("nnUNet_raw", "nnUNet_preprocessed")}, args.verbose)
-    specs, setups = dataset_specs(args), {}
+    setups = {}
     arms = [ARMS[a] for a in args.arms]
     for key in args.datasets:
         setups[key] = prepare_dataset(work, specs[key], args.split_seed, args.num_processes,

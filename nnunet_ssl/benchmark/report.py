@@ -262,6 +262,8 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
     work, out = Path(work).expanduser().resolve(), Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     stem = f"low_label_{profile}"
+    for old_plot in out.glob(f"{stem}_*.png"):  # every plot is redrawn below; one not redrawn would be stale
+        old_plot.unlink()
     keys = [k for k in (datasets or list(DATASETS)) if (work / k).is_dir()]
     runs = {k: read_runs(work, k) for k in keys}
     pres = {k: read_pretrainings(work, k) for k in keys}

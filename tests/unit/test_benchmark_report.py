@@ -276,9 +276,12 @@ def fake_work(tmp_path):
 
 
 def test_report_from_work_dir(fake_work, tmp_path):
-    md = rp.build_report(fake_work, "cpu", tmp_path / "out", command="python bench.py --profile cpu")
-    text = md.read_text()
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "low_label_cpu_acdc_dice.png").write_bytes(b"a plot of runs that were set aside")
+    md = rp.build_report(fake_work, "cpu", out, command="python bench.py --profile cpu")
+    text = md.read_text()
+    assert not (out / "low_label_cpu_acdc_dice.png").exists()  # no ACDC run: no stale ACDC plot left
     for name in ("low_label_cpu_per_case.csv", "low_label_cpu_hippocampus_dice.png",
                  "low_label_cpu_hippocampus_convergence.png", "low_label_cpu_hippocampus_pretraining.png"):
         assert (out / name).stat().st_size > 100, name

@@ -132,3 +132,25 @@ def test_arm_environments(tmp_path):
     assert env("ideal-semi", continuing=True) == {"NNUNET_SSL_UNLABELED_DATASET": "Dataset272_LowLabelAcdcUnlabeled"}
     assert env("semi-scratch") == {"NNUNET_SSL_UNLABELED_DATASET": "Dataset272_LowLabelAcdcUnlabeled"}
     assert ARMS["semi-scratch"].trainer == ARMS["ideal-semi"].trainer and "semi-scratch" not in DEFAULT_ARMS
+
+
+def test_runs_of_another_schedule_are_refused(tmp_path):
+    """A finished run of an earlier schedule must not be skipped as done and mixed into the report."""
+    import json
+    from nnunet_ssl.benchmark.arms import ARMS
+    from nnunet_ssl.benchmark.driver import Run, run_folder, run_settings, stale_runs
+    from nnunet_ssl.benchmark.main import main, schedule_of, dataset_specs, parse_args
+    args = parse_args(["--profile", "cpu", "--datasets", "acdc", "--work-dir", str(tmp_path)])
+    schedule = schedule_of(args, dataset_specs(args)["acdc"])
+    assert "num_epochs=100" in schedule  # ACDC: 2000 iterations (scratch did not converge in 1000 for seed 1)
+    runs = [Run("acdc", ARMS["scratch"], 1, 0), Run("acdc", ARMS["ideal-reinit2"], 1, 0)]
+    for run, settings in zip(runs, [schedule.replace("num_epochs=100", "num_epochs=50"),
+                                    run_settings(schedule, runs[1])]):
+        run_folder(tmp_path, run).mkdir(parents=True)
+        (run_folder(tmp_path, run) / "run.json").write_text(json.dumps({"settings": settings}))
+    stale = stale_runs(tmp_path, runs, {"acdc": schedule})
+    assert len(stale) == 1 and stale[0].startswith("acdc/scratch/b1_s0: started with") and "num_epochs=50" in stale[0]
+    with pytest.raises(UserInputError) as e:  # the script prints it as a plain error (exit 2)
+        main(["--profile", "cpu", "--datasets", "acdc", "--arms", "scratch", "--budgets", "1", "--seeds", "0",
+              "--work-dir", str(tmp_path), "--dry-run"])
+    assert "acdc/scratch/b1_s0" in str(e.value) and f"mv {tmp_path / 'acdc' / 'arms'}" in str(e.value)
