@@ -195,10 +195,10 @@ def convergence_table(runs: List[dict]) -> List[str]:
         means = st.fifth_means(dice)
         rows.append([r["budget"], r["arm"], r["seed"], r["status"], len(dice), _f(dice[-1] if dice else None),
                      _f(st.ema(dice)[-1] if dice else None),
-                     f"{means[0]:.3f} -> {means[1]:.3f}" if means else "-", ("-" if rise is None else f"{rise:+.3f}"),
+                     f"{max(means[:-1]):.3f} -> {means[-1]:.3f}" if means else "-", ("-" if rise is None else f"{rise:+.3f}"),
                      "(running)" if r["status"] == "training" else "yes" if flat else "no"])
     return _table(["budget", "arm", "seed", "status", "epochs", "last pseudo Dice", "last EMA",
-                   "mean pseudo Dice, fifth before last -> last fifth", "rise", "converged"], rows)
+                   "mean pseudo Dice, best earlier fifth -> last fifth", "rise", "converged"], rows)
 
 
 def pretraining_table(pres: List[dict]) -> List[str]:
@@ -312,7 +312,8 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
                   f"Pseudo Dice = nnU-Net's per-epoch Dice on validation patches of the validation "
                   f"{ds.group_word}s ({len(split.get('val_groups', []))}; never used for any choice); EMA = "
                   f"nnU-Net's ema_fg_dice (momentum {st.EMA_MOMENTUM}). Converged: the mean pseudo Dice of the last fifth "
-                  f"of the epochs is less than {st.DICE_RISE_TOL} above that of the fifth before (no longer rising).", ""]
+                  f"of the epochs is less than {st.DICE_RISE_TOL} above that of the best earlier fifth (no new high "
+                  f"beyond the plateau reached before).", ""]
         lines += convergence_table(runs[k])
         if plots.convergence_plot([r for r in runs[k] if r["arm"] == "scratch"], out / f"{stem}_{k}_convergence.png"):
             lines += ["", f"![scratch pseudo Dice, {k}]({stem}_{k}_convergence.png)"]

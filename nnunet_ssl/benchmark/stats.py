@@ -31,7 +31,7 @@ BOOT_SEED = 0
 MIN_GAIN = 0.03  # headline: best pre-trained arm >= scratch + 3 Dice points
 ALPHA = 0.05
 MIN_SEEDS = 3
-DICE_RISE_TOL = 0.02  # converged: mean pseudo Dice of the last fifth < that of the fifth before + 2 Dice points
+DICE_RISE_TOL = 0.02  # converged: mean pseudo Dice of the last fifth < the best earlier fifth's + 2 Dice points
 LOSS_FLAT_FRACTION = 0.05  # SSL flattened: last fifth moves the EMA val loss < 5 % of its whole-run range
 EMA_MOMENTUM = 0.9  # nnU-Net's ema_fg_dice: ema = 0.9 * ema + 0.1 * value, first value as is
 TAIL = 0.2  # "the last fifth of training"
@@ -227,24 +227,23 @@ def tail_change(values: Sequence[float], fraction: float = TAIL) -> Optional[flo
     return max(tail) - min(tail)
 
 
-def fifth_means(values: Sequence[float], fraction: float = TAIL) -> Optional[Tuple[float, float]]:
-    """Means of the fifth of the epochs before the last one and of the last fifth (at least 2 epochs each); None
-    when too short or NaN."""
-    v = list(values)
-    k = max(2, math.ceil(fraction * len(v)))
-    if len(v) < 2 * k or any(math.isnan(x) for x in v[-2 * k:]):
+def fifth_means(values: Sequence[float], parts: int = round(1 / TAIL)) -> Optional[List[float]]:
+    """Means of the five consecutive fifths of the epochs (at least 2 epochs each); None when too short or NaN."""
+    v = [float(x) for x in values]
+    if len(v) < 2 * parts or any(math.isnan(x) for x in v):
         return None
-    return float(np.mean(v[-2 * k:-k])), float(np.mean(v[-k:]))
+    return [float(np.mean(c)) for c in np.array_split(np.asarray(v), parts)]
 
 
 def dice_converged(pseudo_dice: Sequence[float], tol: float = DICE_RISE_TOL) -> Tuple[Optional[float], bool]:
-    """Rise of the mean per-epoch pseudo Dice from the fifth before the last to the last fifth, and whether it is
-    < ``tol`` (no longer rising). Means of whole fifths, not the EMA's max - min: with one labeled case the
-    per-epoch pseudo Dice scatters by +-0.05, which an EMA still shows as movement on a flat curve."""
+    """How far the mean per-epoch pseudo Dice of the last fifth rises above the best earlier fifth, and whether it
+    is < ``tol`` (no longer rising: no new high beyond the plateau reached before). Means of whole fifths, not the
+    EMA's max - min, and against the best earlier fifth, not only the one before: with one labeled case the
+    per-epoch pseudo Dice scatters by +-0.05 and fifth means of a flat curve by +-0.03."""
     means = fifth_means(pseudo_dice)
     if means is None:
         return None, False
-    rise = means[1] - means[0]
+    rise = means[-1] - max(means[:-1])
     return rise, rise < tol
 
 

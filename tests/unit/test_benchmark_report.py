@@ -167,16 +167,20 @@ def test_convergence_criteria():
     assert not ok and rise == pytest.approx(0.2)
     rise, ok = st.dice_converged([0.3 + 0.0025 * i for i in range(50)])  # slow rise: 0.025 per fifth
     assert not ok and rise == pytest.approx(0.025)
-    # a flat curve scattering +-0.05 per epoch (one labeled case): converged, where the EMA's max - min is not
-    scatter = list(np.random.default_rng(0).normal(0, 0.05, 10))
-    noisy = [0.3] * 30 + [0.3 + e for e in scatter] + [0.3 + e for e in scatter[::-1]]  # same values, both fifths
-    rise, ok = st.dice_converged(noisy)
-    assert ok and abs(rise) < 1e-9
-    ema_tail = st.ema(noisy)[-10:]
-    assert max(ema_tail) - min(ema_tail) > 0.01
+    # ACDC, one patient, 1000 iterations, seed 1: background only for 19 epochs, then rising to the end
+    late = [0.0] * 19 + [0.05 + 0.012 * i for i in range(31)]
+    assert not st.dice_converged(late)[1]
+    # a plateau whose fifth means scatter (0.27-0.34): the last fifth (0.315) is a new high over the fifth before
+    # (0.274) but not over the best earlier one (0.305): converged
+    fifths = [0.217, 0.288, 0.305, 0.274, 0.315]
+    plateau = [m + d for m in fifths for d in (0.05, -0.05) * 10]
+    rise, ok = st.dice_converged(plateau)
+    assert ok and rise == pytest.approx(0.010)
+    assert st.fifth_means(plateau) == pytest.approx(fifths)
+    ema_tail = st.ema(plateau)[-20:]
+    assert max(ema_tail) - min(ema_tail) > 0.01  # the old EMA criterion called this unconverged
     assert st.dice_converged([0.5]) == (None, False)
-    assert st.dice_converged([0.5] * 3) == (None, False)  # needs two fifths of >= 2 epochs
-    assert st.fifth_means([0.1] * 40 + [0.2] * 10) == pytest.approx((0.1, 0.2))
+    assert st.dice_converged([0.5] * 9) == (None, False)  # needs five fifths of >= 2 epochs
     loss = [1 / (1 + i) for i in range(100)]
     rel, ok = st.loss_flattened(loss)
     assert ok and rel < st.LOSS_FLAT_FRACTION
