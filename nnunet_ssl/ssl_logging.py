@@ -48,10 +48,10 @@ class SSLLocalLogger(LocalLogger):
         x = list(range(n))
         fig, axes = plt.subplots(4, 1, figsize=(14, 20))
         ax = axes[0]
-        what = "" if self.with_dice else " (SSL)"
-        ax.plot(x, log["train_losses"][:n], color="b", label=f"loss_tr{what}", linewidth=2)
-        ax.plot(x, log["val_losses"][:n], color="r", label=f"loss_val{what}" if self.with_dice else
-                "loss_val (SSL, held-out cases)", linewidth=2)
+        ax.plot(x, log["train_losses"][:n], color="b", label="loss_tr" if self.with_dice else "loss_tr (SSL)",
+                linewidth=2)
+        ax.plot(x, log["val_losses"][:n], color="r",
+                label="loss_val" if self.with_dice else "loss_val (SSL, held-out cases)", linewidth=2)
         ax.set_xlabel("epoch"); ax.set_ylabel("loss"); ax.legend(loc="upper left")
         if self.with_dice:
             ax2 = ax.twinx()

@@ -191,11 +191,12 @@ def convergence_table(runs: List[dict]) -> List[str]:
     rows = []
     for r in sorted(runs, key=lambda r: (r["budget"], _order(r["arm"]), r["seed"])):
         dice = r["curves"].get("pseudo_dice", [])
+        plateau = st.dice_plateau(dice)
         rise, flat = st.dice_converged(dice)
-        means = st.fifth_means(dice)
         rows.append([r["budget"], r["arm"], r["seed"], r["status"], len(dice), _f(dice[-1] if dice else None),
                      _f(st.ema(dice)[-1] if dice else None),
-                     f"{max(means[:-1]):.3f} -> {means[-1]:.3f}" if means else "-", ("-" if rise is None else f"{rise:+.3f}"),
+                     f"{plateau[0]:.3f} -> {plateau[1]:.3f}" if plateau else "-",
+                     "-" if rise is None else f"{rise:+.3f}",
                      "(running)" if r["status"] == "training" else "yes" if flat else "no"])
     return _table(["budget", "arm", "seed", "status", "epochs", "last pseudo Dice", "last EMA",
                    "mean pseudo Dice, best earlier fifth -> last fifth", "rise", "converged"], rows)

@@ -235,15 +235,22 @@ def fifth_means(values: Sequence[float], parts: int = round(1 / TAIL)) -> Option
     return [float(np.mean(c)) for c in np.array_split(np.asarray(v), parts)]
 
 
+def dice_plateau(pseudo_dice: Sequence[float]) -> Optional[Tuple[float, float]]:
+    """(best mean of the first four fifths, mean of the last fifth) of the per-epoch pseudo Dice; None when too
+    short or NaN."""
+    means = fifth_means(pseudo_dice)
+    return None if means is None else (max(means[:-1]), means[-1])
+
+
 def dice_converged(pseudo_dice: Sequence[float], tol: float = DICE_RISE_TOL) -> Tuple[Optional[float], bool]:
     """How far the mean per-epoch pseudo Dice of the last fifth rises above the best earlier fifth, and whether it
     is < ``tol`` (no longer rising: no new high beyond the plateau reached before). Means of whole fifths, not the
     EMA's max - min, and against the best earlier fifth, not only the one before: with one labeled case the
     per-epoch pseudo Dice scatters by +-0.05 and fifth means of a flat curve by +-0.03."""
-    means = fifth_means(pseudo_dice)
-    if means is None:
+    plateau = dice_plateau(pseudo_dice)
+    if plateau is None:
         return None, False
-    rise = means[-1] - max(means[:-1])
+    rise = plateau[1] - plateau[0]
     return rise, rise < tol
 
 
