@@ -23,6 +23,7 @@ from typing import Dict, List, Optional
 from nnunet_ssl.benchmark import common as bc
 from nnunet_ssl.benchmark.arms import PRETRAIN_TRAINERS, Arm
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
+from nnunet_ssl.benchmark.record import recorded_weights
 from nnunet_ssl.benchmark.splits import Split, fold_of, make_split, nnunet_folds
 from nnunet_ssl.errors import UserInputError
 
@@ -137,9 +138,23 @@ def pretrain_checkpoint(work: Path, s: DatasetSetup, method: str) -> Path:
             f"{PRETRAIN_TRAINERS[method]}__{s.plans}__{s.ds.configuration}" / "fold_all" / "checkpoint_final.pth")
 
 
-def run_pretraining(work: Path, s: DatasetSetup, method: str, schedule: str, runner: Runner, device: str) -> None:
+def pretrained_start(work: Path, s: DatasetSetup, method: str, schedule: str, record: Optional[Path] = None
+                     ) -> Optional[Path]:
+    """Where a fine-tuning from ``method`` starts: the work directory's checkpoint, else the record's weights of a
+    pre-training with the same ``schedule``, else None (the pre-training has to run)."""
     ckpt = pretrain_checkpoint(work, s, method)
     if ckpt.is_file():
+        return ckpt
+    return recorded_weights(record, Path(s.ds.key) / "pretrain" / method, schedule)
+
+
+def run_pretraining(work: Path, s: DatasetSetup, method: str, schedule: str, runner: Runner, device: str,
+                    record: Optional[Path] = None) -> None:
+    ckpt = pretrain_checkpoint(work, s, method)
+    start = pretrained_start(work, s, method, schedule, record)
+    if start is not None:
+        if start != ckpt:
+            bc.log(f"{s.ds.key}: pre-training {method}: the recorded weights {start} (same settings), not re-run")
         return
     folder = dataset_dir(work, s.ds) / "pretrain" / method
     folder.mkdir(parents=True, exist_ok=True)
@@ -188,38 +203,45 @@ def run_settings(schedule: str, run: Run) -> str:
     return settings_text({}, schedule, run.arm.settings)
 
 
-def stale_runs(work: Path, runs: List[Run], schedules: Dict[str, str]) -> List[str]:
-    """Runs started with other settings than the ones they would get now (``schedules``: dataset key -> schedule),
-    one line each; their results must not be mixed with the current schedule's."""
+def stale_runs(work: Path, runs: List[Run], schedules: Dict[str, str], record: Optional[Path] = None) -> List[str]:
+    """Runs (in the work directory or the record) started with other settings than the ones they would get now
+    (``schedules``: dataset key -> schedule), one line each; their results must not be mixed with the current
+    schedule's."""
     out = []
-    for run in runs:
-        info_file = run_folder(work, run) / "run.json"
-        if info_file.is_file():
-            old, new = bc.load_json(info_file).get("settings"), run_settings(schedules[run.dataset], run)
-            if old != new:
-                out.append(f"{run.name}: started with NNUNET_SSL_SETTINGS={old!r}, now {new!r}")
+    for root in [work] + ([record] if record else []):
+        for run in runs:
+            info_file = run_folder(root, run) / "run.json"
+            if info_file.is_file():
+                old, new = bc.load_json(info_file).get("settings"), run_settings(schedules[run.dataset], run)
+                if old != new:
+                    out.append(f"{run.name} ({root}): started with NNUNET_SSL_SETTINGS={old!r}, now {new!r}")
     return out
 
 
-def run_is_done(work: Path, run: Run) -> bool:
-    return (run_folder(work, run) / "summary.json").is_file()
+def run_is_done(work: Path, run: Run, record: Optional[Path] = None) -> bool:
+    """Evaluated in the work directory or in the record (a finished run of another machine)."""
+    return any((run_folder(root, run) / "summary.json").is_file() for root in [work] + ([record] if record else []))
 
 
-def training_environment(work: Path, s: DatasetSetup, run: Run, continuing: bool) -> Dict[str, str]:
-    """The arm's start and pools: ``NNUNET_SSL_PRETRAINED`` (not when continuing: ``--c`` never reloads
-    pre-trained weights) and ``NNUNET_SSL_UNLABELED_DATASET``."""
+def training_environment(work: Path, s: DatasetSetup, run: Run, continuing: bool, pretrain_schedule: str = "",
+                         record: Optional[Path] = None) -> Dict[str, str]:
+    """The arm's start and pools: ``NNUNET_SSL_PRETRAINED`` (the work directory's checkpoint or the record's weights
+    of ``pretrain_schedule``; not when continuing: ``--c`` never reloads pre-trained weights) and
+    ``NNUNET_SSL_UNLABELED_DATASET``."""
     env = {}
     if run.arm.pretrain and not continuing:
-        ckpt = pretrain_checkpoint(work, s, run.arm.pretrain)
-        if not ckpt.is_file():
-            raise UserInputError(f"{run.name}: pre-training {run.arm.pretrain} has no checkpoint ({ckpt})")
+        ckpt = pretrained_start(work, s, run.arm.pretrain, pretrain_schedule, record)
+        if ckpt is None:
+            raise UserInputError(f"{run.name}: pre-training {run.arm.pretrain} has no checkpoint "
+                                 f"({pretrain_checkpoint(work, s, run.arm.pretrain)}) and no recorded weights")
         env["NNUNET_SSL_PRETRAINED"] = str(ckpt)
     if run.arm.uses_unlabeled:
         env["NNUNET_SSL_UNLABELED_DATASET"] = s.unlabeled
     return env
 
 
-def do_run(work: Path, s: DatasetSetup, run: Run, schedule: str, runner: Runner, device: str, tta: bool) -> None:
+def do_run(work: Path, s: DatasetSetup, run: Run, schedule: str, runner: Runner, device: str, tta: bool,
+           pretrain_schedule: str = "", record: Optional[Path] = None) -> None:
     folder, out = run_folder(work, run), training_output(work, s, run)
     folder.mkdir(parents=True, exist_ok=True)
     fold = str(fold_of(s.ds, run.budget, run.seed))
@@ -232,7 +254,10 @@ def do_run(work: Path, s: DatasetSetup, run: Run, schedule: str, runner: Runner,
     env = {"nnUNet_results": str(results_dir(work, run)), "NNUNET_SSL_SETTINGS": settings}
     if not (out / "checkpoint_final.pth").is_file():
         cont = ["--c"] if (out / "checkpoint_latest.pth").is_file() else []
-        env.update(training_environment(work, s, run, continuing=bool(cont)))
+        env.update(training_environment(work, s, run, continuing=bool(cont), pretrain_schedule=pretrain_schedule,
+                                        record=record))
+        if env.get("NNUNET_SSL_PRETRAINED"):
+            info["pretrained_from"] = env["NNUNET_SSL_PRETRAINED"]
         bc.log(f"{run.name}: training {run.arm.trainer}, fold {fold}" + (" (continuing)" if cont else ""))
         info["seconds"]["train"] = info["seconds"].get("train", 0.0) + runner(
             "nnUNetv2_train", [s.downstream, s.ds.configuration, fold, "-tr", run.arm.trainer, "-p", s.plans,

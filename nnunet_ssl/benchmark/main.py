@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Dict, List
 
 from nnunet_ssl.benchmark import common as bc
-from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS
+from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.driver import (Run, Runner, do_run, prepare_dataset, run_is_done, run_pretraining,
                                          settings_text, stale_runs)
+from nnunet_ssl.benchmark.record import default_record_dir
+from nnunet_ssl.benchmark.record import sync as sync_record
 from nnunet_ssl.benchmark.report import DEFAULT_OUT, write_report
 from nnunet_ssl.errors import UserInputError
 
@@ -57,6 +59,13 @@ def parse_args(argv=None):
                    help="working folder (resumable; default ./low_label_work/stock, smoke: ./low_label_work/smoke)")
     p.add_argument("--out", default=str(DEFAULT_OUT),
                    help="report folder (default: %(default)s); files low_label_<profile>*")
+    p.add_argument("--record-dir", default=None,
+                   help="where finished runs are recorded for git (run.json, summary.json, training logs; default: "
+                        "OUT/low_label_<profile>_runs); runs recorded there are not run again")
+    p.add_argument("--record-weights", nargs="*", default=[], choices=list(PRETRAIN_TRAINERS), metavar="METHOD",
+                   help="also record these methods' pre-trained weights (half precision, tens of MB each on default "
+                        "plans), so later machines fine-tune from them instead of pre-training again; choices: "
+                        + ", ".join(PRETRAIN_TRAINERS))
     p.add_argument("--max-groups", type=int, default=None,
                    help="use only this many cases/patients of each dataset (seeded by --split-seed; default: all, "
                         "smoke: the fewest its split needs)")
@@ -70,6 +79,7 @@ def parse_args(argv=None):
     p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     args = p.parse_args(argv)
     args.work_dir = args.work_dir or WORK_DIRS.get(args.profile, "./low_label_work/stock")
+    args.record_dir = Path(args.record_dir or default_record_dir(args.out, args.profile)).expanduser().resolve()
     if args.seeds is None:
         args.seeds = list(PROFILES[args.profile].get("seeds", (0, 1, 2)))
     args.command = command_line(sys.argv[1:] if argv is None else list(argv))
@@ -155,23 +165,29 @@ def main(argv=None) -> int:
     work = Path(args.work_dir).expanduser().resolve()
     runs = make_runs(args)
     specs = dataset_specs(args)
-    stale = stale_runs(work, runs, {k: schedule_of(args, specs[k]) for k in args.datasets})
+    record = args.record_dir
+    stale = stale_runs(work, runs, {k: schedule_of(args, specs[k]) for k in args.datasets}, record)
     if stale and args.stage != "report":
-        arms_dirs = sorted({str(work / line.split("/")[0] / "arms") for line in stale})
         raise UserInputError("these runs were started with another schedule than the profile's current one, so their "
                              "results cannot be compared with new runs:\n  " + "\n  ".join(stale) + "\nFix: move "
-                             "the old runs away (mv " + " ".join(arms_dirs) + " somewhere else; pre-trainings stay "
-                             "valid) or use another --work-dir.")
-    todo = [r for r in runs if not run_is_done(work, r)]
+                             "the old runs' folders (the b<budget>_s<seed> folders named above) out of the work "
+                             "directory and the record (pre-trainings stay valid), or use another --work-dir and "
+                             "--record-dir.")
+    configurations = {k: specs[k].configuration for k in args.datasets}
+    if work.is_dir() and not args.dry_run:
+        sync_record(work, record, args.datasets, configurations, PRETRAIN_TRAINERS, args.record_weights)
+    todo = [r for r in runs if not run_is_done(work, r, record)]
     bc.log(f"low-label benchmark, profile {args.profile}: {len(runs)} runs, {len(todo)} to do, work dir {work}")
     for r in todo if args.stage != "report" else []:
         print(f"  {r.name}: {r.arm.trainer}" + (f" from {r.arm.pretrain}" if r.arm.pretrain else ""))
     if args.dry_run:
         return 0
     if args.stage == "report":
-        if not work.is_dir():
-            raise UserInputError(f"--stage report: {work} does not exist. Fix: the --work-dir of the runs.")
-        check_profile(work, args.profile)
+        if not work.is_dir() and not record.is_dir():
+            raise UserInputError(f"--stage report: neither {work} nor the record {record} exists. Fix: the "
+                                 f"--work-dir (or --record-dir) of the runs.")
+        if work.is_dir():
+            check_profile(work, args.profile)
         write_report(work, args, {})
         return 0
     work.mkdir(parents=True, exist_ok=True)
@@ -189,10 +205,13 @@ def main(argv=None) -> int:
     if args.stage in ("runs", "all"):
         for r in todo:
             s = setups[r.dataset]
+            pretrain_schedule = settings_text(prof["pretrain"])
             if r.arm.pretrain:
-                run_pretraining(work, s, r.arm.pretrain, settings_text(prof["pretrain"]), runner, device)
-            do_run(work, s, r, schedule_of(args, s.ds), runner, device, prof["tta"])
-            bc.log(f"{r.name}: done")
+                run_pretraining(work, s, r.arm.pretrain, pretrain_schedule, runner, device, record)
+                sync_record(work, record, [r.dataset], configurations, PRETRAIN_TRAINERS, args.record_weights)
+            do_run(work, s, r, schedule_of(args, s.ds), runner, device, prof["tta"], pretrain_schedule, record)
+            sync_record(work, record, [r.dataset], configurations, PRETRAIN_TRAINERS, args.record_weights)
+            bc.log(f"{r.name}: done (recorded in {record})")
     if args.stage == "all":
         write_report(work, args, setups)
     return 0

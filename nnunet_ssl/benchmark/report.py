@@ -1,6 +1,7 @@
-"""The low-label benchmark's report, built from a work directory alone (whatever has finished so far).
+"""The low-label benchmark's report, built from whatever has finished in a work directory and in the record
+(:mod:`nnunet_ssl.benchmark.record`: the committed copy of finished runs, which outlives the machine).
 
-Reads, per dataset of the work directory: every evaluated run (``arms/<arm>/b<budget>_s<seed>/summary.json`` and
+Reads, per dataset: every evaluated run (``arms/<arm>/b<budget>_s<seed>/summary.json`` and
 ``run.json``), nnU-Net's training logs of every fine-tuning (pseudo Dice per epoch; runs still training too) and of
 every pre-training (SSL train / validation loss per epoch), and writes to the output folder::
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from nnunet_ssl.benchmark import common as bc
+from nnunet_ssl.benchmark import record as rec
 from nnunet_ssl.benchmark import stats as st
 from nnunet_ssl.benchmark.arms import ARMS, PRETRAIN_TRAINERS
 from nnunet_ssl.benchmark.datasets import DATASETS
@@ -83,51 +85,66 @@ def read_curves(folder: Optional[Path]) -> Dict[str, List[float]]:
     return parse_training_log("\n".join(p.read_text(errors="replace") for p in logs))
 
 
-def _trainer_folder(results: Path, trainer: str, configuration: str, fold) -> Optional[Path]:
-    hits = sorted(results.glob(f"*/{trainer}__*__{configuration}/fold_{fold}"))
-    return hits[0] if hits else None
-
-
 def _json(path: Path) -> dict:
     return bc.load_json(path) if path.is_file() else {}
 
 
-def read_runs(work: Path, key: str) -> List[dict]:
-    """Every run folder of a dataset: dataset, arm, budget, seed, folder, info (run.json), status
-    (evaluated / trained / training), curves (training log), rows (per-case Dice, when evaluated)."""
-    ds, runs = DATASETS[key], []
-    for folder in sorted((work / key / "arms").glob("*/b*_s*")):
-        m = _RUN_DIR.match(folder.name)
-        arm = folder.parent.name
-        if not m or arm not in ARMS:
-            continue
-        budget, seed = int(m.group(1)), int(m.group(2))
-        info = _json(folder / "run.json")
-        fold = info.get("fold", fold_of(ds, budget, seed) if budget in ds.budgets else None)
-        train = _trainer_folder(folder.parent / "nnUNet_results", info.get("trainer", ARMS[arm].trainer),
-                                ds.configuration, fold)
-        summary = folder / "summary.json"
-        status = "evaluated" if summary.is_file() else (
-            "trained" if train is not None and (train / "checkpoint_final.pth").is_file() else "training")
-        rows = st.case_rows(bc.load_json(summary), dataset=key, arm=arm, budget=budget, seed=seed) \
-            if summary.is_file() else []
-        runs.append(dict(dataset=key, arm=arm, budget=budget, seed=seed, folder=folder, info=info, status=status,
-                         curves=read_curves(train), rows=rows))
-    return runs
+_RANK = {"evaluated": 2, "trained": 1, "training": 0}
 
 
-def read_pretrainings(work: Path, key: str) -> List[dict]:
-    out = []
-    for folder in sorted((work / key / "pretrain").glob("*")):
-        method = folder.name
-        if method not in PRETRAIN_TRAINERS:
-            continue
-        train = _trainer_folder(folder / "nnUNet_results", PRETRAIN_TRAINERS[method], DATASETS[key].configuration,
-                                "all")
-        finished = train is not None and (train / "checkpoint_final.pth").is_file()
-        out.append(dict(method=method, trainer=PRETRAIN_TRAINERS[method], info=_json(folder / "run.json"),
-                        curves=read_curves(train), finished=finished))
-    return out
+def _curves_folder(folder: Path, results: Path, trainer: str, configuration: str, fold) -> Optional[Path]:
+    """A recorded run keeps nnU-Net's training logs in its own folder; a work directory's run in nnU-Net's."""
+    return folder if rec.training_logs(folder) else rec.trainer_folder(results, trainer, configuration, fold)
+
+
+def read_runs(roots: List[Path], key: str) -> List[dict]:
+    """Every run folder of a dataset in the work directory and the record (a run in both: the further one):
+    dataset, arm, budget, seed, folder, info (run.json), status (evaluated / trained / training), curves (training
+    log), rows (per-case Dice, when evaluated)."""
+    ds, found = DATASETS[key], {}
+    for root in roots:
+        for folder in sorted((root / key / "arms").glob("*/b*_s*")):
+            m = _RUN_DIR.match(folder.name)
+            arm = folder.parent.name
+            if not m or arm not in ARMS:
+                continue
+            budget, seed = int(m.group(1)), int(m.group(2))
+            info = _json(folder / "run.json")
+            fold = info.get("fold", fold_of(ds, budget, seed) if budget in ds.budgets else None)
+            train = rec.trainer_folder(folder.parent / "nnUNet_results", info.get("trainer", ARMS[arm].trainer),
+                                       ds.configuration, fold)
+            summary = folder / "summary.json"
+            status = "evaluated" if summary.is_file() else (
+                "trained" if train is not None and (train / "checkpoint_final.pth").is_file() else "training")
+            old = found.get((arm, budget, seed))
+            if old is not None and _RANK[old["status"]] >= _RANK[status]:
+                continue
+            rows = st.case_rows(bc.load_json(summary), dataset=key, arm=arm, budget=budget, seed=seed) \
+                if summary.is_file() else []
+            curves = read_curves(_curves_folder(folder, folder.parent / "nnUNet_results",
+                                                info.get("trainer", ARMS[arm].trainer), ds.configuration, fold))
+            found[(arm, budget, seed)] = dict(dataset=key, arm=arm, budget=budget, seed=seed, folder=folder,
+                                              info=info, status=status, curves=curves, rows=rows)
+    return [found[k] for k in sorted(found, key=lambda k: (_order(k[0]), k[1], k[2]))]
+
+
+def read_pretrainings(roots: List[Path], key: str) -> List[dict]:
+    """Every pre-training of a dataset in the work directory and the record (in both: the finished one)."""
+    found = {}
+    for root in roots:
+        for folder in sorted((root / key / "pretrain").glob("*")):
+            method = folder.name
+            if method not in PRETRAIN_TRAINERS:
+                continue
+            info = _json(folder / "run.json")
+            train = _curves_folder(folder, folder / "nnUNet_results", PRETRAIN_TRAINERS[method],
+                                   DATASETS[key].configuration, "all")
+            finished = bool(info.get("finished")) or (train is not None and (train / "checkpoint_final.pth").is_file())
+            if method in found and (found[method]["finished"] or not finished):
+                continue
+            found[method] = dict(method=method, trainer=PRETRAIN_TRAINERS[method], info=info,
+                                 curves=read_curves(train), finished=finished)
+    return [found[m] for m in sorted(found)]
 
 
 def dataset_labels(work: Path, key: str) -> Dict[int, str]:
@@ -257,17 +274,20 @@ def example_commands(work: Path, key: str) -> List[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[str]] = None,
-                 command: Optional[str] = None) -> Path:
-    """Write the report of everything finished in ``work``; returns the Markdown file."""
+                 command: Optional[str] = None, record=None) -> Path:
+    """Write the report of everything finished in ``work`` and in the ``record`` (default: the profile's record
+    beside the report); returns the Markdown file."""
     from nnunet_ssl.benchmark import plots
     work, out = Path(work).expanduser().resolve(), Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     stem = f"low_label_{profile}"
     for old_plot in out.glob(f"{stem}_*.png"):  # every plot is redrawn below; one not redrawn would be stale
         old_plot.unlink()
-    keys = [k for k in (datasets or list(DATASETS)) if (work / k).is_dir()]
-    runs = {k: read_runs(work, k) for k in keys}
-    pres = {k: read_pretrainings(work, k) for k in keys}
+    record = Path(record).expanduser().resolve() if record else rec.default_record_dir(out, profile)
+    roots = [work, record]
+    keys = [k for k in (datasets or list(DATASETS)) if any((r / k).is_dir() for r in roots)]
+    runs = {k: read_runs(roots, k) for k in keys}
+    pres = {k: read_pretrainings(roots, k) for k in keys}
     names = {k: dataset_labels(work, k) for k in keys}
     labels = {k: sorted(v) for k, v in names.items()}
     rows = [row for k in keys for r in runs[k] for row in r["rows"]]
@@ -279,7 +299,8 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
     cmd = command or f"python scripts/benchmark_low_label.py --profile {profile} --work-dir {work}"
     n_eval = sum(r["status"] == "evaluated" for k in keys for r in runs[k])
     lines = [f"# Low-label benchmark: profile `{profile}`", "",
-             f"Built {time.strftime('%Y-%m-%d %H:%M')} from `{work}`: {n_eval} evaluated runs of "
+             f"Built {time.strftime('%Y-%m-%d %H:%M')} from `{work}` and the record `{_shown(record)}`: "
+             f"{n_eval} evaluated runs of "
              f"{sum(len(runs[k]) for k in keys)} started. Run or continue: `{cmd}`; rebuild this report from "
              f"whatever has finished: `{cmd} --stage report`.", "", "## Headline", "",
              f"Rule: on every dataset, at its smallest budget, the best pre-trained arm beats scratch by >= "
@@ -297,7 +318,7 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
     lines += ["", f"Overall: **{'met' if verdict['passed'] else 'not met'}**."]
     for k in keys:
         ds = DATASETS[k]
-        split = _json(work / k / "split.json")
+        split = _json(work / k / "split.json") or _json(record / k / "split.json")
         n_test = sum(len(split.get("cases_of", {}).get(g, [])) for g in split.get("test_groups", []))
         lines += ["", f"## {k}", "",
                   f"nnU-Net configuration `{ds.configuration}` ({ds.why_configuration}). Test split: "
@@ -325,16 +346,24 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
         if plots.pretraining_plot(pres[k], out / f"{stem}_{k}_pretraining.png"):
             lines += ["", f"![pre-training losses, {k}]({stem}_{k}_pretraining.png)"]
         lines += ["", "### Cost", ""] + cost_lines(runs[k], pres[k])
-        example = example_commands(work, k)
+        example = example_commands(work, k) or example_commands(record, k)
         if example:
             lines += ["", f"Stock commands of one pre-training and one scratch run (all of them, with their "
-                          f"environment: `{work / 'commands.sh'}`):", ""] + example
+                          f"environment: `{work / 'commands.sh'}`, `{_shown(record / 'commands.sh')}`):", ""] + example
     lines += ["", "## Conventions", "", st.__doc__.split("Conventions\n-----------\n")[1].strip(),
               "", f"Per-case Dice: `{stem}_per_case.csv`."]
     md = out / f"{stem}.md"
     md.write_text("\n".join(lines) + "\n")
     bc.log(f"report: {md} ({n_eval} evaluated runs)")
     return md
+
+
+def _shown(path: Path) -> str:
+    """A path inside the repository relative to it (the record is committed), any other as it is."""
+    try:
+        return str(Path(path).resolve().relative_to(bc.REPO_ROOT))
+    except ValueError:
+        return str(path)
 
 
 def write_per_case_csv(path: Path, rows: List[dict], names: Dict[str, Dict[int, str]]) -> None:
@@ -351,7 +380,7 @@ def write_per_case_csv(path: Path, rows: List[dict], names: Dict[str, Dict[int, 
 def write_report(work, args, setups=None) -> Path:
     """The CLI's report stage (``setups`` unused: everything is read from the work directory)."""
     return build_report(work, args.profile, getattr(args, "out", DEFAULT_OUT), list(args.datasets),
-                        command=getattr(args, "command", None))
+                        command=getattr(args, "command", None), record=getattr(args, "record_dir", None))
 
 
 def voxel_confusion(label_dir, pred_dir, classes: List[int]) -> List[List[int]]:

@@ -9,6 +9,7 @@ and numbers, and that a second invocation redoes nothing.
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,7 +46,13 @@ def smoke(shared_data, tmp_path_factory):
     first = _invoke(hippo, root / "first.log")
     _invoke(common + ["--datasets", "acdc", "--arms", "scratch", "--stage", "setup"], root / "acdc.log")
     second = _invoke(hippo, root / "second.log")
-    return dict(work=work, out=out, first=first, second=second)
+    # a new machine: no work dir, only the record beside the report (committed in the cpu profile)
+    new = ["--profile", "smoke", "--work-dir", root / "new_machine", "--out", out, "--datasets", "hippocampus",
+           "--arms", "scratch", "mae"]
+    plan = _invoke(new + ["--dry-run"], root / "new_plan.log")
+    shutil.copyfile(out / "low_label_smoke.md", root / "report_from_work.md")
+    _invoke(new + ["--stage", "report"], root / "new_report.log")
+    return dict(work=work, out=out, first=first, second=second, new_plan=plan, root=root)
 
 
 def _json(path):
@@ -101,3 +108,21 @@ def test_second_invocation_redoes_nothing(smoke):
     assert "2 runs, 0 to do" in smoke["second"] and "re-used" in smoke["second"]
     for cmd in ("$ nnUNetv2_train", "$ nnUNetv2_predict", "$ nnUNetv2_evaluate_simple", "$ nnUNetv2_plan"):
         assert cmd not in smoke["second"] and cmd in smoke["first"]
+
+
+def test_a_new_machine_continues_from_the_record(smoke):
+    """Finished runs are recorded beside the report; without the work dir they are not run again and the report
+    built from the record alone has the same tables."""
+    record = smoke["out"] / "low_label_smoke_runs" / "hippocampus"
+    for arm in ("scratch", "mae"):
+        kept = sorted(p.name for p in (record / "arms" / arm / "b1_s0").iterdir())
+        assert kept[:2] == ["run.json", "summary.json"] and kept[2].startswith("training_log_"), kept
+        assert _json(record / "arms" / arm / "b1_s0" / "summary.json") == _json(
+            smoke["work"] / "hippocampus" / "arms" / arm / "b1_s0" / "summary.json")
+    assert _json(record / "pretrain" / "mae" / "run.json")["finished"] is True
+    assert "2 runs, 0 to do" in smoke["new_plan"]
+    assert not (smoke["root"] / "new_machine").exists()
+    before = (smoke["root"] / "report_from_work.md").read_text().splitlines()
+    after = (smoke["out"] / "low_label_smoke.md").read_text().splitlines()
+    tables = [ln for ln in before if ln.startswith("| ") and "Built" not in ln]
+    assert tables and tables == [ln for ln in after if ln.startswith("| ") and "Built" not in ln]

@@ -148,9 +148,17 @@ def test_runs_of_another_schedule_are_refused(tmp_path):
                                     run_settings(schedule, runs[1])]):
         run_folder(tmp_path, run).mkdir(parents=True)
         (run_folder(tmp_path, run) / "run.json").write_text(json.dumps({"settings": settings}))
-    stale = stale_runs(tmp_path, runs, {"acdc": schedule})
-    assert len(stale) == 1 and stale[0].startswith("acdc/scratch/b1_s0: started with") and "num_epochs=50" in stale[0]
+    record = tmp_path / "record"
+    stale = stale_runs(tmp_path, runs, {"acdc": schedule}, record)
+    assert len(stale) == 1 and stale[0].startswith(f"acdc/scratch/b1_s0 ({tmp_path}): started with")
+    assert "num_epochs=50" in stale[0]
+    cli = ["--profile", "cpu", "--datasets", "acdc", "--arms", "scratch", "--budgets", "1", "--seeds", "0",
+           "--work-dir", str(tmp_path), "--record-dir", str(record), "--dry-run"]
     with pytest.raises(UserInputError) as e:  # the script prints it as a plain error (exit 2)
-        main(["--profile", "cpu", "--datasets", "acdc", "--arms", "scratch", "--budgets", "1", "--seeds", "0",
-              "--work-dir", str(tmp_path), "--dry-run"])
-    assert "acdc/scratch/b1_s0" in str(e.value) and f"mv {tmp_path / 'acdc' / 'arms'}" in str(e.value)
+        main(cli)
+    assert "acdc/scratch/b1_s0" in str(e.value) and "out of the work directory and the record" in str(e.value)
+    # a stale run recorded by another machine is refused as well
+    (record / "acdc" / "arms").mkdir(parents=True)
+    (tmp_path / "acdc" / "arms").rename(record / "acdc" / "arms")
+    with pytest.raises(UserInputError, match=f"acdc/scratch/b1_s0 \\({record}\\)"):
+        main(cli)

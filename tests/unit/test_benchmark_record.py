@@ -1,0 +1,122 @@
+"""The benchmark's record: finished runs copied where git keeps them, skipped by the driver and read by the report
+when the machine (and its work directory) is gone."""
+import json
+import shutil
+
+from test_benchmark_report import _summary, _write_log, fake_work  # noqa: F401 (fixture)
+
+from nnunet_ssl.benchmark import record as rec
+from nnunet_ssl.benchmark import report as rp
+from nnunet_ssl.benchmark.arms import ARMS, PRETRAIN_TRAINERS
+from nnunet_ssl.benchmark.driver import Run, run_is_done
+
+CFG = {"hippocampus": "3d_fullres"}
+
+
+def _sync(work, record):
+    return rec.sync(work, record, ["hippocampus"], CFG, PRETRAIN_TRAINERS)
+
+
+def test_sync_copies_evaluated_runs_and_finished_pretrainings_once(fake_work, tmp_path):
+    record = tmp_path / "record"
+    assert _sync(fake_work, record) == 4 + 1  # scratch and mae, seeds 0 and 1; the MAE pre-training
+    run = record / "hippocampus" / "arms" / "mae" / "b1_s0"
+    assert sorted(p.name for p in run.iterdir()) == ["run.json", "summary.json", "training_log_2026_1_1_00_00_00.txt"]
+    assert (run / "summary.json").read_bytes() == (fake_work / "hippocampus/arms/mae/b1_s0/summary.json").read_bytes()
+    assert not (record / "hippocampus" / "arms" / "scratch" / "b2_s0").exists()  # still training: not recorded
+    pre = record / "hippocampus" / "pretrain" / "mae"
+    assert json.loads((pre / "run.json").read_text()) == {"seconds": 600.0, "finished": True}
+    assert json.loads((record / "hippocampus" / "split.json").read_text())["test_groups"][0] == "hippocampus_001"
+    assert "nnUNetv2_train X" in (record / "commands.sh").read_text()
+    assert _sync(fake_work, record) == 0  # nothing new
+    # a run evaluated again (another machine re-ran it) replaces its record
+    summary = fake_work / "hippocampus" / "arms" / "mae" / "b1_s0" / "summary.json"
+    summary.write_text(json.dumps(_summary({"hippocampus_001": {1: 0.9, 2: 0.9}})))
+    assert _sync(fake_work, record) == 1 and (run / "summary.json").read_text() == summary.read_text()
+
+
+def test_recorded_runs_are_done_and_reported_without_the_work_dir(fake_work, tmp_path):
+    record = tmp_path / "record"
+    out_work, out_record = tmp_path / "out_work", tmp_path / "out_record"
+    _sync(fake_work, record)
+    from_work = rp.build_report(fake_work, "cpu", out_work, record=tmp_path / "empty").read_text()
+    shutil.rmtree(fake_work)  # the machine is gone
+    assert run_is_done(fake_work, Run("hippocampus", ARMS["mae"], 1, 0), record)
+    assert not run_is_done(fake_work, Run("hippocampus", ARMS["mae"], 1, 0))
+    assert not run_is_done(fake_work, Run("hippocampus", ARMS["scratch"], 2, 0), record)
+    from_record = rp.build_report(fake_work, "cpu", out_record, record=record).read_text()
+    for line in ("| 1 | scratch | 0.520 ± 0.014 | 0.400 ± 0.000 | 0.460 ± 0.007 | 2 |",  # Dice table
+                 "| 1 | mae | 6 (2 x 3) | +10.0 [+10.0, +10.0] | 0.031 | 6 / 6 |",  # paired
+                 "| 1 | scratch | 0 | evaluated | 50 | 0.800 | 0.795 | 0.800 -> 0.800 | +0.000 | yes |",  # curves
+                 "| mae | MAETrainer | finished | 100 |", "| scratch | 2 | 1m40s | 12s | 3m44s |"):
+        assert line in from_work and line in from_record, line
+    assert (out_record / "low_label_cpu_per_case.csv").read_text() == (out_work / "low_label_cpu_per_case.csv"
+                                                                       ).read_text()
+    assert "nnUNetv2_train X" in from_record  # example commands from the record's commands.sh
+
+
+def test_a_run_in_both_places_is_read_once_and_the_further_one_wins(fake_work, tmp_path):
+    record = tmp_path / "record"
+    _sync(fake_work, record)
+    # the work dir holds a re-start of mae b1_s0 (no evaluation yet): the record's evaluation is reported
+    (fake_work / "hippocampus" / "arms" / "mae" / "b1_s0" / "summary.json").unlink()
+    runs = rp.read_runs([fake_work, record], "hippocampus")
+    keys = [(r["arm"], r["budget"], r["seed"]) for r in runs]
+    assert len(keys) == len(set(keys)) == 5
+    mae = next(r for r in runs if (r["arm"], r["seed"]) == ("mae", 0))
+    assert mae["status"] == "evaluated" and mae["folder"].is_relative_to(record) and len(mae["rows"]) == 3
+    assert len(mae["curves"]["pseudo_dice"]) == 50
+    _write_log(record / "hippocampus" / "pretrain" / "gmim", 3, val=lambda e: 1.0)  # recorded, unfinished
+    pres = {p["method"]: p for p in rp.read_pretrainings([fake_work, record], "hippocampus")}
+    assert pres["mae"]["finished"] and not pres["gmim"]["finished"] and len(pres["gmim"]["curves"]["val_loss"]) == 3
+
+
+def test_recorded_weights_restart_fine_tuning_on_a_new_machine(tmp_path):
+    """Weights recorded for a method (half precision, no optimizer or heads) are where fine-tuning starts once the
+    work directory's checkpoint is gone, only for the same pre-training settings, and load into the network."""
+    import torch
+    from real_networks import PLAIN, architecture, build
+
+    from nnunet_ssl.benchmark.datasets import DATASETS
+    from nnunet_ssl.benchmark.driver import DatasetSetup, pretrained_start, training_environment
+    from nnunet_ssl.benchmark.splits import make_split
+    from nnunet_ssl.weights.transfer import transfer_weights
+    work, record = tmp_path / "work", tmp_path / "record"
+    ds = DATASETS["hippocampus"]
+    cases = [f"hippocampus_{i:03d}" for i in range(60)]
+    s = DatasetSetup(ds, make_split(ds, cases, 0), "Dataset401_LowLabelHippocampus", "", "", [1, 2], {},
+                     unlabeled="Dataset402_LowLabelHippocampusUnlabeled")
+    torch.manual_seed(0)
+    net = build(architecture(PLAIN, [[1, 1, 1], [2, 2, 2]], features=[4, 8]))
+    folder = work / "hippocampus" / "pretrain" / "mae"
+    train = folder / "nnUNet_results" / s.unlabeled / "MAETrainer__nnUNetPlans__3d_fullres" / "fold_all"
+    _write_log(train, 4, val=lambda e: 1.0)
+    torch.save({"network_weights": net.state_dict(), "optimizer_state": {"state": {0: torch.zeros(1000)}},
+                "ssl_state": {"decoder_head": {"w": torch.zeros(1000)}}, "trainer_name": "MAETrainer",
+                "nnunet_ssl": {"kind": "pretraining", "transfer_decoder": False}}, train / "checkpoint_final.pth")
+    (folder / "run.json").write_text(json.dumps({"settings": "num_epochs=100", "seconds": 1.0}))
+    cfg = {"hippocampus": "3d_fullres"}
+    assert rec.sync(work, record, ["hippocampus"], cfg, PRETRAIN_TRAINERS) == 1  # logs only: weights not asked
+    assert not (record / "hippocampus" / "pretrain" / "mae" / rec.WEIGHTS_FILE).exists()
+    assert rec.sync(work, record, ["hippocampus"], cfg, PRETRAIN_TRAINERS, weights_of=("mae",)) == 1
+    weights = record / "hippocampus" / "pretrain" / "mae" / rec.WEIGHTS_FILE
+    kept = torch.load(weights, weights_only=False)
+    assert "optimizer_state" not in kept and "ssl_state" not in kept and kept["trainer_name"] == "MAETrainer"
+    assert all(v.dtype == torch.float16 for v in kept["network_weights"].values() if v.is_floating_point())
+    assert rec.sync(work, record, ["hippocampus"], cfg, PRETRAIN_TRAINERS, weights_of=("mae",)) == 0
+
+    ckpt = train / "checkpoint_final.pth"
+    assert pretrained_start(work, s, "mae", "num_epochs=100", record) == ckpt  # the machine's own checkpoint first
+    shutil.rmtree(work)  # a new machine
+    assert pretrained_start(work, s, "mae", "num_epochs=100", record) == weights
+    assert pretrained_start(work, s, "mae", "num_epochs=50", record) is None  # another pre-training: run it
+    assert pretrained_start(work, s, "mae", "num_epochs=100") is None
+    run = Run("hippocampus", ARMS["mae"], 1, 0)
+    assert training_environment(work, s, run, False, "num_epochs=100", record) == {"NNUNET_SSL_PRETRAINED":
+                                                                                    str(weights)}
+    fresh = build(architecture(PLAIN, [[1, 1, 1], [2, 2, 2]], features=[4, 8]))
+    report = transfer_weights(fresh, kept)
+    assert report.loaded
+    for k, v in net.state_dict().items():
+        if ".seg_layers." not in k and v.is_floating_point():
+            assert torch.allclose(fresh.state_dict()[k], v, rtol=1e-3, atol=1e-4), k
