@@ -72,7 +72,8 @@ def parse_args(argv=None):
     p.add_argument("--stage", choices=["setup", "runs", "report", "all"], default="all",
                    help="report: only rebuild the report from whatever has finished in the work dir (no setup)")
     p.add_argument("--order", choices=["budget", "arm"], default="budget",
-                   help="budget: smallest budget of every dataset first; arm: one arm after the other")
+                   help="budget: smallest budget of every dataset first; arm: per dataset one arm after the other "
+                        "(every budget and seed of an arm together: its pre-training serves them in one go)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the profile's)")
     p.add_argument("--num-processes", type=int, default=2)
     p.add_argument("--verbose", action="store_true", help="show nnU-Net's output instead of log files")
@@ -155,6 +156,9 @@ def make_runs(args) -> List[Run]:
     if args.order == "budget":
         runs.sort(key=lambda r: (DATASETS[r.dataset].budgets.index(r.budget), r.seed, args.datasets.index(r.dataset),
                                  args.arms.index(r.arm.name)))
+    else:
+        runs.sort(key=lambda r: (args.datasets.index(r.dataset), args.arms.index(r.arm.name),
+                                 DATASETS[r.dataset].budgets.index(r.budget), r.seed))
     return runs
 
 

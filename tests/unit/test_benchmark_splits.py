@@ -162,3 +162,17 @@ def test_runs_of_another_schedule_are_refused(tmp_path):
     (tmp_path / "acdc" / "arms").rename(record / "acdc" / "arms")
     with pytest.raises(UserInputError, match=f"acdc/scratch/b1_s0 \\({record}\\)"):
         main(cli)
+
+
+def test_run_orders():
+    """budget: the smallest budget of every dataset first; arm: an arm's runs together (one pre-training each)."""
+    from nnunet_ssl.benchmark.main import make_runs, parse_args
+    base = ["--datasets", "acdc", "hippocampus", "--arms", "scratch", "ideal", "--budgets", "1", "--seeds", "0", "1"]
+    names = [r.name for r in make_runs(parse_args(base + ["--order", "arm"]))]
+    assert names == ["acdc/scratch/b1_s0", "acdc/scratch/b1_s1", "acdc/ideal/b1_s0", "acdc/ideal/b1_s1",
+                     "hippocampus/scratch/b1_s0", "hippocampus/scratch/b1_s1", "hippocampus/ideal/b1_s0",
+                     "hippocampus/ideal/b1_s1"]
+    names = [r.name for r in make_runs(parse_args(base[:-5] + ["--seeds", "0"]))]
+    assert names[:4] == ["acdc/scratch/b1_s0", "acdc/ideal/b1_s0", "hippocampus/scratch/b1_s0",
+                         "hippocampus/ideal/b1_s0"]
+    assert names[4:6] == ["acdc/scratch/b3_s0", "acdc/ideal/b3_s0"] and len(names) == 12
