@@ -194,6 +194,9 @@ def main(argv=None) -> int:
             check_profile(work, args.profile)
         write_report(work, args, {})
         return 0
+    if args.stage == "runs" and not todo:
+        bc.log("nothing to do: every run is evaluated (work dir or record)")
+        return 0
     work.mkdir(parents=True, exist_ok=True)
     check_profile(work, args.profile)
     folders = bc.setup_nnunet_folders(str(work), results_name="nnUNet_results_unused")
@@ -203,7 +206,8 @@ def main(argv=None) -> int:
     runner = Runner(work, {k: folders[k] for k in ("nnUNet_raw", "nnUNet_preprocessed")}, args.verbose)
     setups = {}
     arms = [ARMS[a] for a in args.arms]
-    for key in args.datasets:
+    # --stage runs sets up only the datasets it trains on (a queue line whose runs are recorded costs nothing)
+    for key in [k for k in args.datasets if args.stage != "runs" or any(r.dataset == k for r in todo)]:
         setups[key] = prepare_dataset(work, specs[key], args.split_seed, args.num_processes,
                                       **dataset_options(args, specs, key, arms))
     if args.stage in ("runs", "all"):

@@ -14,7 +14,8 @@ where the last one stopped; the report reads both.
 
 Pre-trained weights (tens of MB each on the default plans) are recorded only for the methods asked for
 (``--record-weights``), as ``pretrain/<method>/pretrained_weights_fp16.pth``: the checkpoint without optimizer,
-logging and SSL heads, its network weights in half precision (fine-tuning casts them back). A fine-tuning run
+logging and SSL heads, its network weights in half precision (fine-tuning casts them back), only the encoder's
+where the method's decoder is not transferred. A fine-tuning run
 starts from the work directory's checkpoint, else from the recorded weights of the same pre-training settings,
 else the driver re-runs the pre-training.
 """
@@ -106,13 +107,24 @@ def record_commands(work: Path, record: Path) -> None:
 
 
 def compact_checkpoint(checkpoint: dict) -> dict:
-    """What fine-tuning reads of a pre-training checkpoint, its floating-point network weights in half precision."""
+    """What fine-tuning reads of a pre-training checkpoint: its floating-point network weights in half precision,
+    only the encoder's when the checkpoint says its decoder is not transferred (``transfer_decoder`` False). Keys
+    that alias one tensor (``decoder.encoder.*``) keep sharing it, so it is stored once."""
     import torch
+    from nnunet_ssl.weights.network_parts import is_encoder_key
+    meta = dict(checkpoint.get("nnunet_ssl") or {})
+    encoder_only = meta.get("transfer_decoder") is False
     out = {k: v for k, v in checkpoint.items() if k not in DROPPED_KEYS}
-    out["network_weights"] = {k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()
-                              for k, v in checkpoint["network_weights"].items()}
-    out.setdefault("nnunet_ssl", {})
-    out["nnunet_ssl"] = dict(out["nnunet_ssl"], recorded_half_precision=True)
+    converted, weights = {}, {}
+    for k, v in checkpoint["network_weights"].items():
+        if encoder_only and not is_encoder_key(k):
+            continue
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        if key not in converted:
+            converted[key] = v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()
+        weights[k] = converted[key]
+    out["network_weights"] = weights
+    out["nnunet_ssl"] = dict(meta, recorded_half_precision=True, recorded_encoder_only=encoder_only)
     return out
 
 

@@ -114,9 +114,75 @@ def test_recorded_weights_restart_fine_tuning_on_a_new_machine(tmp_path):
     run = Run("hippocampus", ARMS["mae"], 1, 0)
     assert training_environment(work, s, run, False, "num_epochs=100", record) == {"NNUNET_SSL_PRETRAINED":
                                                                                     str(weights)}
+    # MAE's decoder is not transferred (transfer_decoder False): only the encoder is kept, each tensor once
+    from nnunet_ssl.weights.network_parts import is_encoder_key
+    assert kept["network_weights"] and all(is_encoder_key(k) for k in kept["network_weights"])
+    encoder_bytes = sum(p.numel() for p in net.encoder.parameters()) * 2
+    assert encoder_bytes < weights.stat().st_size < 1.5 * encoder_bytes + 20000
     fresh = build(architecture(PLAIN, [[1, 1, 1], [2, 2, 2]], features=[4, 8]))
-    report = transfer_weights(fresh, kept)
-    assert report.loaded
+    assert transfer_weights(fresh, kept, load_decoder=False).loaded
+    for k, v in net.state_dict().items():
+        if is_encoder_key(k):
+            assert torch.allclose(fresh.state_dict()[k], v, rtol=1e-3, atol=1e-4), k
+
+
+def test_compact_checkpoint_keeps_a_transferred_decoder():
+    import torch
+    from real_networks import PLAIN, architecture, build
+
+    from nnunet_ssl.weights.transfer import transfer_weights
+    net = build(architecture(PLAIN, [[1, 1, 1], [2, 2, 2]], features=[4, 8]))
+    kept = rec.compact_checkpoint({"network_weights": net.state_dict(), "optimizer_state": {}, "trainer_name": "IDEAL",
+                                   "nnunet_ssl": {"kind": "pretraining", "transfer_decoder": True}})
+    assert set(kept["network_weights"]) == set(net.state_dict()) and "optimizer_state" not in kept
+    assert kept["nnunet_ssl"]["recorded_half_precision"] and not kept["nnunet_ssl"]["recorded_encoder_only"]
+    fresh = build(architecture(PLAIN, [[1, 1, 1], [2, 2, 2]], features=[4, 8]))
+    transfer_weights(fresh, kept)
     for k, v in net.state_dict().items():
         if ".seg_layers." not in k and v.is_floating_point():
             assert torch.allclose(fresh.state_dict()[k], v, rtol=1e-3, atol=1e-4), k
+
+
+def test_a_queue_line_whose_runs_are_recorded_sets_nothing_up(tmp_path, capsys):
+    """--stage runs with every run in the record: no work dir, no planning, no ingestion (seconds, not minutes)."""
+    from nnunet_ssl.benchmark.driver import run_settings
+    from nnunet_ssl.benchmark.main import dataset_specs, main, parse_args, schedule_of
+    record, work = tmp_path / "record", tmp_path / "new_machine"
+    cli = ["--profile", "cpu", "--datasets", "acdc", "--arms", "ideal", "--budgets", "1", "--seeds", "0",
+           "--work-dir", str(work), "--record-dir", str(record), "--stage", "runs"]
+    run = Run("acdc", ARMS["ideal"], 1, 0)
+    folder = record / "acdc" / "arms" / "ideal" / "b1_s0"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(_summary({"acdc_patient001_frame01": {1: 0.5}})))
+    schedule = schedule_of(parse_args(cli), dataset_specs(parse_args(cli))["acdc"])
+    (folder / "run.json").write_text(json.dumps({"settings": run_settings(schedule, run)}))
+    assert main(cli) == 0
+    assert "1 runs, 0 to do" in capsys.readouterr().out and not work.exists()
+
+
+def test_queue_script_skips_recorded_runs_and_stops_at_a_failing_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nnunet_ssl.benchmark.driver import run_settings
+    from nnunet_ssl.benchmark.main import dataset_specs, parse_args, schedule_of
+    repo = Path(__file__).resolve().parents[2]
+    record, work = tmp_path / "record", tmp_path / "work"
+    folder = record / "acdc" / "arms" / "ideal" / "b1_s0"
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(_summary({"acdc_patient001_frame01": {1: 0.5}})))
+    args = parse_args(["--profile", "cpu", "--datasets", "acdc"])
+    schedule = schedule_of(args, dataset_specs(args)["acdc"])
+    (folder / "run.json").write_text(json.dumps({"settings": run_settings(schedule, Run("acdc", ARMS["ideal"], 1, 0))}))
+    queue = tmp_path / "queue.txt"
+    queue.write_text(f"# a comment\n\n--datasets acdc --arms ideal --budgets 1 --seeds 0 --record-dir {record}  # done\n"
+                     f"--datasets acdc --arms no-such-arm\n--datasets hippocampus --arms scratch\n")
+    env = dict(os.environ, WORK=str(work), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(repo / "scripts" / "benchmark_queue.sh"), str(queue)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "queue line 1: --datasets acdc --arms ideal" in out and "1 runs, 0 to do" in out
+    assert "queue line 2 failed (exit 2)" in out and "queue line 3" not in out and not work.exists()

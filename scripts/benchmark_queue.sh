@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The low-label benchmark's CPU campaign, one queue line after the other.
+#
+#   WORK=~/low_label_work COMMIT=1 scripts/benchmark_queue.sh [QUEUE]
+#
+# Each line of QUEUE (default: scripts/benchmark_queue_cpu.txt; '#' starts a comment) holds arguments of
+# scripts/benchmark_low_label.py, run with --profile cpu --stage runs --order arm. Runs already evaluated, in the
+# work dir or in the record (docs/benchmarks/low_label_cpu_runs), are skipped, so the same queue continues on any
+# machine from the first run the record lacks. COMMIT=1: after every line, commit the record's folder (and only it).
+# Stops at the first failing line (exit code of the driver).
+set -u
+cd "$(dirname "$0")/.."
+QUEUE="${1:-scripts/benchmark_queue_cpu.txt}"
+WORK="${WORK:-./low_label_work/stock}"
+RECORD="docs/benchmarks/low_label_cpu_runs"
+PYTHON="${PYTHON:-python}"
+[ -f "$QUEUE" ] || { echo "error: queue file $QUEUE not found" >&2; exit 2; }
+n=0
+while IFS= read -r line || [ -n "$line" ]; do
+  line="${line%%#*}"
+  [ -z "${line// /}" ] && continue
+  n=$((n + 1))
+  echo "[$(date +%H:%M:%S)] queue line $n: $line"
+  # shellcheck disable=SC2086
+  "$PYTHON" scripts/benchmark_low_label.py --profile cpu --work-dir "$WORK" --stage runs --order arm $line || {
+    rc=$?; echo "[$(date +%H:%M:%S)] queue line $n failed (exit $rc): $line" >&2; exit $rc; }
+  if [ "${COMMIT:-0}" = 1 ] && [ -d "$RECORD" ] && [ -n "$(git status --porcelain -- "$RECORD")" ]; then
+    git add -A -- "$RECORD" && git commit -q -m "Benchmark record: $line" -- "$RECORD" \
+      && echo "[$(date +%H:%M:%S)] committed the record"
+  fi
+done < "$QUEUE"
+echo "[$(date +%H:%M:%S)] queue done: every line ran"
