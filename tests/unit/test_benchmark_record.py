@@ -100,7 +100,8 @@ def test_recorded_weights_restart_fine_tuning_on_a_new_machine(tmp_path):
     assert not (record / "hippocampus" / "pretrain" / "mae" / rec.WEIGHTS_FILE).exists()
     assert rec.sync(work, record, ["hippocampus"], cfg, PRETRAIN_TRAINERS, weights_of=("mae",)) == 1
     weights = record / "hippocampus" / "pretrain" / "mae" / rec.WEIGHTS_FILE
-    kept = torch.load(weights, weights_only=False)
+    from nnunet_ssl.weights.checkpoint import load_checkpoint_file
+    kept = load_checkpoint_file(weights)  # the loader fine-tuning uses (weights only, no code)
     assert "optimizer_state" not in kept and "ssl_state" not in kept and kept["trainer_name"] == "MAETrainer"
     assert all(v.dtype == torch.float16 for v in kept["network_weights"].values() if v.is_floating_point())
     assert rec.sync(work, record, ["hippocampus"], cfg, PRETRAIN_TRAINERS, weights_of=("mae",)) == 0
