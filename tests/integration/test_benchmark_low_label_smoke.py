@@ -42,17 +42,22 @@ def smoke(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("low_label_smoke")
     work, out = root / "work", root / "out"
     common = ["--profile", "smoke", "--work-dir", work, "--out", out, "--num-processes", "1"]
-    hippo = common + ["--datasets", "hippocampus", "--arms", "scratch", "mae"]
+    hippo = common + ["--datasets", "hippocampus", "--arms", "scratch", "mae", "--record-weights", "mae"]
     first = _invoke(hippo, root / "first.log")
     _invoke(common + ["--datasets", "acdc", "--arms", "scratch", "--stage", "setup"], root / "acdc.log")
     second = _invoke(hippo, root / "second.log")
+    shutil.copytree(out, root / "out_second")  # the report of this machine's runs (seed 1 is added below)
     # a new machine: no work dir, only the record beside the report (committed in the cpu profile)
     new = ["--profile", "smoke", "--work-dir", root / "new_machine", "--out", out, "--datasets", "hippocampus",
            "--arms", "scratch", "mae"]
     plan = _invoke(new + ["--dry-run"], root / "new_plan.log")
-    shutil.copyfile(out / "low_label_smoke.md", root / "report_from_work.md")
     _invoke(new + ["--stage", "report"], root / "new_report.log")
-    return dict(work=work, out=out, first=first, second=second, new_plan=plan, root=root)
+    untouched = not (root / "new_machine").exists()  # a dry run and a report set nothing up
+    # and a run the record lacks: fine-tuned on the new machine from the recorded MAE weights, not pre-trained again
+    shutil.copyfile(out / "low_label_smoke.md", root / "report_before_seed1.md")
+    seed1 = _invoke(new + ["--arms", "mae", "--seeds", "1", "--num-processes", "1"], root / "new_seed1.log")
+    return dict(work=work, out=out, out_second=root / "out_second", first=first, second=second, new_plan=plan,
+                root=root, seed1=seed1, untouched=untouched)
 
 
 def _json(path):
@@ -84,7 +89,7 @@ def test_acdc_setup_is_patient_level(smoke):
 
 
 def test_report_files_and_numbers(smoke):
-    out, work = smoke["out"], smoke["work"]
+    out, work = smoke["out_second"], smoke["work"]
     md = (out / "low_label_smoke.md").read_text()
     for name in ("dice", "convergence", "pretraining"):
         assert (out / f"low_label_smoke_hippocampus_{name}.png").stat().st_size > 1000
@@ -121,8 +126,22 @@ def test_a_new_machine_continues_from_the_record(smoke):
             smoke["work"] / "hippocampus" / "arms" / arm / "b1_s0" / "summary.json")
     assert _json(record / "pretrain" / "mae" / "run.json")["finished"] is True
     assert "2 runs, 0 to do" in smoke["new_plan"]
-    assert not (smoke["root"] / "new_machine").exists()
-    before = (smoke["root"] / "report_from_work.md").read_text().splitlines()
-    after = (smoke["out"] / "low_label_smoke.md").read_text().splitlines()
+    assert smoke["untouched"]
+    before = (smoke["out_second"] / "low_label_smoke.md").read_text().splitlines()
+    after = (smoke["root"] / "report_before_seed1.md").read_text().splitlines()  # built from the record alone
     tables = [ln for ln in before if ln.startswith("| ") and "Built" not in ln]
     assert tables and tables == [ln for ln in after if ln.startswith("| ") and "Built" not in ln]
+
+
+def test_a_new_machine_fine_tunes_from_recorded_weights(smoke):
+    weights = smoke["out"] / "low_label_smoke_runs" / "hippocampus" / "pretrain" / "mae" / "pretrained_weights_fp16.pth"
+    assert weights.stat().st_size > 1000
+    log = smoke["seed1"]
+    assert "pre-training mae: the recorded weights" in log
+    assert "$ nnUNetv2_train Dataset402" not in log  # no pre-training on the unlabeled dataset again
+    assert "$ nnUNetv2_train Dataset401" in log  # the fine-tuning
+    run = smoke["out"] / "low_label_smoke_runs" / "hippocampus" / "arms" / "mae" / "b1_s1"
+    assert _json(run / "run.json")["pretrained_from"] == str(weights)
+    assert (run / "summary.json").is_file()
+    md = (smoke["out"] / "low_label_smoke.md").read_text()
+    assert "| 1 | mae | 1 | evaluated | 2 |" in md  # seed 1 in the report beside seed 0
