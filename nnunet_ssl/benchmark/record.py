@@ -129,7 +129,7 @@ def compact_checkpoint(checkpoint: dict) -> dict:
 
 
 def record_weights(checkpoint_file: Path, folder: Path) -> Path:
-    import torch
+    """Write :func:`compact_checkpoint` of ``checkpoint_file`` to ``folder`` (atomically)."""
     from nnunet_ssl.weights.checkpoint import atomic_torch_save, load_checkpoint_file
     folder.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(compact_checkpoint(load_checkpoint_file(str(checkpoint_file))), str(folder / WEIGHTS_FILE))
