@@ -211,9 +211,9 @@ def main(argv=None) -> int:
         setups[key] = prepare_dataset(work, specs[key], args.split_seed, args.num_processes,
                                       **dataset_options(args, specs, key, arms))
     if args.stage in ("runs", "all"):
+        pretrain_schedule = settings_text(prof["pretrain"])
         for r in todo:
             s = setups[r.dataset]
-            pretrain_schedule = settings_text(prof["pretrain"])
             if r.arm.pretrain:
                 run_pretraining(work, s, r.arm.pretrain, pretrain_schedule, runner, device, record)
                 sync_record(work, record, [r.dataset], configurations, PRETRAIN_TRAINERS, args.record_weights)

@@ -149,7 +149,7 @@ def recorded_weights(record: Optional[Path], rel: Path, settings: str) -> Option
 def trainer_folder(results: Path, trainer: str, configuration: str, fold) -> Optional[Path]:
     """nnU-Net's output folder ``results/<dataset>/<trainer>__<plans>__<configuration>/fold_<fold>``, if any."""
     hits = sorted(results.glob(f"*/{trainer}__*__{configuration}/fold_{fold}"))
-    return hits[-1] if hits else None
+    return hits[0] if hits else None
 
 
 def sync(work: Path, record: Path, datasets, configurations, pretrain_trainers, weights_of=()) -> int:
@@ -181,12 +181,12 @@ def sync(work: Path, record: Path, datasets, configurations, pretrain_trainers, 
             kept = record / rel / "run.json"
             same = kept.is_file() and bc.load_json(kept).get("finished") and \
                 [p.name for p in training_logs(record / rel)] == [p.name for p in training_logs(train)]
-            if not same:
+            if not same:  # (replaces the folder: weights of an earlier pre-training go with it)
                 record_pretraining(work, record, rel, train, finished=True)
-                written += 1
-            if folder.name in weights_of and not (same and (record / rel / WEIGHTS_FILE).is_file()):
+            weights = folder.name in weights_of and not (record / rel / WEIGHTS_FILE).is_file()
+            if weights:
                 record_weights(train / "checkpoint_final.pth", record / rel)
-                written += same
+            written += (not same) or weights
     if written:
         record_commands(work, record)
     return written

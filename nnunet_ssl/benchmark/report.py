@@ -92,9 +92,9 @@ def _json(path: Path) -> dict:
 _RANK = {"evaluated": 2, "trained": 1, "training": 0}
 
 
-def _curves_folder(folder: Path, results: Path, trainer: str, configuration: str, fold) -> Optional[Path]:
+def _logs_folder(folder: Path, train: Optional[Path]) -> Optional[Path]:
     """A recorded run keeps nnU-Net's training logs in its own folder; a work directory's run in nnU-Net's."""
-    return folder if rec.training_logs(folder) else rec.trainer_folder(results, trainer, configuration, fold)
+    return folder if rec.training_logs(folder) else train
 
 
 def read_runs(roots: List[Path], key: str) -> List[dict]:
@@ -121,8 +121,7 @@ def read_runs(roots: List[Path], key: str) -> List[dict]:
                 continue
             rows = st.case_rows(bc.load_json(summary), dataset=key, arm=arm, budget=budget, seed=seed) \
                 if summary.is_file() else []
-            curves = read_curves(_curves_folder(folder, folder.parent / "nnUNet_results",
-                                                info.get("trainer", ARMS[arm].trainer), ds.configuration, fold))
+            curves = read_curves(_logs_folder(folder, train))
             found[(arm, budget, seed)] = dict(dataset=key, arm=arm, budget=budget, seed=seed, folder=folder,
                                               info=info, status=status, curves=curves, rows=rows)
     return [found[k] for k in sorted(found, key=lambda k: (_order(k[0]), k[1], k[2]))]
@@ -137,13 +136,13 @@ def read_pretrainings(roots: List[Path], key: str) -> List[dict]:
             if method not in PRETRAIN_TRAINERS:
                 continue
             info = _json(folder / "run.json")
-            train = _curves_folder(folder, folder / "nnUNet_results", PRETRAIN_TRAINERS[method],
-                                   DATASETS[key].configuration, "all")
+            train = rec.trainer_folder(folder / "nnUNet_results", PRETRAIN_TRAINERS[method],
+                                       DATASETS[key].configuration, "all")
             finished = bool(info.get("finished")) or (train is not None and (train / "checkpoint_final.pth").is_file())
             if method in found and (found[method]["finished"] or not finished):
                 continue
             found[method] = dict(method=method, trainer=PRETRAIN_TRAINERS[method], info=info,
-                                 curves=read_curves(train), finished=finished)
+                                 curves=read_curves(_logs_folder(folder, train)), finished=finished)
     return [found[m] for m in sorted(found)]
 
 
