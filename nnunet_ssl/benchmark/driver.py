@@ -138,6 +138,28 @@ def pretrain_checkpoint(work: Path, s: DatasetSetup, method: str) -> Path:
             f"{PRETRAIN_TRAINERS[method]}__{s.plans}__{s.ds.configuration}" / "fold_all" / "checkpoint_final.pth")
 
 
+def continue_args(folder: Path) -> List[str]:
+    """``["--c"]`` if ``folder`` holds a checkpoint nnU-Net can continue from, else ``[]``.
+
+    A session that stops while nnU-Net writes a checkpoint leaves it truncated, and ``--c`` would then fail on every
+    later attempt (the queue stops there). A damaged ``checkpoint_latest.pth`` or ``checkpoint_best.pth`` is moved
+    aside (``.damaged``), so ``--c`` continues from the intact one, or the run starts again from its start (with its
+    pre-trained weights) when neither is intact."""
+    from nnunet_ssl.weights.checkpoint import load_checkpoint_file
+    intact = False
+    for name in ("checkpoint_latest.pth", "checkpoint_best.pth"):
+        ckpt = folder / name
+        if not ckpt.is_file():
+            continue
+        try:
+            load_checkpoint_file(str(ckpt))
+            intact = True
+        except UserInputError as e:
+            os.replace(ckpt, ckpt.with_name(name + ".damaged"))
+            bc.log(f"{ckpt} moved aside to {name}.damaged: {e}")
+    return ["--c"] if intact else []
+
+
 def pretrained_start(work: Path, s: DatasetSetup, method: str, schedule: str, record: Optional[Path] = None
                      ) -> Optional[Path]:
     """Where a fine-tuning from ``method`` starts: the work directory's checkpoint, else the record's weights of a
@@ -158,7 +180,7 @@ def run_pretraining(work: Path, s: DatasetSetup, method: str, schedule: str, run
         return
     folder = dataset_dir(work, s.ds) / "pretrain" / method
     folder.mkdir(parents=True, exist_ok=True)
-    cont = ["--c"] if (ckpt.parent / "checkpoint_latest.pth").is_file() else []
+    cont = continue_args(ckpt.parent)
     env = {"nnUNet_results": str(folder / "nnUNet_results"), "NNUNET_SSL_SETTINGS": schedule}
     if method == "refs":
         env["NNUNET_SSL_REFERENCE_DATASET"] = s.reference
@@ -253,7 +275,7 @@ def do_run(work: Path, s: DatasetSetup, run: Run, schedule: str, runner: Runner,
                 configuration=s.ds.configuration, labeled=s.split.labeled(run.budget, run.seed))
     env = {"nnUNet_results": str(results_dir(work, run)), "NNUNET_SSL_SETTINGS": settings}
     if not (out / "checkpoint_final.pth").is_file():
-        cont = ["--c"] if (out / "checkpoint_latest.pth").is_file() else []
+        cont = continue_args(out)
         env.update(training_environment(work, s, run, continuing=bool(cont), pretrain_schedule=pretrain_schedule,
                                         record=record))
         if env.get("NNUNET_SSL_PRETRAINED"):
