@@ -81,7 +81,7 @@ setup(
         "matplotlib",
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3"]},
     entry_points={"console_scripts": ["nnunet_ssl=nnunet_ssl.cli:main"]},
     cmdclass=cmdclass,
 )
