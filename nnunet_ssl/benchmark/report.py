@@ -36,6 +36,7 @@ _RUN_DIR = re.compile(r"b(\d+)_s(\d+)$")
 _LINE = re.compile(r"^\S+ \S+: (\w+) (\S+)\s*$")
 _EPOCH = re.compile(r"^\S+ \S+: Epoch (\d+)\s*$")
 _DICE = re.compile(r"^\S+ \S+: Pseudo dice \[(.*)\]\s*$")
+_TIME = re.compile(r"^\S+ \S+: Epoch time: ([0-9.]+) s\s*$")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -44,8 +45,8 @@ _DICE = re.compile(r"^\S+ \S+: Pseudo dice \[(.*)\]\s*$")
 
 def parse_training_log(text: str) -> Dict[str, List[float]]:
     """Per-epoch curves of nnU-Net training logs (ours and stock): ``train_loss``, ``val_loss``, any other
-    ``key value`` line, and for segmentation runs ``pseudo_dice`` (nanmean over classes, as nnU-Net's
-    ``mean_fg_dice``). Values go to the epoch of the last ``Epoch N`` line, so the logs of a continued run (which
+    ``key value`` line, ``epoch_time`` (seconds) and for segmentation runs ``pseudo_dice`` (nanmean over classes, as
+    nnU-Net's ``mean_fg_dice``). Values go to the epoch of the last ``Epoch N`` line, so the logs of a continued run (which
     repeats epochs after its last checkpoint) can simply be concatenated in time order."""
     epochs: Dict[int, Dict[str, float]] = {}
     epoch = None
@@ -62,6 +63,10 @@ def parse_training_log(text: str) -> Dict[str, List[float]]:
             inner = re.sub(r"np\.\w+\(([^)]*)\)", r"\1", m.group(1))
             vals = [float(v) for v in inner.split(",") if v.strip()]
             epochs[epoch]["pseudo_dice"] = st._nanmean(vals)
+            continue
+        m = _TIME.match(line)
+        if m:
+            epochs[epoch]["epoch_time"] = float(m.group(1))
             continue
         m = _LINE.match(line)
         if m:
@@ -227,9 +232,16 @@ def pretraining_table(pres: List[dict]) -> List[str]:
         rows.append([p["method"], p["trainer"], "finished" if p["finished"] else "running",
                      len(c.get("train_loss", [])), _f(c["train_loss"][-1] if c.get("train_loss") else None, 4),
                      _f(c["val_loss"][-1] if c.get("val_loss") else None, 4), _f(rel), "yes" if flat else "no",
-                     "-" if secs is None else bc.fmt_duration(secs)])
+                     "-" if secs is None else bc.fmt_duration(secs), _median_epoch([c])])
     return _table(["method", "trainer", "status", "epochs", "last train loss", "last val loss",
-                   "EMA val loss change, last fifth / whole range", "flattened", "time"], rows)
+                   "EMA val loss change, last fifth / whole range", "flattened", "time", "median epoch"], rows)
+
+
+def _median_epoch(curves: List[Dict[str, List[float]]]) -> str:
+    """The median of nnU-Net's epoch times over the given runs' logs: the machine's pace, which (unlike the wall
+    clock) a paused or crowded stretch of a run barely moves."""
+    times = sorted(t for c in curves for t in c.get("epoch_time", []) if t == t)
+    return bc.fmt_duration(times[len(times) // 2]) if times else "-"
 
 
 def cost_lines(runs: List[dict], pres: List[dict]) -> List[str]:
@@ -242,11 +254,14 @@ def cost_lines(runs: List[dict], pres: List[dict]) -> List[str]:
         train = sorted(s.get("train", 0.0) for s in secs)
         rest = [s.get("predict", 0.0) + s.get("evaluate", 0.0) for s in secs]
         total += sum(train) + sum(rest)
-        rows.append([arm, len(secs), bc.fmt_duration(train[len(train) // 2]), bc.fmt_duration(sum(rest) / len(rest)),
-                     bc.fmt_duration(sum(train) + sum(rest))])
-    return _table(["arm", "evaluated runs", "training per run (median)", "prediction + evaluation per run",
-                   "total"], rows) + ["", f"Pre-training: {bc.fmt_duration(pre)}; all finished work of this dataset: "
-                                          f"{bc.fmt_duration(total)} (wall clock of the nnU-Net commands)."]
+        pace = _median_epoch([r["curves"] for r in runs if r["arm"] == arm and r["status"] == "evaluated"])
+        rows.append([arm, len(secs), bc.fmt_duration(train[len(train) // 2]), pace,
+                     bc.fmt_duration(sum(rest) / len(rest)), bc.fmt_duration(sum(train) + sum(rest))])
+    return _table(["arm", "evaluated runs", "training per run (median)", "median epoch",
+                   "prediction + evaluation per run", "total"], rows) + [
+        "", f"Pre-training: {bc.fmt_duration(pre)}; all finished work of this dataset: {bc.fmt_duration(total)} (wall "
+            f"clock of the nnU-Net commands, with any pause or other work of the machine meanwhile; the median epoch "
+            f"of nnU-Net's log is the machine's undisturbed pace)."]
 
 
 def example_commands(work: Path, key: str) -> List[str]:

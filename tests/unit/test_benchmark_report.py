@@ -233,15 +233,18 @@ def test_parse_training_log_by_epoch_with_continuation():
     assert c["train_loss"] == [0.4461, 0.1483, -0.315]  # epoch 2 repeated after --c: the later value; 3 unfinished
     assert c["pseudo_dice"] == pytest.approx([0.0, 0.21385, 0.56])  # nanmean over classes
     assert c["val_loss"][0] == 0.2012 and math.isnan(c["val_loss"][1])
+    assert c["epoch_time"][0] == 9.35 and math.isnan(c["epoch_time"][1])  # nnU-Net's "Epoch time: 9.35 s"
     ssl = rp.parse_training_log("t t: Epoch 0\na b: train_loss 1.5\na b: val_loss 1.2\na b: recon_loss 0.7\n")
     assert ssl == {"train_loss": [1.5], "val_loss": [1.2], "recon_loss": [0.7]}
 
 
-def _write_log(folder, epochs, dice=None, val=None):
+def _write_log(folder, epochs, dice=None, val=None, epoch_time=None):
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for e in range(epochs):
         lines += [f"2026-01-01 00:00:00.0: Epoch {e}", f"2026-01-01 00:00:01.0: train_loss {1 - 0.01 * e}"]
+        if epoch_time is not None:
+            lines.append(f"2026-01-01 00:00:01.0: Epoch time: {epoch_time(e)} s")
         if val is not None:
             lines.append(f"2026-01-01 00:00:01.0: val_loss {val(e)}")
         if dice is not None:
@@ -268,11 +271,12 @@ def fake_work(tmp_path):
             (run / "run.json").write_text(json.dumps({"fold": seed, "trainer": trainer, "seconds": {
                 "train": 100.0, "predict": 10.0, "evaluate": 2.0}}))
             _write_log(hip / "arms" / arm / "nnUNet_results" / "Dataset401_LowLabelHippocampus" /
-                       f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{seed}", 50, dice=lambda e: min(0.8, 0.3 * e))
+                       f"{trainer}__nnUNetPlans__3d_fullres" / f"fold_{seed}", 50, dice=lambda e: min(0.8, 0.3 * e),
+                       epoch_time=lambda e: 4000.0 if e == 7 else 30.0 + seed)  # epoch 7: a paused run
     (hip / "arms" / "scratch" / "b2_s0").mkdir(parents=True)  # started, no log yet
     pre = hip / "pretrain" / "mae"
     folder = pre / "nnUNet_results" / "Dataset402_X" / "MAETrainer__nnUNetPlans__3d_fullres" / "fold_all"
-    _write_log(folder, 100, val=lambda e: 1 / (1 + e))
+    _write_log(folder, 100, val=lambda e: 1 / (1 + e), epoch_time=lambda e: 5.0 + e % 3)
     (folder / "checkpoint_final.pth").write_bytes(b"")
     (pre / "run.json").write_text(json.dumps({"seconds": 600.0}))
     (work / "commands.sh").write_text(f"nnUNet_results={pre}/nnUNet_results nnUNetv2_train X\n")
@@ -297,8 +301,8 @@ def test_report_from_work_dir(fake_work, tmp_path):
     assert "not met" in text and "2 seed(s) < 3" in text
     assert "| 1 | scratch | 0 | evaluated | 50 | 0.800 | 0.795 | 0.800 -> 0.800 | +0.000 | yes |" in text
     assert "| 2 | scratch | 0 | training | 0 | - | - | - | - | (running) |" in text  # not judged while training
-    assert "| mae | MAETrainer | finished | 100 |" in text and "| yes | 10m00s |" in text
-    assert "| scratch | 2 | 1m40s | 12s | 3m44s |" in text
+    assert "| mae | MAETrainer | finished | 100 |" in text and "| yes | 10m00s | 6s |" in text
+    assert "| scratch | 2 | 1m40s | 31s | 12s | 3m44s |" in text  # median epoch over both seeds, pause ignored
     assert "python bench.py --profile cpu --stage report" in text and "nnUNetv2_train X" in text
     with open(out / "low_label_cpu_per_case.csv") as f:
         rows = list(csv.DictReader(f))
