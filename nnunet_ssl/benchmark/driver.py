@@ -144,20 +144,19 @@ def continue_args(folder: Path) -> List[str]:
     A session that stops while nnU-Net writes a checkpoint leaves it truncated, and ``--c`` would then fail on every
     later attempt (the queue stops there). A damaged ``checkpoint_latest.pth`` or ``checkpoint_best.pth`` is moved
     aside (``.damaged``), so ``--c`` continues from the intact one, or the run starts again from its start (with its
-    pre-trained weights) when neither is intact."""
+    pre-trained weights) when neither is intact. Checked in ``--c``'s order; the first intact one is the one used."""
     from nnunet_ssl.weights.checkpoint import load_checkpoint_file
-    intact = False
     for name in ("checkpoint_latest.pth", "checkpoint_best.pth"):
         ckpt = folder / name
         if not ckpt.is_file():
             continue
         try:
             load_checkpoint_file(str(ckpt))
-            intact = True
+            return ["--c"]
         except UserInputError as e:
             os.replace(ckpt, ckpt.with_name(name + ".damaged"))
             bc.log(f"{ckpt} moved aside to {name}.damaged: {e}")
-    return ["--c"] if intact else []
+    return []
 
 
 def pretrained_start(work: Path, s: DatasetSetup, method: str, schedule: str, record: Optional[Path] = None

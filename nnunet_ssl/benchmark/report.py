@@ -46,8 +46,8 @@ _TIME = re.compile(r"^\S+ \S+: Epoch time: ([0-9.]+) s\s*$")
 def parse_training_log(text: str) -> Dict[str, List[float]]:
     """Per-epoch curves of nnU-Net training logs (ours and stock): ``train_loss``, ``val_loss``, any other
     ``key value`` line, ``epoch_time`` (seconds) and for segmentation runs ``pseudo_dice`` (nanmean over classes, as
-    nnU-Net's ``mean_fg_dice``). Values go to the epoch of the last ``Epoch N`` line, so the logs of a continued run (which
-    repeats epochs after its last checkpoint) can simply be concatenated in time order."""
+    nnU-Net's ``mean_fg_dice``). Values go to the epoch of the last ``Epoch N`` line, so the logs of a continued run
+    (which repeats epochs after its last checkpoint) can simply be concatenated in time order."""
     epochs: Dict[int, Dict[str, float]] = {}
     epoch = None
     for line in text.splitlines():
@@ -248,15 +248,16 @@ def cost_lines(runs: List[dict], pres: List[dict]) -> List[str]:
     pre = sum(float(p["info"].get("seconds", 0.0)) for p in pres)
     total, rows = pre, []
     for arm in sorted({r["arm"] for r in runs}, key=_order):
-        secs = [r["info"].get("seconds", {}) for r in runs if r["arm"] == arm and r["status"] == "evaluated"]
-        if not secs:
+        done = [r for r in runs if r["arm"] == arm and r["status"] == "evaluated"]
+        if not done:
             continue
+        secs = [r["info"].get("seconds", {}) for r in done]
         train = sorted(s.get("train", 0.0) for s in secs)
         rest = [s.get("predict", 0.0) + s.get("evaluate", 0.0) for s in secs]
         total += sum(train) + sum(rest)
-        pace = _median_epoch([r["curves"] for r in runs if r["arm"] == arm and r["status"] == "evaluated"])
-        rows.append([arm, len(secs), bc.fmt_duration(train[len(train) // 2]), pace,
-                     bc.fmt_duration(sum(rest) / len(rest)), bc.fmt_duration(sum(train) + sum(rest))])
+        rows.append([arm, len(secs), bc.fmt_duration(train[len(train) // 2]),
+                     _median_epoch([r["curves"] for r in done]), bc.fmt_duration(sum(rest) / len(rest)),
+                     bc.fmt_duration(sum(train) + sum(rest))])
     return _table(["arm", "evaluated runs", "training per run (median)", "median epoch",
                    "prediction + evaluation per run", "total"], rows) + [
         "", f"Pre-training: {bc.fmt_duration(pre)}; all finished work of this dataset: {bc.fmt_duration(total)} (wall "
