@@ -7,6 +7,7 @@ from test_benchmark_report import _summary, _write_log, fake_work  # noqa: F401 
 
 from nnunet_ssl.benchmark import record as rec
 from nnunet_ssl.benchmark import report as rp
+from nnunet_ssl.benchmark import run_logs as rl
 from nnunet_ssl.benchmark.arms import ARMS, PRETRAIN_TRAINERS
 from nnunet_ssl.benchmark.driver import Run, run_is_done
 
@@ -60,14 +61,14 @@ def test_a_run_in_both_places_is_read_once_and_the_further_one_wins(fake_work, t
     _sync(fake_work, record)
     # the work dir holds a re-start of mae b1_s0 (no evaluation yet): the record's evaluation is reported
     (fake_work / "hippocampus" / "arms" / "mae" / "b1_s0" / "summary.json").unlink()
-    runs = rp.read_runs([fake_work, record], "hippocampus")
+    runs = rl.read_runs([fake_work, record], "hippocampus")
     keys = [(r["arm"], r["budget"], r["seed"]) for r in runs]
     assert len(keys) == len(set(keys)) == 5
     mae = next(r for r in runs if (r["arm"], r["seed"]) == ("mae", 0))
     assert mae["status"] == "evaluated" and mae["folder"].is_relative_to(record) and len(mae["rows"]) == 3
     assert len(mae["curves"]["pseudo_dice"]) == 50
     _write_log(record / "hippocampus" / "pretrain" / "gmim", 3, val=lambda e: 1.0)  # recorded, unfinished
-    pres = {p["method"]: p for p in rp.read_pretrainings([fake_work, record], "hippocampus")}
+    pres = {p["method"]: p for p in rl.read_pretrainings([fake_work, record], "hippocampus")}
     assert pres["mae"]["finished"] and not pres["gmim"]["finished"] and len(pres["gmim"]["curves"]["val_loss"]) == 3
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from nnunet_ssl.benchmark import report as rp
+from nnunet_ssl.benchmark import run_logs as rl
 from nnunet_ssl.benchmark import stats as st
 
 NAN = float("nan")
@@ -229,12 +230,12 @@ CONTINUED = """\
 
 
 def test_parse_training_log_by_epoch_with_continuation():
-    c = rp.parse_training_log(NNUNET_LOG + CONTINUED)
+    c = rl.parse_training_log(NNUNET_LOG + CONTINUED)
     assert c["train_loss"] == [0.4461, 0.1483, -0.315]  # epoch 2 repeated after --c: the later value; 3 unfinished
     assert c["pseudo_dice"] == pytest.approx([0.0, 0.21385, 0.56])  # nanmean over classes
     assert c["val_loss"][0] == 0.2012 and math.isnan(c["val_loss"][1])
     assert c["epoch_time"][0] == 9.35 and math.isnan(c["epoch_time"][1])  # nnU-Net's "Epoch time: 9.35 s"
-    ssl = rp.parse_training_log("t t: Epoch 0\na b: train_loss 1.5\na b: val_loss 1.2\na b: recon_loss 0.7\n")
+    ssl = rl.parse_training_log("t t: Epoch 0\na b: train_loss 1.5\na b: val_loss 1.2\na b: recon_loss 0.7\n")
     assert ssl == {"train_loss": [1.5], "val_loss": [1.2], "recon_loss": [0.7]}
 
 
