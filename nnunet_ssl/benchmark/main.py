@@ -6,12 +6,14 @@ import dataclasses
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List
 
 from nnunet_ssl.benchmark import common as bc
 from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
+from nnunet_ssl.benchmark.pace import Estimate, Pace, parse_deadline
 from nnunet_ssl.benchmark.driver import (Run, Runner, do_run, prepare_dataset, run_is_done, run_pretraining,
                                          settings_text, stale_runs)
 from nnunet_ssl.benchmark.record import default_record_dir
@@ -77,8 +79,16 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cpu or cuda (default: the profile's)")
     p.add_argument("--num-processes", type=int, default=2)
     p.add_argument("--verbose", action="store_true", help="show nnU-Net's output instead of log files")
-    p.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    p.add_argument("--deadline", default=None, metavar="HH:MM|+MIN",
+                   help="start only runs whose estimated remaining time (nnU-Net's epoch times on this machine, else "
+                        "in the record) ends before this local time (or this many minutes from now); the others are "
+                        "listed as not started. For sessions or cluster jobs with a time limit")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (with estimated times), run nothing")
     args = p.parse_args(argv)
+    try:
+        args.deadline = parse_deadline(args.deadline) if args.deadline else None
+    except ValueError:
+        p.error(f"--deadline {args.deadline!r}: expected HH:MM (local time), +MIN (minutes from now) or a Unix time")
     args.work_dir = args.work_dir or WORK_DIRS.get(args.profile, "./low_label_work/stock")
     args.record_dir = Path(args.record_dir or default_record_dir(args.out, args.profile)).expanduser().resolve()
     if args.seeds is None:
@@ -123,6 +133,32 @@ def dataset_options(args, specs: Dict[str, BenchDataset], key: str, arms) -> dic
                 need_reference=any(a.pretrain == "refs" for a in arms),
                 max_groups=max_groups_of(args, ds), tiny=PROFILES[args.profile].get("tiny"),
                 reference_spec=specs[ds.reference], reference_max_groups=max_groups_of(args, specs[ds.reference]))
+
+
+def schedule_values(args, ds) -> Dict[str, int]:
+    """The fine-tuning schedule's numbers (``num_epochs``, ``save_every``, ...; the full profile: nnU-Net's own)."""
+    prof = PROFILES[args.profile]
+    return dict(prof["finetune"]) if "finetune" in prof else ({} if args.profile == "full" else dict(ds.cpu_schedule))
+
+
+def estimate_of(pace: Pace, args, specs: Dict[str, BenchDataset], r: Run) -> Estimate:
+    pretrain = PROFILES[args.profile]["pretrain"]
+    return pace.estimate_run(r.dataset, r.arm.name, r.budget, r.seed, schedule_values(args, specs[r.dataset]),
+                             r.arm.pretrain, settings_text(pretrain), pretrain)
+
+
+def deadline_decision(pace: Pace, args, specs: Dict[str, BenchDataset], r: Run) -> str:
+    """What of run ``r`` can finish before ``--deadline``: ``run`` (all of it), ``pretrain`` (only the pre-training
+    it needs first, whose checkpoint, and recorded weights, outlive the session), or ``""`` (nothing)."""
+    est, left = estimate_of(pace, args, specs, r), args.deadline - time.time()
+    if est.fits(left):
+        return "run"
+    pre = est.pretrain_seconds
+    bc.log(f"{r.name}: not started: needs about {bc.fmt_duration(est.seconds)} ({est.detail}), "
+           f"{bc.fmt_duration(max(0.0, left))} left before --deadline"
+           + (f"; its pre-training alone (about {bc.fmt_duration(pre)}) fits" if pre is not None and pre <= left
+              else ""))
+    return "pretrain" if pre is not None and pre <= left else ""
 
 
 def schedule_of(args, ds) -> str:
@@ -182,10 +218,19 @@ def main(argv=None) -> int:
         sync_record(work, record, args.datasets, configurations, PRETRAIN_TRAINERS, args.record_weights)
     todo = [r for r in runs if not run_is_done(work, r, record)]
     bc.log(f"low-label benchmark, profile {args.profile}: {len(runs)} runs, {len(todo)} to do, work dir {work}")
+    pace = Pace(work, record)
     for r in todo if args.stage != "report" else []:
-        print(f"  {r.name}: {r.arm.trainer}" + (f" from {r.arm.pretrain}" if r.arm.pretrain else ""))
+        est = estimate_of(pace, args, specs, r) if args.dry_run or args.deadline else None
+        print(f"  {r.name}: {r.arm.trainer}" + (f" from {r.arm.pretrain}" if r.arm.pretrain else "")
+              + (f"; about {bc.fmt_duration(est.seconds)} still to do ({est.detail})"
+                 if est is not None and est.seconds is not None else ""))
     if args.dry_run:
         return 0
+    if args.deadline is not None and args.stage != "report":  # checked again before each run starts
+        todo = [r for r in todo if deadline_decision(pace, args, specs, r)]
+        if not todo:
+            bc.log("nothing started: no run can finish before --deadline")
+            return 0
     if args.stage == "report":
         if not work.is_dir() and not record.is_dir():
             raise UserInputError(f"--stage report: neither {work} nor the record {record} exists. Fix: the "
@@ -214,9 +259,15 @@ def main(argv=None) -> int:
         pretrain_schedule = settings_text(prof["pretrain"])
         for r in todo:
             s = setups[r.dataset]
+            decision = deadline_decision(pace, args, specs, r) if args.deadline is not None else "run"
+            if not decision:
+                continue
             if r.arm.pretrain:
                 run_pretraining(work, s, r.arm.pretrain, pretrain_schedule, runner, device, record)
                 sync_record(work, record, [r.dataset], configurations, PRETRAIN_TRAINERS, args.record_weights)
+            if decision == "pretrain":
+                bc.log(f"{r.name}: only its pre-training ran (the rest does not fit before --deadline)")
+                continue
             do_run(work, s, r, schedule_of(args, s.ds), runner, device, prof["tta"], pretrain_schedule, record)
             sync_record(work, record, [r.dataset], configurations, PRETRAIN_TRAINERS, args.record_weights)
             bc.log(f"{r.name}: done (recorded in {record})")

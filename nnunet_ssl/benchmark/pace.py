@@ -1,0 +1,172 @@
+"""How long a benchmark run still needs, estimated from nnU-Net's own epoch times: the driver's ``--deadline``
+starts only runs that can finish before it (a session, or a cluster job, that ends at a known time).
+
+A run's remaining time = its pre-training's remaining epochs (when its method has neither a checkpoint nor
+recorded weights) + the epochs its training still has to do (a stopped run continues with ``--c`` from its last
+``save_every`` checkpoint) x the arm's seconds per epoch + its prediction and evaluation.
+
+Seconds per epoch, first found wins: the median epoch time of the same dataset and arm (pre-training: method) in
+the work directory's logs (this machine), then in the record's (the machine that recorded them); else another arm
+of the dataset scaled by :data:`EPOCH_COST` (seconds per epoch relative to stock nnU-Net's). No epoch time of the dataset anywhere: unknown (``None``), and the driver
+runs it.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from nnunet_ssl.benchmark.record import recorded_weights
+from nnunet_ssl.benchmark.run_logs import read_pretrainings, read_runs
+
+# seconds per epoch relative to a stock nnU-Net epoch of the same dataset and schedule. Fine-tuning arms train the
+# stock network with stock losses (1.0); IDEAL's semi-supervised fine-tuning runs a labeled and an unlabeled batch
+# through two decoders (4.6x per iteration in the cost benchmark). Pre-trainings ("pretrain:<method>"): an IDEAL
+# pre-training epoch took 0.75x a stock ACDC epoch on the same machine (48 vs 64 s: 5 instead of 10 validation
+# iterations, no deep supervision), the other methods scaled from it by the cost benchmark's per-iteration ratios
+# (ACDC 2d: MAE 1.0, GMIM 1.08, PGL 1.47, IDEAL 1.32, ReFs 2.43), rounded up.
+EPOCH_COST: Dict[str, float] = {
+    "scratch": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0, "refs": 1.0, "ideal-reinit2": 1.0,
+    "mae-reinit1": 1.0, "ideal-semi": 4.6, "semi-scratch": 4.6,
+    "pretrain:mae": 0.6, "pretrain:gmim": 0.65, "pretrain:pgl": 0.85, "pretrain:ideal": 0.8, "pretrain:refs": 1.4,
+}
+_FINAL_VALIDATION_EPOCHS = 2  # nnU-Net's final validation and start-up, in epochs of the same run (rough)
+
+
+def _median(values: List[float]) -> Optional[float]:
+    values = sorted(v for v in values if v == v)
+    return values[len(values) // 2] if values else None
+
+
+def resume_epoch(completed: int, save_every: int) -> int:
+    """The epoch ``--c`` continues from after ``completed`` logged epochs: the last ``checkpoint_latest`` is written
+    after every ``save_every``-th epoch."""
+    return (completed // max(1, save_every)) * max(1, save_every)
+
+
+@dataclass
+class Estimate:
+    seconds: Optional[float]  # None: no epoch time of this dataset known
+    detail: str  # how it was reached, for the log
+    pretrain_seconds: Optional[float] = None  # the part of ``seconds`` its pre-training needs (None: none to run)
+
+    def fits(self, seconds_left: float) -> bool:
+        return self.seconds is None or self.seconds <= seconds_left
+
+
+class Pace:
+    """Epoch times of one dataset in the work directory and the record (read once per call of :meth:`estimate`,
+    so runs finishing meanwhile count)."""
+
+    def __init__(self, work: Path, record: Optional[Path]):
+        self.work, self.record = work, record
+        self.roots = [("this machine", work)] + ([("the record", record)] if record else [])
+
+    def _epoch_times(self, key: str) -> List[tuple]:
+        """(source, name, median epoch seconds) per arm and per pre-training (``pretrain:<method>``), work dir first."""
+        out = []
+        for source, root in self.roots:
+            if not root.is_dir():
+                continue
+            for r in read_runs([root], key):
+                out.append((source, r["arm"], r["curves"].get("epoch_time", [])))
+            for p in read_pretrainings([root], key):
+                out.append((source, "pretrain:" + p["method"], p["curves"].get("epoch_time", [])))
+        merged: Dict[tuple, List[float]] = {}
+        for source, name, times in out:
+            merged.setdefault((source, name), []).extend(times)
+        return [(s, n, m) for (s, n), t in merged.items() if (m := _median(t)) is not None]
+
+    def epoch_seconds(self, key: str, name: str) -> tuple:
+        """(seconds per epoch or None, where from) of arm ``name`` (or ``pretrain:<method>``) on dataset ``key``."""
+        known = self._epoch_times(key)
+        for source, _ in self.roots:
+            same = [m for s, n, m in known if s == source and n == name]
+            if same:
+                return same[0], f"{name}'s median epoch on {source}"
+            other = [(n, m) for s, n, m in known if s == source and n in EPOCH_COST]
+            if other and name in EPOCH_COST:
+                kind = name.startswith("pretrain:")  # the same kind (fine-tuning / pre-training) first, scratch first
+                n, m = sorted(other, key=lambda nm: (nm[0].startswith("pretrain:") != kind, nm[0] != "scratch"))[0]
+                return m * EPOCH_COST[name] / EPOCH_COST[n], \
+                    f"{n}'s median epoch on {source} x {EPOCH_COST[name] / EPOCH_COST[n]:.1f}"
+        return None, "no epoch time of this dataset yet"
+
+    def overhead_seconds(self, key: str) -> float:
+        """Prediction and evaluation of the test split: the median over evaluated runs of the dataset."""
+        for _, root in self.roots:
+            if root.is_dir():
+                rest = [r["info"].get("seconds", {}) for r in read_runs([root], key) if r["status"] == "evaluated"]
+                m = _median([s.get("predict", 0.0) + s.get("evaluate", 0.0) for s in rest])
+                if m is not None:
+                    return m
+        return 0.0
+
+    def estimate(self, key: str, arm: str, num_epochs: int, save_every: int, completed: int = 0,
+                 pretrain: Optional[str] = None, pretrain_epochs: int = 0, pretrain_completed: int = 0,
+                 pretrain_save_every: int = 5) -> Estimate:
+        """Seconds a run still needs: ``completed`` epochs of it are logged; ``pretrain``: the method whose
+        pre-training has to run first (``pretrain_completed`` of its ``pretrain_epochs`` logged)."""
+        per_epoch, how = self.epoch_seconds(key, arm)
+        if per_epoch is None:
+            return Estimate(None, how)
+        left = num_epochs - resume_epoch(completed, save_every)
+        total = (left + _FINAL_VALIDATION_EPOCHS) * per_epoch + self.overhead_seconds(key)
+        parts = [f"{left} epochs x {per_epoch:.0f} s ({how})"]
+        if pretrain:
+            pre_epoch, pre_how = self.epoch_seconds(key, "pretrain:" + pretrain)
+            if pre_epoch is None:
+                return Estimate(None, f"pre-training {pretrain}: {pre_how}")
+            pre_left = pretrain_epochs - resume_epoch(pretrain_completed, pretrain_save_every)
+            pre_total = (pre_left + 1) * pre_epoch
+            parts.append(f"pre-training {pretrain}: {pre_left} epochs x {pre_epoch:.0f} s ({pre_how})")
+            return Estimate(total + pre_total, "; ".join(parts), pre_total)
+        return Estimate(total, "; ".join(parts))
+
+
+    def estimate_run(self, key: str, arm: str, budget: int, seed: int, schedule: Dict[str, int],
+                     pretrain: Optional[str] = None, pretrain_settings: str = "",
+                     pretrain_schedule: Optional[Dict[str, int]] = None) -> Estimate:
+        """:meth:`estimate` for a run of the driver: its progress and its pre-training's from the work directory;
+        the pre-training counts unless the work directory finished it or the record holds its weights of
+        ``pretrain_settings``. ``schedule``: ``num_epochs`` and ``save_every`` (nnU-Net's 1000 and 50 if absent)."""
+        num_epochs, save_every = schedule.get("num_epochs", 1000), schedule.get("save_every", 50)
+        completed = 0
+        if self.work.is_dir():
+            for r in read_runs([self.work], key):
+                if (r["arm"], r["budget"], r["seed"]) == (arm, budget, seed):
+                    completed = num_epochs if r["status"] != "training" else len(r["curves"].get("train_loss", []))
+        pre_args = {}
+        if pretrain:
+            pres = {p["method"]: p for p in read_pretrainings([self.work], key)} if self.work.is_dir() else {}
+            done = (pretrain in pres and pres[pretrain]["finished"]) or \
+                recorded_weights(self.record, Path(key) / "pretrain" / pretrain, pretrain_settings) is not None
+            if not done:
+                pschedule = pretrain_schedule or {}
+                pre_args = dict(pretrain=pretrain, pretrain_epochs=pschedule.get("num_epochs", 1000),
+                                pretrain_save_every=pschedule.get("save_every", 5),
+                                pretrain_completed=len(pres[pretrain]["curves"].get("train_loss", []))
+                                if pretrain in pres else 0)
+        return self.estimate(key, arm, num_epochs, save_every, completed, **pre_args)
+
+
+def parse_deadline(text: str, now: Optional[float] = None) -> float:
+    """``HH:MM`` (the next such local time, so 00:30 at 23:00 is tomorrow's), ``+MIN`` (minutes from now) or a
+    Unix time in seconds -> Unix time. Raises ValueError on anything else."""
+    now = time.time() if now is None else now
+    text = text.strip()
+    if text.startswith("+"):
+        return now + 60.0 * float(text[1:])
+    if ":" in text:
+        hh, mm = (int(x) for x in text.split(":"))
+        base = datetime.fromtimestamp(now)
+        target = base.replace(hour=hh, minute=mm, second=0, microsecond=0)
+        if target.timestamp() <= now:
+            target += timedelta(days=1)
+        return target.timestamp()
+    value = float(text)
+    if value < 1e9:
+        raise ValueError(text)
+    return value

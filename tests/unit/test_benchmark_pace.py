@@ -1,0 +1,172 @@
+"""The run-time estimate behind the benchmark driver's --deadline (nnunet_ssl.benchmark.pace) and its use."""
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from test_benchmark_report import _write_log
+
+from nnunet_ssl.benchmark.pace import EPOCH_COST, Pace, parse_deadline, resume_epoch
+
+REPO = Path(__file__).resolve().parents[2]
+HIP_RESULTS = "Dataset401_LowLabelHippocampus"
+
+
+CPU_SETTINGS = "num_epochs=50,num_iterations_per_epoch=20,num_val_iterations_per_epoch=10,batch_size=2,save_every=5"
+
+
+def _run(root: Path, arm: str, trainer: str, fold: int, epochs: int, epoch_s: float, evaluated: bool = True,
+         seconds=None, key="hippocampus", cfg="3d_fullres"):
+    run = root / key / "arms" / arm / f"b1_s{fold}"
+    run.mkdir(parents=True, exist_ok=True)
+    if evaluated:
+        (run / "summary.json").write_text(json.dumps({"metric_per_case": []}))
+    (run / "run.json").write_text(json.dumps({"fold": fold, "trainer": trainer, "settings": CPU_SETTINGS,
+                                              "seconds": seconds or {"predict": 50.0, "evaluate": 10.0}}))
+    _write_log(root / key / "arms" / arm / "nnUNet_results" / HIP_RESULTS / f"{trainer}__nnUNetPlans__{cfg}" /
+               f"fold_{fold}", epochs, epoch_time=lambda e: epoch_s)
+
+
+def _pretraining(root: Path, method: str, trainer: str, epochs: int, epoch_s: float, finished: bool):
+    folder = (root / "hippocampus" / "pretrain" / method / "nnUNet_results" / "Dataset402_X" /
+              f"{trainer}__nnUNetPlans__3d_fullres" / "fold_all")
+    _write_log(folder, epochs, epoch_time=lambda e: epoch_s)
+    if finished:
+        (folder / "checkpoint_final.pth").write_bytes(b"")
+
+
+def test_parse_deadline_forms():
+    now = datetime(2026, 12, 2, 23, 0).timestamp()
+    assert parse_deadline("+90", now) == now + 5400
+    assert parse_deadline("23:30", now) == now + 1800
+    assert parse_deadline("00:30", now) == now + 5400  # past midnight: the next day's
+    assert parse_deadline("22:00", now) == now + 23 * 3600  # already passed today: tomorrow's
+    assert parse_deadline(str(int(now) + 60), now) == int(now) + 60
+    for bad in ("soon", "25", "1:2:3"):
+        with pytest.raises(ValueError):
+            parse_deadline(bad, now)
+
+
+def test_resume_epoch_is_the_last_checkpoint():
+    assert [resume_epoch(c, 5) for c in (0, 4, 5, 9, 10, 23)] == [0, 0, 5, 5, 10, 20]
+    assert resume_epoch(7, 1) == 7
+
+
+def test_this_machine_first_then_scaled_then_record(tmp_path):
+    work, record = tmp_path / "work", tmp_path / "record"
+    _run(record, "scratch", "nnUNetTrainer_schedule", 0, 50, 100.0)
+    _run(record, "mae", "SSLFinetuneTrainer_decoderWarmup", 0, 50, 120.0)
+    pace = Pace(work, record)
+    # nothing on this machine: the record's own epoch time of the arm
+    assert pace.epoch_seconds("hippocampus", "mae")[0] == 120.0
+    # an arm the record lacks: scaled from the record's scratch
+    s, how = pace.epoch_seconds("hippocampus", "ideal-semi")
+    assert s == pytest.approx(100.0 * EPOCH_COST["ideal-semi"]) and "scratch" in how and "record" in how
+    # this machine's pace wins over the record's, even scaled from another arm
+    _run(work, "scratch", "nnUNetTrainer_schedule", 1, 50, 40.0)
+    assert pace.epoch_seconds("hippocampus", "mae")[0] == pytest.approx(40.0)
+    assert pace.epoch_seconds("hippocampus", "scratch")[0] == 40.0
+    # a pre-training is scaled from pre-trainings first (epochs of another kind)
+    _pretraining(work, "ideal", "IDEALTrainer", 100, 30.0, finished=True)
+    s, how = pace.epoch_seconds("hippocampus", "pretrain:mae")
+    assert s == pytest.approx(30.0 * EPOCH_COST["pretrain:mae"] / EPOCH_COST["pretrain:ideal"]) and "ideal" in how
+    assert pace.epoch_seconds("acdc", "scratch") == (None, "no epoch time of this dataset yet")
+
+
+def test_estimate_counts_progress_pretraining_and_prediction(tmp_path):
+    work, record = tmp_path / "work", tmp_path / "record"
+    _run(work, "scratch", "nnUNetTrainer_schedule", 0, 50, 10.0, seconds={"predict": 50.0, "evaluate": 10.0})
+    pace = Pace(work, record)
+    schedule = {"num_epochs": 50, "save_every": 5}
+    full = pace.estimate_run("hippocampus", "scratch", 1, 1, schedule)
+    assert full.seconds == pytest.approx((50 + 2) * 10.0 + 60.0)  # 2 epochs: final validation; + predict/evaluate
+    # a run stopped after 23 logged epochs continues from epoch 20
+    _run(work, "scratch", "nnUNetTrainer_schedule", 1, 23, 10.0, evaluated=False)
+    part = pace.estimate_run("hippocampus", "scratch", 1, 1, schedule)
+    assert part.seconds == pytest.approx((30 + 2) * 10.0 + 60.0)
+    # an arm whose pre-training has not run adds it; a finished one in the work dir does not
+    pre = {"num_epochs": 100, "save_every": 5}
+    with_pre = pace.estimate_run("hippocampus", "mae", 1, 2, schedule, "mae", "s", pre)
+    assert with_pre.seconds == pytest.approx(full.seconds + 101 * 10.0 * EPOCH_COST["pretrain:mae"])
+    assert "pre-training mae" in with_pre.detail and full.pretrain_seconds is None
+    assert with_pre.pretrain_seconds == pytest.approx(101 * 10.0 * EPOCH_COST["pretrain:mae"])
+    _pretraining(work, "mae", "MAETrainer", 100, 8.0, finished=True)
+    assert pace.estimate_run("hippocampus", "mae", 1, 2, schedule, "mae", "s", pre).seconds == \
+        pytest.approx(full.seconds)
+    # recorded weights of the same settings count as a finished pre-training; of other settings they do not
+    weights = record / "hippocampus" / "pretrain" / "ideal"
+    weights.mkdir(parents=True)
+    (weights / "run.json").write_text(json.dumps({"finished": True, "settings": "s"}))
+    from nnunet_ssl.benchmark.record import WEIGHTS_FILE
+    (weights / WEIGHTS_FILE).write_bytes(b"")
+    assert pace.estimate_run("hippocampus", "ideal", 1, 2, schedule, "ideal", "s", pre).seconds == \
+        pytest.approx(full.seconds)
+    assert pace.estimate_run("hippocampus", "ideal", 1, 2, schedule, "ideal", "other", pre).seconds > full.seconds
+    assert pace.estimate(key="acdc", arm="scratch", num_epochs=5, save_every=5).fits(0.0)  # unknown pace: run it
+
+
+def _driver(work: Path, record: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "benchmark_low_label.py"), "--profile", "cpu",
+                           "--work-dir", str(work), "--record-dir", str(record), "--stage", "runs",
+                           "--datasets", "hippocampus", "--arms", "scratch", "--budgets", "1", "--seeds", "0", "1",
+                           *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_driver_deadline_starts_nothing_that_cannot_finish(tmp_path):
+    """--deadline: a run estimated past it is listed as not started (no dataset set up, nothing trained); the
+    dry run prints the estimate; a malformed deadline is a usage error."""
+    work, record = tmp_path / "work", tmp_path / "record"
+    _run(record, "scratch", "nnUNetTrainer_schedule", 0, 50, 100.0)  # seed 0 recorded: 100 s per epoch
+    dry = _driver(work, record, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert "hippocampus/scratch/b1_s1" in dry.stdout and "about 1h27m still to do" in dry.stdout
+    out = _driver(work, record, "--deadline", "+30")
+    assert out.returncode == 0, out.stderr
+    assert "hippocampus/scratch/b1_s1: not started: needs about 1h27m" in out.stdout
+    assert not (work / "nnUNet_raw").exists() or not any((work / "nnUNet_raw").iterdir())
+    assert not (work / "hippocampus" / "arms").exists()
+    bad = _driver(work, record, "--deadline", "soon")
+    assert bad.returncode == 2 and "--deadline 'soon'" in bad.stderr
+
+
+def test_queue_runs_deadline_pass_then_the_rest(tmp_path):
+    """The queue's DEADLINE: a first pass with one fixed --deadline for every line, then the rest without it."""
+    queue = tmp_path / "queue.txt"
+    queue.write_text("--datasets hippocampus --arms scratch  # a comment\n\n--datasets acdc --arms scratch\n")
+    fake = tmp_path / "python"  # stands in for the driver: prints its arguments (the queue's python -c runs first)
+    fake.write_text(f"#!/bin/sh\nif [ \"$1\" = -c ]; then exec {sys.executable} \"$@\"; fi\necho ARGS \"$@\"\n")
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "WORK": str(tmp_path / "w"), "PYTHON": str(fake), "DEADLINE": "+60",
+           "PYTHONPATH": str(REPO)}
+    out = subprocess.run(["bash", str(REPO / "scripts" / "benchmark_queue.sh"), str(queue)], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    calls = [line for line in out.stdout.splitlines() if line.startswith("ARGS")]
+    assert len(calls) == 4
+    deadlines = {c.split("--deadline ")[1] for c in calls[:2]}
+    assert len(deadlines) == 1 and abs(int(deadlines.pop()) - (time.time() + 3600)) < 120
+    assert "--datasets hippocampus" in calls[0] and "--datasets acdc" in calls[1]
+    assert all("--deadline" not in c for c in calls[2:]) and "--datasets hippocampus" in calls[2]
+    assert "queue done" in out.stdout
+
+
+def test_deadline_decision_runs_a_pretraining_alone_when_only_it_fits(tmp_path):
+    """A run too long for the deadline whose pre-training alone fits: the pre-training runs (its checkpoint and
+    recorded weights outlive the session), the fine-tuning does not start."""
+    from nnunet_ssl.benchmark import main as bm
+    from nnunet_ssl.benchmark.arms import ARMS
+    from nnunet_ssl.benchmark.driver import Run
+    work, record = tmp_path / "work", tmp_path / "record"
+    _run(work, "scratch", "nnUNetTrainer_schedule", 0, 50, 60.0, seconds={"predict": 0.0, "evaluate": 0.0})
+    specs = bm.dataset_specs(bm.parse_args(["--profile", "cpu"]))
+    pace = Pace(work, record)
+    run = Run("hippocampus", ARMS["mae"], 1, 0)  # 52 x 60 s fine-tuning + 101 x 36 s MAE pre-training
+    def decide(minutes):
+        args = bm.parse_args(["--profile", "cpu", "--work-dir", str(work), "--deadline", f"+{minutes}"])
+        return bm.deadline_decision(pace, args, specs, run)
+    assert decide(200) == "run"
+    assert decide(90) == "pretrain"
+    assert decide(30) == ""
