@@ -6,13 +6,14 @@
 # Each line of QUEUE (default: scripts/benchmark_queue_cpu.txt; '#' starts a comment) holds arguments of
 # scripts/benchmark_low_label.py, run with --profile cpu --stage runs --order arm. Runs already evaluated, in the
 # work dir or in the record (docs/benchmarks/low_label_cpu_runs), are skipped, so the same queue continues on any
-# machine from the first run the record lacks. COMMIT=1: after every line, commit the record's folder (and only it).
+# machine from the first run the record lacks. COMMIT=1: commit the record's folder (and only it) after every run
+# and pre-training the driver records (--commit-record) and after every line.
 # Stops at the first failing line (exit code of the driver).
 set -u
 cd "$(dirname "$0")/.."
 QUEUE="${1:-scripts/benchmark_queue_cpu.txt}"
 WORK="${WORK:-./low_label_work/stock}"
-RECORD="docs/benchmarks/low_label_cpu_runs"
+RECORD="${RECORD:-docs/benchmarks/low_label_cpu_runs}"
 PYTHON="${PYTHON:-python}"
 [ -f "$QUEUE" ] || { echo "error: queue file $QUEUE not found" >&2; exit 2; }
 # DEADLINE=HH:MM (or +MIN): a first pass starts only the runs estimated to finish before it (--deadline: epoch times
@@ -27,7 +28,8 @@ run_queue() {  # $1: extra driver arguments of this pass
     n=$((n + 1))
     echo "[$(date +%H:%M:%S)] queue line $n: $line${1:+ ($1)}"
     # shellcheck disable=SC2086
-    "$PYTHON" scripts/benchmark_low_label.py --profile cpu --work-dir "$WORK" --stage runs --order arm $line $1 || {
+    "$PYTHON" scripts/benchmark_low_label.py --profile cpu --work-dir "$WORK" --stage runs --order arm $line $1 \
+      $([ "${COMMIT:-0}" = 1 ] && echo --commit-record) || {
       rc=$?; echo "[$(date +%H:%M:%S)] queue line $n failed (exit $rc): $line" >&2; exit $rc; }
     if [ "${COMMIT:-0}" = 1 ] && [ -d "$RECORD" ] && [ -n "$(git status --porcelain -- "$RECORD")" ]; then
       git add -A -- "$RECORD" && git commit -q -m "Benchmark record: $line" -- "$RECORD" \

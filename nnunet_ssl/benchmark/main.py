@@ -16,6 +16,7 @@ from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.pace import Estimate, Pace, parse_deadline
 from nnunet_ssl.benchmark.driver import (Run, Runner, do_run, prepare_dataset, run_is_done, run_pretraining,
                                          settings_text, stale_runs)
+from nnunet_ssl.benchmark.record import commit as commit_record
 from nnunet_ssl.benchmark.record import default_record_dir
 from nnunet_ssl.benchmark.record import sync as sync_record
 from nnunet_ssl.benchmark.report import DEFAULT_OUT, write_report
@@ -68,6 +69,9 @@ def parse_args(argv=None):
                    help="also record these methods' pre-trained weights (half precision, tens of MB each on default "
                         "plans), so later machines fine-tune from them instead of pre-training again; choices: "
                         + ", ".join(PRETRAIN_TRAINERS))
+    p.add_argument("--commit-record", action="store_true",
+                   help="git-commit the record folder (alone) after every run and pre-training it records, so a "
+                        "session or machine that stops loses at most the run in progress")
     p.add_argument("--max-groups", type=int, default=None,
                    help="use only this many cases/patients of each dataset (seeded by --split-seed; default: all, "
                         "smoke: the fewest its split needs)")
@@ -264,12 +268,16 @@ def main(argv=None) -> int:
                 continue
             if r.arm.pretrain:
                 run_pretraining(work, s, r.arm.pretrain, pretrain_schedule, runner, device, record)
-                sync_record(work, record, [r.dataset], configurations, PRETRAIN_TRAINERS, args.record_weights)
+                if sync_record(work, record, [r.dataset], configurations, PRETRAIN_TRAINERS, args.record_weights) \
+                        and args.commit_record:
+                    commit_record(record, f"Benchmark record: {r.dataset} pre-training {r.arm.pretrain}")
             if decision == "pretrain":
                 bc.log(f"{r.name}: only its pre-training ran (the rest does not fit before --deadline)")
                 continue
             do_run(work, s, r, schedule_of(args, s.ds), runner, device, prof["tta"], pretrain_schedule, record)
-            sync_record(work, record, [r.dataset], configurations, PRETRAIN_TRAINERS, args.record_weights)
+            if sync_record(work, record, [r.dataset], configurations, PRETRAIN_TRAINERS, args.record_weights) \
+                    and args.commit_record:
+                commit_record(record, f"Benchmark record: {r.name}")
             bc.log(f"{r.name}: done (recorded in {record})")
     if args.stage == "all":
         write_report(work, args, setups)

@@ -190,3 +190,22 @@ def sync(work: Path, record: Path, datasets, configurations, pretrain_trainers, 
     if written:
         record_commands(work, record)
     return written
+
+
+def commit(record: Path, message: str) -> bool:
+    """``git add`` and ``git commit`` the record folder alone (nothing else staged is committed); False, with the
+    reason printed, where that is not possible (not in a git work tree, git failing). Nothing to commit: True."""
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(record), *args], capture_output=True, text=True)
+
+    if not record.is_dir() or git("rev-parse", "--is-inside-work-tree").returncode != 0:
+        bc.log(f"record not committed: {record} is not inside a git work tree")
+        return False
+    if not git("status", "--porcelain", "--", ".").stdout.strip():
+        return True
+    done = git("add", "-A", "--", ".").returncode == 0 and \
+        git("commit", "-q", "-m", message, "--", ".").returncode == 0
+    bc.log(f"record committed: {message}" if done else f"record not committed: git add/commit failed in {record}")
+    return done

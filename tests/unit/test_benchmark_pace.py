@@ -140,15 +140,16 @@ def test_queue_runs_deadline_pass_then_the_rest(tmp_path):
     fake.write_text(f"#!/bin/sh\nif [ \"$1\" = -c ]; then exec {sys.executable} \"$@\"; fi\necho ARGS \"$@\"\n")
     fake.chmod(0o755)
     env = {"PATH": "/usr/bin:/bin", "WORK": str(tmp_path / "w"), "PYTHON": str(fake), "DEADLINE": "+60",
-           "PYTHONPATH": str(REPO)}
+           "PYTHONPATH": str(REPO), "COMMIT": "1", "RECORD": str(tmp_path / "no_record")}
     out = subprocess.run(["bash", str(REPO / "scripts" / "benchmark_queue.sh"), str(queue)], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     calls = [line for line in out.stdout.splitlines() if line.startswith("ARGS")]
     assert len(calls) == 4
-    deadlines = {c.split("--deadline ")[1] for c in calls[:2]}
+    deadlines = {c.split("--deadline ")[1].split()[0] for c in calls[:2]}
     assert len(deadlines) == 1 and abs(int(deadlines.pop()) - (time.time() + 3600)) < 120
     assert "--datasets hippocampus" in calls[0] and "--datasets acdc" in calls[1]
+    assert all(c.endswith("--commit-record") for c in calls)  # COMMIT=1: the driver commits after every run
     assert all("--deadline" not in c for c in calls[2:]) and "--datasets hippocampus" in calls[2]
     assert "queue done" in out.stdout
 

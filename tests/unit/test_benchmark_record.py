@@ -188,3 +188,24 @@ def test_queue_script_skips_recorded_runs_and_stops_at_a_failing_line(tmp_path):
     assert proc.returncode == 2, out
     assert "queue line 1: --datasets acdc --arms ideal" in out and "1 runs, 0 to do" in out
     assert "queue line 2 failed (exit 2)" in out and "queue line 3" not in out and not work.exists()
+
+
+def test_commit_takes_the_record_folder_alone(tmp_path):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True).stdout
+    record = tmp_path / "docs" / "runs"
+    assert not rec.commit(record, "x")  # not a git work tree (and no folder)
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    (tmp_path / "other.txt").write_text("staged, not ours")
+    git("add", "other.txt")
+    (record / "hippocampus").mkdir(parents=True)
+    (record / "hippocampus" / "run.json").write_text("{}")
+    assert rec.commit(record, "Benchmark record: a run")
+    assert git("log", "--format=%s") == "Benchmark record: a run\n"
+    assert git("show", "--name-only", "--format=").split() == ["docs/runs/hippocampus/run.json"]
+    assert "A  other.txt" in git("status", "--porcelain")  # still staged, not committed
+    assert rec.commit(record, "nothing new") and git("log", "--format=%s").count("\n") == 1
