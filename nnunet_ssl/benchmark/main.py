@@ -166,10 +166,7 @@ def deadline_decision(pace: Pace, args, specs: Dict[str, BenchDataset], r: Run) 
 
 
 def schedule_of(args, ds) -> str:
-    prof = PROFILES[args.profile]
-    if "finetune" in prof:
-        return settings_text(prof["finetune"])
-    return "" if args.profile == "full" else settings_text(ds.cpu_schedule)
+    return settings_text(schedule_values(args, ds))
 
 
 def check_profile(work: Path, profile: str) -> None:

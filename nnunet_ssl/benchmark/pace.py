@@ -7,8 +7,8 @@ recorded weights) + the epochs its training still has to do (a stopped run conti
 
 Seconds per epoch, first found wins: the median epoch time of the same dataset and arm (pre-training: method) in
 the work directory's logs (this machine), then in the record's (the machine that recorded them); else another arm
-of the dataset scaled by :data:`EPOCH_COST` (seconds per epoch relative to stock nnU-Net's). No epoch time of the dataset anywhere: unknown (``None``), and the driver
-runs it.
+of the dataset scaled by :data:`EPOCH_COST` (seconds per epoch relative to stock nnU-Net's). No epoch time of the
+dataset anywhere: unknown (``None``), and the driver runs it.
 """
 from __future__ import annotations
 
@@ -56,32 +56,36 @@ class Estimate:
         return self.seconds is None or self.seconds <= seconds_left
 
 
+Runs = Dict[str, tuple]  # source -> (read_runs, read_pretrainings) of one dataset, sources in search order
+
+
 class Pace:
-    """Epoch times of one dataset in the work directory and the record (read once per call of :meth:`estimate`,
-    so runs finishing meanwhile count)."""
+    """Epoch times of one dataset in the work directory and the record (read once per estimate, so runs finishing
+    meanwhile count)."""
 
     def __init__(self, work: Path, record: Optional[Path]):
-        self.work, self.record = work, record
+        self.record = record
         self.roots = [("this machine", work)] + ([("the record", record)] if record else [])
 
-    def _epoch_times(self, key: str) -> List[tuple]:
-        """(source, name, median epoch seconds) per arm and per pre-training (``pretrain:<method>``), work dir first."""
-        out = []
-        for source, root in self.roots:
-            if not root.is_dir():
-                continue
-            for r in read_runs([root], key):
-                out.append((source, r["arm"], r["curves"].get("epoch_time", [])))
-            for p in read_pretrainings([root], key):
-                out.append((source, "pretrain:" + p["method"], p["curves"].get("epoch_time", [])))
+    def read(self, key: str) -> Runs:
+        """The runs and pre-trainings of dataset ``key`` in each existing root (the logs are read here, once)."""
+        return {source: (read_runs([root], key), read_pretrainings([root], key))
+                for source, root in self.roots if root.is_dir()}
+
+    @staticmethod
+    def _epoch_times(runs: Runs) -> List[tuple]:
+        """(source, name, median epoch seconds) per arm and per pre-training (``pretrain:<method>``)."""
         merged: Dict[tuple, List[float]] = {}
-        for source, name, times in out:
-            merged.setdefault((source, name), []).extend(times)
+        for source, (arms, pres) in runs.items():
+            for r in arms:
+                merged.setdefault((source, r["arm"]), []).extend(r["curves"].get("epoch_time", []))
+            for p in pres:
+                merged.setdefault((source, "pretrain:" + p["method"]), []).extend(p["curves"].get("epoch_time", []))
         return [(s, n, m) for (s, n), t in merged.items() if (m := _median(t)) is not None]
 
-    def epoch_seconds(self, key: str, name: str) -> tuple:
+    def epoch_seconds(self, key: str, name: str, runs: Optional[Runs] = None) -> tuple:
         """(seconds per epoch or None, where from) of arm ``name`` (or ``pretrain:<method>``) on dataset ``key``."""
-        known = self._epoch_times(key)
+        known = self._epoch_times(self.read(key) if runs is None else runs)
         for source, _ in self.roots:
             same = [m for s, n, m in known if s == source and n == name]
             if same:
@@ -94,29 +98,29 @@ class Pace:
                     f"{n}'s median epoch on {source} x {EPOCH_COST[name] / EPOCH_COST[n]:.1f}"
         return None, "no epoch time of this dataset yet"
 
-    def overhead_seconds(self, key: str) -> float:
+    def overhead_seconds(self, key: str, runs: Optional[Runs] = None) -> float:
         """Prediction and evaluation of the test split: the median over evaluated runs of the dataset."""
-        for _, root in self.roots:
-            if root.is_dir():
-                rest = [r["info"].get("seconds", {}) for r in read_runs([root], key) if r["status"] == "evaluated"]
-                m = _median([s.get("predict", 0.0) + s.get("evaluate", 0.0) for s in rest])
-                if m is not None:
-                    return m
+        for arms, _ in (self.read(key) if runs is None else runs).values():
+            rest = [r["info"].get("seconds", {}) for r in arms if r["status"] == "evaluated"]
+            m = _median([s.get("predict", 0.0) + s.get("evaluate", 0.0) for s in rest])
+            if m is not None:
+                return m
         return 0.0
 
     def estimate(self, key: str, arm: str, num_epochs: int, save_every: int, completed: int = 0,
                  pretrain: Optional[str] = None, pretrain_epochs: int = 0, pretrain_completed: int = 0,
-                 pretrain_save_every: int = 5) -> Estimate:
+                 pretrain_save_every: int = 5, runs: Optional[Runs] = None) -> Estimate:
         """Seconds a run still needs: ``completed`` epochs of it are logged; ``pretrain``: the method whose
         pre-training has to run first (``pretrain_completed`` of its ``pretrain_epochs`` logged)."""
-        per_epoch, how = self.epoch_seconds(key, arm)
+        runs = self.read(key) if runs is None else runs
+        per_epoch, how = self.epoch_seconds(key, arm, runs)
         if per_epoch is None:
             return Estimate(None, how)
         left = num_epochs - resume_epoch(completed, save_every)
-        total = (left + _FINAL_VALIDATION_EPOCHS) * per_epoch + self.overhead_seconds(key)
+        total = (left + _FINAL_VALIDATION_EPOCHS) * per_epoch + self.overhead_seconds(key, runs)
         parts = [f"{left} epochs x {per_epoch:.0f} s ({how})"]
         if pretrain:
-            pre_epoch, pre_how = self.epoch_seconds(key, "pretrain:" + pretrain)
+            pre_epoch, pre_how = self.epoch_seconds(key, "pretrain:" + pretrain, runs)
             if pre_epoch is None:
                 return Estimate(None, f"pre-training {pretrain}: {pre_how}")
             pre_left = pretrain_epochs - resume_epoch(pretrain_completed, pretrain_save_every)
@@ -125,7 +129,6 @@ class Pace:
             return Estimate(total + pre_total, "; ".join(parts), pre_total)
         return Estimate(total, "; ".join(parts))
 
-
     def estimate_run(self, key: str, arm: str, budget: int, seed: int, schedule: Dict[str, int],
                      pretrain: Optional[str] = None, pretrain_settings: str = "",
                      pretrain_schedule: Optional[Dict[str, int]] = None) -> Estimate:
@@ -133,14 +136,15 @@ class Pace:
         the pre-training counts unless the work directory finished it or the record holds its weights of
         ``pretrain_settings``. ``schedule``: ``num_epochs`` and ``save_every`` (nnU-Net's 1000 and 50 if absent)."""
         num_epochs, save_every = schedule.get("num_epochs", 1000), schedule.get("save_every", 50)
+        runs = self.read(key)
+        here_runs, here_pres = runs.get(self.roots[0][0], ([], []))  # the work directory's
         completed = 0
-        if self.work.is_dir():
-            for r in read_runs([self.work], key):
-                if (r["arm"], r["budget"], r["seed"]) == (arm, budget, seed):
-                    completed = num_epochs if r["status"] != "training" else len(r["curves"].get("train_loss", []))
+        for r in here_runs:
+            if (r["arm"], r["budget"], r["seed"]) == (arm, budget, seed):
+                completed = num_epochs if r["status"] != "training" else len(r["curves"].get("train_loss", []))
         pre_args = {}
         if pretrain:
-            pres = {p["method"]: p for p in read_pretrainings([self.work], key)} if self.work.is_dir() else {}
+            pres = {p["method"]: p for p in here_pres}
             done = (pretrain in pres and pres[pretrain]["finished"]) or \
                 recorded_weights(self.record, Path(key) / "pretrain" / pretrain, pretrain_settings) is not None
             if not done:
@@ -149,7 +153,7 @@ class Pace:
                                 pretrain_save_every=pschedule.get("save_every", 5),
                                 pretrain_completed=len(pres[pretrain]["curves"].get("train_loss", []))
                                 if pretrain in pres else 0)
-        return self.estimate(key, arm, num_epochs, save_every, completed, **pre_args)
+        return self.estimate(key, arm, num_epochs, save_every, completed, runs=runs, **pre_args)
 
 
 def parse_deadline(text: str, now: Optional[float] = None) -> float:
