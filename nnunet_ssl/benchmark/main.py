@@ -227,7 +227,7 @@ def main(argv=None) -> int:
                  if est is not None and est.seconds is not None else ""))
     if args.dry_run:
         return 0
-    if args.deadline is not None and args.stage != "report":  # checked again before each run starts
+    if args.deadline is not None and args.stage != "report" and todo:  # checked again before each run starts
         todo = [r for r in todo if deadline_decision(pace, args, specs, r)]
         if not todo:
             bc.log("nothing started: no run can finish before --deadline")

@@ -8,7 +8,9 @@ recorded weights) + the epochs its training still has to do (a stopped run conti
 Seconds per epoch, first found wins: the median epoch time of the same dataset and arm (pre-training: method) in
 the work directory's logs (this machine), then in the record's (the machine that recorded them); else another arm
 of the dataset scaled by :data:`EPOCH_COST` (seconds per epoch relative to stock nnU-Net's). No epoch time of the
-dataset anywhere: unknown (``None``), and the driver runs it.
+dataset anywhere: unknown (``None``), and the driver runs it. The record's times come from other machines: when this
+machine has run something that the record also holds from elsewhere (same dataset, same kind: fine-tuning or
+pre-training), they are scaled by this machine's speed against the record's (:meth:`Pace.speed_factor`).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from nnunet_ssl.benchmark.datasets import DATASETS
 from nnunet_ssl.benchmark.record import recorded_weights
 from nnunet_ssl.benchmark.run_logs import read_pretrainings, read_runs
 
@@ -73,29 +76,67 @@ class Pace:
                 for source, root in self.roots if root.is_dir()}
 
     @staticmethod
-    def _epoch_times(runs: Runs) -> List[tuple]:
-        """(source, name, median epoch seconds) per arm and per pre-training (``pretrain:<method>``)."""
-        merged: Dict[tuple, List[float]] = {}
+    def _epoch_lists(runs: Runs) -> Dict[tuple, List[List[float]]]:
+        """(source, name) -> the epoch times of each of its runs; name: the arm, or ``pretrain:<method>``."""
+        lists: Dict[tuple, List[List[float]]] = {}
         for source, (arms, pres) in runs.items():
-            for r in arms:
-                merged.setdefault((source, r["arm"]), []).extend(r["curves"].get("epoch_time", []))
-            for p in pres:
-                merged.setdefault((source, "pretrain:" + p["method"]), []).extend(p["curves"].get("epoch_time", []))
-        return [(s, n, m) for (s, n), t in merged.items() if (m := _median(t)) is not None]
+            for name, curves in [(r["arm"], r["curves"]) for r in arms] + \
+                    [("pretrain:" + p["method"], p["curves"]) for p in pres]:
+                lists.setdefault((source, name), []).append([t for t in curves.get("epoch_time", []) if t == t])
+        return lists
+
+    @classmethod
+    def _epoch_times(cls, runs: Runs) -> List[tuple]:
+        """(source, name, median epoch seconds) per arm and per pre-training (``pretrain:<method>``)."""
+        return [(s, n, m) for (s, n), ts in cls._epoch_lists(runs).items()
+                if (m := _median([t for times in ts for t in times])) is not None]
+
+    def speed_factor(self, keys) -> tuple:
+        """(this machine's epoch time / the record's, where from) over the datasets ``keys``, or (None, ""): the
+        median ratio over pairs of an arm this machine ran and one the record holds from another machine (a
+        recorded run with the same epoch times as one of this work directory is a copy of it and does not count),
+        of the same dataset and kind (fine-tuning or pre-training), each normalised by :data:`EPOCH_COST`."""
+        if len(self.roots) < 2:
+            return None, ""
+        here_name, record_name = self.roots[0][0], self.roots[1][0]
+        ratios, where = [], set()
+        for key in keys:
+            lists = self._epoch_lists(self.read(key))
+            here = {n: ts for (s, n), ts in lists.items() if s == here_name}
+            copies = [t for ts in here.values() for t in ts]
+            for (s, m), ts in lists.items():
+                if s != record_name or m not in EPOCH_COST:
+                    continue
+                rec = _median([t for times in ts if times not in copies for t in times])
+                for n, hts in here.items():
+                    mine = _median([t for times in hts for t in times])
+                    if rec and mine and n in EPOCH_COST and n.startswith("pretrain:") == m.startswith("pretrain:"):
+                        ratios.append((mine / EPOCH_COST[n]) / (rec / EPOCH_COST[m]))
+                        where.add(key)
+        factor = _median(ratios)
+        return (factor, f"this machine's speed against the record's on {', '.join(sorted(where))}") \
+            if factor else (None, "")
 
     def epoch_seconds(self, key: str, name: str, runs: Optional[Runs] = None) -> tuple:
         """(seconds per epoch or None, where from) of arm ``name`` (or ``pretrain:<method>``) on dataset ``key``."""
         known = self._epoch_times(self.read(key) if runs is None else runs)
-        for source, _ in self.roots:
+        for i, (source, _) in enumerate(self.roots):
+            found = None
             same = [m for s, n, m in known if s == source and n == name]
-            if same:
-                return same[0], f"{name}'s median epoch on {source}"
             other = [(n, m) for s, n, m in known if s == source and n in EPOCH_COST]
-            if other and name in EPOCH_COST:
+            if same:
+                found = same[0], f"{name}'s median epoch on {source}"
+            elif other and name in EPOCH_COST:
                 kind = name.startswith("pretrain:")  # the same kind (fine-tuning / pre-training) first, scratch first
                 n, m = sorted(other, key=lambda nm: (nm[0].startswith("pretrain:") != kind, nm[0] != "scratch"))[0]
-                return m * EPOCH_COST[name] / EPOCH_COST[n], \
+                found = m * EPOCH_COST[name] / EPOCH_COST[n], \
                     f"{n}'s median epoch on {source} x {EPOCH_COST[name] / EPOCH_COST[n]:.1f}"
+            if found is not None and i > 0:  # the record's pace: scaled to this machine's where known
+                factor, how = self.speed_factor([k for k in DATASETS if k != key])
+                if factor is not None:
+                    found = found[0] * factor, f"{found[1]} x {factor:.2f} ({how})"
+            if found is not None:
+                return found
         return None, "no epoch time of this dataset yet"
 
     def overhead_seconds(self, key: str, runs: Optional[Runs] = None) -> float:

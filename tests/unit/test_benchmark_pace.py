@@ -130,6 +130,9 @@ def test_driver_deadline_starts_nothing_that_cannot_finish(tmp_path):
     assert not (work / "hippocampus" / "arms").exists()
     bad = _driver(work, record, "--deadline", "soon")
     assert bad.returncode == 2 and "--deadline 'soon'" in bad.stderr
+    _run(record, "scratch", "nnUNetTrainer_schedule", 1, 50, 100.0)  # every run recorded: nothing to do, said so
+    done = _driver(work, record, "--deadline", "+30")
+    assert done.returncode == 0 and "nothing to do" in done.stdout and "nothing started" not in done.stdout
 
 
 def test_queue_runs_deadline_pass_then_the_rest(tmp_path):
@@ -171,3 +174,25 @@ def test_deadline_decision_runs_a_pretraining_alone_when_only_it_fits(tmp_path):
     assert decide(200) == "run"
     assert decide(90) == "pretrain"
     assert decide(30) == ""
+
+
+def test_record_pace_is_scaled_by_this_machines_speed(tmp_path):
+    """The record's epoch times come from other machines: where this machine ran an arm of another dataset that the
+    record holds from elsewhere, the record's times are scaled by the ratio; a recorded copy of this machine's own
+    run (the same epoch times) is no measure of speed and does not count."""
+    work, record = tmp_path / "work", tmp_path / "record"
+    _run(record, "scratch", "nnUNetTrainer_schedule", 0, 50, 100.0)  # hippocampus, on the old machine
+    pace = Pace(work, record)
+    assert pace.epoch_seconds("hippocampus", "scratch")[0] == 100.0  # nothing to compare with yet
+    _run(record, "scratch", "nnUNetTrainer_schedule", 0, 50, 60.0, key="acdc", cfg="2d")  # old machine
+    _run(work, "ideal", "SSLFinetuneTrainer", 0, 50, 30.0, key="acdc", cfg="2d")  # this machine: twice as fast
+    _run(record, "ideal", "SSLFinetuneTrainer", 0, 50, 30.0, key="acdc", cfg="2d")  # its copy in the record
+    s, how = pace.epoch_seconds("hippocampus", "scratch")
+    assert s == pytest.approx(50.0) and "x 0.50" in how and "acdc" in how
+    s, _ = pace.epoch_seconds("hippocampus", "ideal-semi")  # scaled from the record's scratch, then by speed
+    assert s == pytest.approx(100.0 * EPOCH_COST["ideal-semi"] * 0.5)
+    # pre-trainings are compared with pre-trainings only: none on both sides here, so the same 0.5 applies
+    assert pace.speed_factor(["acdc"])[0] == pytest.approx(0.5)
+    # this machine's own epochs of the dataset still win
+    _run(work, "scratch", "nnUNetTrainer_schedule", 1, 50, 70.0)
+    assert pace.epoch_seconds("hippocampus", "scratch")[0] == 70.0
