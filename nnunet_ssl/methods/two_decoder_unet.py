@@ -8,9 +8,10 @@ predictions supervise each other on unlabeled data.
 
 * ``encoder`` and ``decoder`` are that network's own modules, so the state dict keeps its names (``encoder.*``,
   ``decoder.*``, with nnU-Net's ``decoder.encoder.*`` aliases) and pre-trained weights load by name;
-* ``decoder_b`` (:class:`InterpolationDecoder`) upsamples by linear interpolation (bilinear in 2d, trilinear in 3d)
-  followed by a conv-norm-nonlin block, where ``decoder`` uses transposed convolutions; same stage widths, kernel
-  sizes, norm and nonlinearity. It receives the encoder's skips as input and does not hold the encoder, so there
+* ``decoder_b`` (:class:`InterpolationDecoder`) upsamples by a 1x1 convolution at the lower resolution followed by
+  linear interpolation (bilinear in 2d, trilinear in 3d), where ``decoder`` uses transposed convolutions; same
+  stage widths, kernel sizes, norm and nonlinearity. (The usual interpolation decoder of two-decoder
+  semi-supervised segmentation networks; a 3x3 convolution after the interpolation instead cost 1.5x decoder A.) It receives the encoder's skips as input and does not hold the encoder, so there
   are no ``decoder_b.encoder.*`` keys;
 * ``decoder_b`` follows ``decoder.deep_supervision`` (the flag nnU-Net's ``set_deep_supervision_enabled`` sets).
 
@@ -35,7 +36,7 @@ Outputs = Union[torch.Tensor, List[torch.Tensor]]
 
 
 class InterpolationDecoder(nn.Module):
-    """U-Net decoder that upsamples by interpolation + conv (no transposed convolutions).
+    """U-Net decoder that upsamples by a 1x1 conv + interpolation (no transposed convolutions).
 
     Built from an nnU-Net encoder's hyperparameters (``output_channels``, ``kernel_sizes``, ``conv_op``, norm,
     dropout, nonlinearity); the encoder itself is not stored. ``forward(skips)`` takes the encoder's output list
@@ -45,8 +46,7 @@ class InterpolationDecoder(nn.Module):
     def __init__(self, encoder: nn.Module, num_classes: int, n_conv_per_stage: Union[int, Sequence[int]] = 2,
                  deep_supervision: bool = False):
         super().__init__()
-        from dynamic_network_architectures.building_blocks.simple_conv_blocks import (ConvDropoutNormReLU,
-                                                                                      StackedConvBlocks)
+        from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
         channels = list(encoder.output_channels)
         n_stages = len(channels) - 1
         if isinstance(n_conv_per_stage, int):
@@ -65,7 +65,7 @@ class InterpolationDecoder(nn.Module):
         for s in range(1, n_stages + 1):
             below, skip = channels[-s], channels[-(s + 1)]
             kernel = encoder.kernel_sizes[-(s + 1)]
-            upconvs.append(ConvDropoutNormReLU(conv_op, below, skip, kernel, 1, **common))
+            upconvs.append(conv_op(below, skip, 1, 1, 0, bias=encoder.conv_bias))  # at the lower resolution
             stages.append(StackedConvBlocks(n_conv_per_stage[s - 1], conv_op, 2 * skip, skip, kernel, 1, **common))
             seg_layers.append(conv_op(skip, num_classes, 1, 1, 0, bias=True))
         self.upconvs = nn.ModuleList(upconvs)
@@ -78,8 +78,7 @@ class InterpolationDecoder(nn.Module):
         last = len(self.stages) - 1
         for s in range(len(self.stages)):
             skip = skips[-(s + 2)]
-            x = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
-            x = self.upconvs[s](x)
+            x = F.interpolate(self.upconvs[s](x), size=skip.shape[2:], mode=self.mode, align_corners=False)
             x = self.stages[s](torch.cat((x, skip), 1))
             if self.deep_supervision or s == last:
                 seg_outputs.append(self.seg_layers[s](x))

@@ -50,6 +50,7 @@ def test_state_dict_keys_and_loading_by_name():
         assert any(k.startswith(prefix) for k in keys), prefix
     assert not any(k.startswith("decoder_b.encoder.") for k in keys)
     assert not any(isinstance(m, (nn.ConvTranspose2d, nn.ConvTranspose3d)) for m in net.decoder_b.modules())
+    assert all(isinstance(c, nn.Conv3d) and c.kernel_size == (1, 1, 1) for c in net.decoder_b.upconvs)  # cheap
     assert any(isinstance(m, nn.ConvTranspose3d) for m in net.decoder.modules())
 
     plain = get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
