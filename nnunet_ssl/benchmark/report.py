@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -103,31 +104,44 @@ def pretraining_table(pres: List[dict]) -> List[str]:
     for p in pres:
         c = p["curves"]
         rel, flat = st.loss_flattened(c.get("val_loss", []))
-        secs = p["info"].get("seconds")
+        secs = _training_seconds(c)
         rows.append([p["method"], p["trainer"], "finished" if p["finished"] else "running",
                      len(c.get("train_loss", [])), _f(c["train_loss"][-1] if c.get("train_loss") else None, 4),
                      _f(c["val_loss"][-1] if c.get("val_loss") else None, 4), _f(rel), "yes" if flat else "no",
                      "-" if secs is None else bc.fmt_duration(secs), _median_epoch([c])])
     return _table(["method", "trainer", "status", "epochs", "last train loss", "last val loss",
-                   "EMA val loss change, last fifth / whole range", "flattened", "time", "median epoch"], rows)
+                   "EMA val loss change, last fifth / whole range", "flattened", "time (epochs x median epoch)",
+                   "median epoch"], rows)
+
+
+def _epoch_times(curves: List[Dict[str, List[float]]]) -> List[float]:
+    return sorted(t for c in curves for t in c.get("epoch_time", []) if t == t)
 
 
 def _median_epoch(curves: List[Dict[str, List[float]]]) -> str:
     """The median of nnU-Net's epoch times over the given runs' logs: the machine's pace, which (unlike the wall
     clock) a paused or crowded stretch of a run barely moves."""
-    times = sorted(t for c in curves for t in c.get("epoch_time", []) if t == t)
+    times = _epoch_times(curves)
     return bc.fmt_duration(times[len(times) // 2]) if times else "-"
 
 
+def _training_seconds(curves: Dict[str, List[float]]) -> Optional[float]:
+    """A training's cost at the machine's undisturbed pace: its epochs x the median of their times. The wall clock
+    of the driver's commands misses the part of a run that a stopped session interrupted (it is recorded only when
+    the command returns) and includes pauses and other work of the machine."""
+    times = _epoch_times([curves])
+    return len(times) * times[len(times) // 2] if times else None
+
+
 def cost_lines(runs: List[dict], pres: List[dict]) -> List[str]:
-    pre = sum(float(p["info"].get("seconds", 0.0)) for p in pres)
+    pre = sum(_training_seconds(p["curves"]) or 0.0 for p in pres)
     total, rows = pre, []
     for arm in sorted({r["arm"] for r in runs}, key=_order):
         done = [r for r in runs if r["arm"] == arm and r["status"] == "evaluated"]
         if not done:
             continue
         secs = [r["info"].get("seconds", {}) for r in done]
-        train = sorted(s.get("train", 0.0) for s in secs)
+        train = sorted(_training_seconds(r["curves"]) or 0.0 for r in done)
         rest = [s.get("predict", 0.0) + s.get("evaluate", 0.0) for s in secs]
         total += sum(train) + sum(rest)
         rows.append([arm, len(secs), bc.fmt_duration(train[len(train) // 2]),
@@ -135,21 +149,24 @@ def cost_lines(runs: List[dict], pres: List[dict]) -> List[str]:
                      bc.fmt_duration(sum(train) + sum(rest))])
     return _table(["arm", "evaluated runs", "training per run (median)", "median epoch",
                    "prediction + evaluation per run", "total"], rows) + [
-        "", f"Pre-training: {bc.fmt_duration(pre)}; all finished work of this dataset: {bc.fmt_duration(total)} (wall "
-            f"clock of the nnU-Net commands, with any pause or other work of the machine meanwhile; the median epoch "
-            f"of nnU-Net's log is the machine's undisturbed pace)."]
+        "", f"Pre-training: {bc.fmt_duration(pre)}; all finished work of this dataset: {bc.fmt_duration(total)}. "
+            f"Training = its epochs x the median of their times in nnU-Net's logs (the machine's undisturbed pace: "
+            f"pauses, other work of the machine and epochs repeated after an interrupted session do not count); "
+            f"prediction + evaluation = wall clock of those commands."]
 
 
-def example_commands(work: Path, key: str) -> List[str]:
-    """One pre-training and one scratch run's stock commands of ``commands.sh`` (the latest start of each: an
-    earlier start with other settings may precede it)."""
-    path = work / "commands.sh"
-    if not path.is_file():
-        return []
-    cmds = path.read_text().splitlines()
+def _results_of(command: str) -> str:
+    m = re.search(r"nnUNet_results=(\S+)", command)
+    return m.group(1) if m else ""
+
+
+def example_commands(files: List[Path], key: str) -> List[str]:
+    """One pre-training and one scratch run's stock commands, from the ``commands.sh`` files given (the work dir's
+    and the record's; the latest start of each: an earlier start with other settings may precede it)."""
+    cmds = list(dict.fromkeys(c for f in files if f.is_file() for c in f.read_text().splitlines()))
     picks = []
-    for marker in (f"/{key}/pretrain/", f"/{key}/arms/scratch/"):
-        hits = [c for c in cmds if marker in c and "nnUNetv2_train" in c]
+    for part in ("pretrain", "arms/scratch"):  # by where the command writes: fine-tunings name a pre-training too
+        hits = [c for c in cmds if "nnUNetv2_train" in c and f"/{key}/{part}/" in _results_of(c)]
         starts = [c for c in hits if not c.rstrip().endswith("--c")] or hits
         if starts:
             picks.append(starts[-1])
@@ -223,8 +240,8 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
         lines += ["", "### Convergence of fine-tuning", "",
                   f"Pseudo Dice = nnU-Net's per-epoch Dice on validation patches of the validation "
                   f"{ds.group_word}s ({len(split.get('val_groups', []))}; never used for any choice); EMA = "
-                  f"nnU-Net's ema_fg_dice (momentum {st.EMA_MOMENTUM}). Converged: the mean pseudo Dice of the last fifth "
-                  f"of the epochs is less than {st.DICE_RISE_TOL} above that of the best earlier fifth (no new high "
+                  f"nnU-Net's ema_fg_dice (momentum {st.EMA_MOMENTUM}). Converged: the mean pseudo Dice of the last "
+                  f"fifth of the epochs is less than {st.DICE_RISE_TOL} above that of the best earlier fifth (no new high "
                   f"beyond the plateau reached before).", ""]
         lines += convergence_table(runs[k])
         if plots.convergence_plot([r for r in runs[k] if r["arm"] == "scratch"], out / f"{stem}_{k}_convergence.png"):
@@ -236,7 +253,7 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
         if plots.pretraining_plot(pres[k], out / f"{stem}_{k}_pretraining.png"):
             lines += ["", f"![pre-training losses, {k}]({stem}_{k}_pretraining.png)"]
         lines += ["", "### Cost", ""] + cost_lines(runs[k], pres[k])
-        example = example_commands(work, k) or example_commands(record, k)
+        example = example_commands([work / "commands.sh", record / "commands.sh"], k)
         if example:
             lines += ["", f"Stock commands of one pre-training and one scratch run (all of them, with their "
                           f"environment: `{work / 'commands.sh'}`, `{_shown(record / 'commands.sh')}`):", ""] + example

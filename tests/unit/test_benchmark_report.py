@@ -279,8 +279,13 @@ def fake_work(tmp_path):
     folder = pre / "nnUNet_results" / "Dataset402_X" / "MAETrainer__nnUNetPlans__3d_fullres" / "fold_all"
     _write_log(folder, 100, val=lambda e: 1 / (1 + e), epoch_time=lambda e: 5.0 + e % 3)
     (folder / "checkpoint_final.pth").write_bytes(b"")
-    (pre / "run.json").write_text(json.dumps({"seconds": 600.0}))
-    (work / "commands.sh").write_text(f"nnUNet_results={pre}/nnUNet_results nnUNetv2_train X\n")
+    (pre / "run.json").write_text(json.dumps({"seconds": 60.0}))  # wall clock of the last, continuing, command only
+    (work / "commands.sh").write_text(  # a fine-tuning that names the pre-training comes after it
+        f"nnUNet_results={pre}/nnUNet_results nnUNetv2_train X\n"
+        f"nnUNet_results={hip}/arms/mae/nnUNet_results NNUNET_SSL_PRETRAINED={pre}/c.pth nnUNetv2_train Y\n")
+    (tmp_path / "record").mkdir()  # the scratch runs' commands are in the record (run on another machine)
+    (tmp_path / "record" / "commands.sh").write_text(
+        f"nnUNet_results={hip}/arms/scratch/nnUNet_results nnUNetv2_train Z\n")
     return work
 
 
@@ -288,7 +293,7 @@ def test_report_from_work_dir(fake_work, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "low_label_cpu_acdc_dice.png").write_bytes(b"a plot of runs that were set aside")
-    md = rp.build_report(fake_work, "cpu", out, command="python bench.py --profile cpu")
+    md = rp.build_report(fake_work, "cpu", out, command="python bench.py --profile cpu", record=tmp_path / "record")
     text = md.read_text()
     assert not (out / "low_label_cpu_acdc_dice.png").exists()  # no ACDC run: no stale ACDC plot left
     for name in ("low_label_cpu_per_case.csv", "low_label_cpu_hippocampus_dice.png",
@@ -303,8 +308,11 @@ def test_report_from_work_dir(fake_work, tmp_path):
     assert "| 1 | scratch | 0 | evaluated | 50 | 0.800 | 0.795 | 0.800 -> 0.800 | +0.000 | yes |" in text
     assert "| 2 | scratch | 0 | training | 0 | - | - | - | - | (running) |" in text  # not judged while training
     assert "| mae | MAETrainer | finished | 100 |" in text and "| yes | 10m00s | 6s |" in text
-    assert "| scratch | 2 | 1m40s | 31s | 12s | 3m44s |" in text  # median epoch over both seeds, pause ignored
-    assert "python bench.py --profile cpu --stage report" in text and "nnUNetv2_train X" in text
+    # training = epochs x median epoch (50 x 30 s, 50 x 31 s; the paused epoch and the wall clock of 100 s ignored)
+    assert "| scratch | 2 | 25m50s | 31s | 12s | 51m14s |" in text
+    assert "Pre-training: 10m00s;" in text  # 100 epochs x 6 s, not the 60 s of wall clock in run.json
+    assert "python bench.py --profile cpu --stage report" in text
+    assert "nnUNetv2_train X" in text and "nnUNetv2_train Z" in text and "nnUNetv2_train Y" not in text
     with open(out / "low_label_cpu_per_case.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 2 * 3 * 2 and {r["class_name"] for r in rows} == {"Anterior", "Posterior"}
