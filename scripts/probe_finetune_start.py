@@ -22,7 +22,6 @@ Uses ``nnUNet_preprocessed``; CPU is enough (one forward/backward per checkpoint
 import argparse
 import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,24 +31,15 @@ from nnunet_ssl.benchmark import common as bc  # noqa: E402
 
 
 def parse_args(argv=None):
+    from nnunet_ssl.weights.plans_network import add_probe_arguments, checkpoint_pairs
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-d", "--dataset", required=True, help="downstream dataset name or id (preprocessed)")
-    p.add_argument("-p", "--plans", default="nnUNetPlans")
-    p.add_argument("-c", "--configuration", default="3d_fullres")
-    p.add_argument("checkpoints", nargs="+", metavar="NAME=PATH", help="pre-trained checkpoints to probe")
-    p.add_argument("--encoder-only", action="store_true", help="transfer the encoder only (load_decoder=False)")
+    add_probe_arguments(p, "pre-trained checkpoints to probe")
     p.add_argument("--reinit-encoder-stages", type=int, default=0, metavar="N",
                    help="keep the first N encoder stages at their initialisation (the fine-tuning setting)")
     p.add_argument("--cases", type=int, default=4, help="training cases in the batch (default 4)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    pairs = []
-    for item in args.checkpoints:
-        name, sep, path = item.partition("=")
-        if not sep or not Path(path).is_file():
-            p.error(f"{item!r}: expected NAME=PATH of an existing checkpoint file")
-        pairs.append((name, path))
-    args.checkpoints = pairs
+    args.checkpoints = checkpoint_pairs(p, args.checkpoints)
     return args
 
 
@@ -106,40 +96,23 @@ def main(argv=None):
     args = parse_args(argv)
     from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
     from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunet_ssl.weights.checkpoint import load_checkpoint_file
-    from nnunet_ssl.weights.transfer import transfer_weights
+    from nnunet_ssl.weights.plans_network import PreprocessedDataset, network_from_checkpoint
 
-    name = maybe_convert_to_dataset_name(args.dataset)
-    root = Path(os.environ["nnUNet_preprocessed"]) / name
-    plans = PlansManager(bc.load_json(root / f"{args.plans}.json"))
-    dataset_json = bc.load_json(root / "dataset.json")
-    cm = plans.get_configuration(args.configuration)
-    lm = plans.get_label_manager(dataset_json)
+    ds = PreprocessedDataset(args.dataset, args.plans, args.configuration)
+    name, cm, lm = ds.name, ds.cm, ds.lm
     if lm.has_regions:
         sys.exit("region-based datasets are not supported by this probe")
-    x, y = load_batch(str(root / cm.data_identifier), cm.patch_size, args.cases)
+    x, y = load_batch(str(ds.data_folder), cm.patch_size, args.cases)
     loss_fn = DC_and_CE_loss({"batch_dice": cm.batch_dice, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
                              weight_ce=1, weight_dice=1, ignore_label=lm.ignore_label,
                              dice_class=MemoryEfficientSoftDiceLoss)
-    n_in = determine_num_input_channels(plans, cm, dataset_json)
-
-    def network():
-        torch.manual_seed(args.seed)
-        return get_network_from_plans(cm.network_arch_class_name, cm.network_arch_init_kwargs,
-                                      cm.network_arch_init_kwargs_req_import, n_in, lm.num_segmentation_heads,
-                                      deep_supervision=False)
 
     print(f"{name} {args.plans} {args.configuration}: {x.shape[0]} training cases, patch {list(cm.patch_size)}, "
           f"nnU-Net's Dice + CE at full resolution; transfer: {'encoder only' if args.encoder_only else 'all but the output layer'}")
-    rows = [("random init", probe(network(), x, y, loss_fn))]
+    rows = [("random init", probe(ds.network(args.seed), x, y, loss_fn))]
     for label, path in args.checkpoints:
-        net = network()
-        transfer_weights(net, load_checkpoint_file(path, map_location="cpu"), load_decoder=not args.encoder_only,
-                         reinit_encoder_stages=args.reinit_encoder_stages)
+        net = network_from_checkpoint(ds, path, args.seed, load_decoder=not args.encoder_only,
+                                      reinit_encoder_stages=args.reinit_encoder_stages)
         rows.append((label, probe(net, x, y, loss_fn)))
     ref = rows[0][1]["encoder"]
     print("\n| start | loss | grad encoder | vs random | grad decoder | grad output layer | last decoder features > 0 "

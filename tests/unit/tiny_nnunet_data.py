@@ -85,7 +85,7 @@ DATASET_JSON = {
 }
 
 
-def _write_case(folder, name, rng, shape=(20, 20, 20), labeled=True, patch=(16, 16, 16)):
+def _write_case(folder, name, rng, shape=(20, 20, 20), labeled=True, patch=(16, 16, 16), image_shows_labels=False):
     from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
     data = rng.randn(1, *shape).astype(np.float32)
     seg = np.zeros((1, *shape), dtype=np.int16)
@@ -97,6 +97,8 @@ def _write_case(folder, name, rng, shape=(20, 20, 20), labeled=True, patch=(16, 
         for lab in (1, 2):
             idx = np.argwhere(seg == lab)
             locations[lab] = idx[:20]
+        if image_shows_labels:  # the classes are brighter than the background (else the image is pure noise)
+            data[0] += 4.0 * seg[0]
     props = {"spacing": [1.0, 1.0, 1.0], "shape_before_cropping": shape, "shape_after_cropping_and_before_resampling":
              shape, "class_locations": locations, "bbox_used_for_cropping": [[0, s] for s in shape]}
     blocks, chunks = comp_blosc2_params(data.shape, patch, data.itemsize)
@@ -106,7 +108,7 @@ def _write_case(folder, name, rng, shape=(20, 20, 20), labeled=True, patch=(16, 
 
 
 def write_tiny_dataset(preprocessed_root, dataset_name="Dataset950_Fake", n_cases=10, n_val=2, labeled=True,
-                       plans=None, seed=0, case_prefix="case", with_splits=True):
+                       plans=None, seed=0, case_prefix="case", with_splits=True, image_shows_labels=False):
     """A preprocessed dataset (plans, dataset.json, splits_final.json, blosc2 cases). Returns (plans, dataset_json,
     train_keys, val_keys)."""
     folder = os.path.join(str(preprocessed_root), dataset_name)
@@ -117,7 +119,7 @@ def write_tiny_dataset(preprocessed_root, dataset_name="Dataset950_Fake", n_case
     rng = np.random.RandomState(seed)
     keys = [f"{case_prefix}_{i:03d}" for i in range(n_cases)]
     for k in keys:
-        _write_case(data_folder, k, rng, labeled=labeled)
+        _write_case(data_folder, k, rng, labeled=labeled, image_shows_labels=image_shows_labels)
     dataset_json = dict(DATASET_JSON, numTraining=n_cases)
     if not labeled:
         dataset_json = dict(dataset_json, labels={"background": 0}, nnunet_ssl={"unlabeled": True})
