@@ -19,7 +19,9 @@
   schedule: ``warmup_duration_whole_net`` epochs (default 50 of 1000, scaled down for short runs);
 * optionally the decoder warms up alone first, the encoder frozen (``warmup_duration_decoder`` epochs, default 0;
   the variant ``SSLFinetuneTrainer_decoderWarmup`` uses 100 of 1000, the same share of shorter schedules):
-  stages ``warmup_decoder`` -> ``warmup_all`` -> ``train``, each named in the log when it starts.
+  stages ``warmup_decoder`` -> ``warmup_all`` -> ``train``, each named in the log when it starts;
+* ``encoder_lr_factor=F`` (default 1.0) trains the encoder at F x the schedule's learning rate once it trains
+  (discriminative fine-tuning: a pre-trained encoder moves less from what pre-training taught it).
 
 Without ``NNUNET_SSL_PRETRAINED`` it trains from scratch with exactly the same schedule (the fair baseline);
 ``SSLScratchTrainer`` is that baseline under its own name (it refuses ``NNUNET_SSL_PRETRAINED``).
@@ -37,7 +39,7 @@ from nnunet_ssl.weights.checkpoint import atomic_file, load_checkpoint_file, loa
 from nnunet_ssl.weights.encoder_freeze import EncoderFreeze, non_encoder_parameters
 from nnunet_ssl.errors import UserInputError, exit_on_user_error
 from nnunet_ssl.data.label_budget import LABEL_BUDGET_SETTINGS
-from nnunet_ssl.weights.network_parts import unwrap
+from nnunet_ssl.weights.network_parts import encoder_parameters, unwrap
 from nnunet_ssl.settings import COMMON_SETTINGS, Setting, apply_env_settings
 from nnunet_ssl.trainer_names import PRETRAINED_ENV
 from nnunet_ssl.weights.transfer import recommended_load_decoder, transfer_weights
@@ -63,7 +65,7 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
     tunable_settings = dict(COMMON_SETTINGS, warmup_duration_whole_net=Setting(int, min=1),
                             warmup_duration_decoder=Setting(int, min=0),
                             load_decoder=bool, final_validation=bool, reinit_encoder_stages=Setting(int, min=0),
-                            **LABEL_BUDGET_SETTINGS)
+                            encoder_lr_factor=Setting(float, min=0), **LABEL_BUDGET_SETTINGS)
     STAGES = ("warmup_decoder", "warmup_all", "train")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -74,6 +76,8 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
         self.load_decoder = None  # None: as the pre-training recommends (recommended_load_decoder)
         self.reinit_encoder_stages = 0  # N > 0: the first N encoder stages keep their random initialisation
         self.warmup_duration_decoder = 0  # epochs with the encoder frozen before the whole-net warm-up
+        # the encoder's learning rate relative to nnU-Net's schedule once it trains (1.0: the same as the rest)
+        self.encoder_lr_factor = 1.0
         self._encoder_freeze = None
         self.final_validation = True  # False: skip nnU-Net's sliding-window validation of the fold (demo, benchmarks)
         self.transfer_report = None
@@ -117,6 +121,16 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
     def _sgd(self, params):
         return torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
 
+    def _sgd_whole_net(self):
+        """SGD over every parameter; with ``encoder_lr_factor`` != 1 the encoder is a second parameter group whose
+        ``lr_factor`` :meth:`on_train_epoch_start` applies after nnU-Net's scheduler set every group's rate."""
+        if self.encoder_lr_factor == 1.0:
+            return self._sgd(unwrap(self.network).parameters())
+        encoder = [p for _, p in encoder_parameters(self.network)]
+        return torch.optim.SGD([{"params": non_encoder_parameters(self.network)},
+                                {"params": encoder, "lr_factor": self.encoder_lr_factor}], self.initial_lr,
+                               weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+
     def configure_optimizers(self, stage: str = None):
         """nnU-Net's warm-up stages with the decoder-only stage in front; the learning rate of each stage comes from
         nnU-Net's schedulers, offset by the stages before it. A stage keeps its optimizer when asked again; ``train``
@@ -136,14 +150,16 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
         else:
             self._encoder_freeze.release()
             if stage == "warmup_all":
-                optimizer = self._sgd(unwrap(self.network).parameters())
+                optimizer = self._sgd_whole_net()
                 lr_scheduler = Lin_incr_offset_LRScheduler(optimizer, self.initial_lr, w, d)
                 what = "train whole net, warmup"
             else:
                 keep = self.training_stage == "warmup_all"
-                optimizer = self.optimizer if keep else self._sgd(unwrap(self.network).parameters())
+                optimizer = self.optimizer if keep else self._sgd_whole_net()
                 lr_scheduler = PolyLRScheduler_offset(optimizer, self.initial_lr, self.num_epochs, d + w)
                 what = "train whole net, default schedule"
+        if stage != "warmup_decoder" and self.encoder_lr_factor != 1.0:
+            what += f"; encoder at {self.encoder_lr_factor} x the learning rate"
         self.print_to_log_file(what)
         self.print_to_log_file(f"Initialized {stage} optimizer and lr_scheduler at epoch {self.current_epoch}")
         self.training_stage = stage
@@ -153,7 +169,9 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
     def on_train_epoch_start(self):
         # replaces nnUNetTrainer_warmup's two-stage switch
         self.optimizer, self.lr_scheduler = self.configure_optimizers(self.stage_at(self.current_epoch))
-        nnUNetTrainer.on_train_epoch_start(self)
+        nnUNetTrainer.on_train_epoch_start(self)  # steps the scheduler: every group at the schedule's rate
+        for group in self.optimizer.param_groups:
+            group["lr"] *= group.get("lr_factor", 1.0)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         if not self.final_validation:

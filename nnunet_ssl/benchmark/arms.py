@@ -48,6 +48,11 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
         route="encoder stages >= 2 + decoder; whole-net warm-up"),
     Arm("mae-reinit1", "SSLFinetuneTrainer_decoderWarmup", "mae", settings="reinit_encoder_stages=1",
         headline=False, route="encoder stages >= 1; " + _WARM),
+    # diagnostic: the IDEAL checkpoint's encoder fine-tuned at a tenth of the learning rate (discriminative
+    # fine-tuning): frozen IDEAL features probe better than random ones on held-out patients (scripts/
+    # probe_features.py), yet whole-net fine-tuning at nnU-Net's rate ended level with scratch on ACDC
+    Arm("ideal-enclr", "SSLFinetuneTrainer", "ideal", settings="encoder_lr_factor=0.1", headline=False,
+        route="encoder + decoder; encoder at 0.1 x the learning rate; whole-net warm-up"),
     # diagnostic: IDEAL's two-decoder semi-supervised fine-tuning from a random start, which separates what the
     # unlabeled pool gives during fine-tuning from what IDEAL's pre-training gives (ideal-semi = both)
     Arm("semi-scratch", "IDEALSemiSupervisedTrainer", None, uses_unlabeled=True, headline=False,

@@ -38,6 +38,11 @@ def _pretraining(root: Path, method: str, trainer: str, epochs: int, epoch_s: fl
         (folder / "checkpoint_final.pth").write_bytes(b"")
 
 
+def test_every_arm_and_pretraining_has_a_cost():
+    from nnunet_ssl.benchmark.arms import ARMS, PRETRAIN_TRAINERS
+    assert set(ARMS) | {f"pretrain:{m}" for m in PRETRAIN_TRAINERS} <= set(EPOCH_COST)
+
+
 def test_parse_deadline_forms():
     now = datetime(2026, 12, 2, 23, 0).timestamp()
     assert parse_deadline("+90", now) == now + 5400

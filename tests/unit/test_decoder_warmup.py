@@ -197,3 +197,33 @@ def test_transfer_report_console_gets_one_line_the_log_every_tensor(env, capsys)
     assert t.log_file in out
     log = open(t.log_file).read()
     assert log.count("  loaded   ") == len(report.loaded) > 10
+
+
+def test_encoder_lr_factor_scales_the_encoder_once_it_trains_and_survives_resume(env):
+    settings = "num_epochs=20,warmup_duration_decoder=2,warmup_duration_whole_net=2,encoder_lr_factor=0.1,batch_size=2"
+    t = _trainer(env, settings)
+    plain = _trainer(env, settings.replace("encoder_lr_factor=0.1", "encoder_lr_factor=1.0"))
+    encoder = {id(p) for p in t.network.encoder.parameters()}
+    for e in range(20):
+        stage, lr, opt = _epoch_start(t, e)
+        assert lr == pytest.approx(_epoch_start(plain, e)[1])  # the rest follows nnU-Net's schedule unchanged
+        groups = opt.param_groups
+        if stage == "warmup_decoder":
+            assert len(groups) == 1 and not encoder & {id(p) for p in groups[0]["params"]}
+            continue
+        assert len(groups) == 2 and {id(p) for p in groups[1]["params"]} == encoder
+        assert not encoder & {id(p) for p in groups[0]["params"]}
+        assert groups[1]["lr"] == pytest.approx(0.1 * lr) and lr > 0
+    assert len(plain.optimizer.param_groups) == 1  # factor 1: nnU-Net's single group
+    assert "encoder at 0.1 x the learning rate" in open(t.log_file).read()
+    t = _trainer(env, settings)
+    np.random.seed(0)
+    dl_tr, _ = t.get_dataloaders()
+    _epoch_start(t, 5)
+    t.train_step(next(dl_tr))
+    path = os.path.join(str(env.tmp), "ckpt_lr.pth")
+    t.save_checkpoint(path)
+    r = _trainer(env, settings)
+    r.load_checkpoint(path)
+    stage, lr, opt = _epoch_start(r, 6)
+    assert stage == "train" and opt.param_groups[1]["lr"] == pytest.approx(0.1 * lr)
