@@ -51,7 +51,10 @@ def parse_args(argv=None):
     return args
 
 
-def _batches(image: np.ndarray, two_d: bool, size: int = 2):
+SLICES_PER_INPUT = 2  # 2d networks: slices per forward pass (2 x 1536 features x 256 x 224 floats = 0.7 GB)
+
+
+def _batches(image: np.ndarray, two_d: bool, size: int = SLICES_PER_INPUT):
     """The network's inputs of one case: 2d networks get its slices (first spatial axis), in groups of ``size``."""
     x = torch.from_numpy(image)
     if not two_d:
@@ -85,7 +88,7 @@ def probe_network(net, ds, args) -> dict:
     k = ds.lm.num_segmentation_heads
     g = torch.Generator().manual_seed(args.seed)
     two_d = len(ds.cm.patch_size) == 2
-    inputs = sum(-(-image.shape[1] // 2) if two_d else 1 for _, image, _ in ds.load_cases(args.train))
+    inputs = sum(-(-image.shape[1] // SLICES_PER_INPUT) if two_d else 1 for _, image, _ in ds.load_cases(args.train))
     per_input = -(-args.per_class // inputs)
     xs, ys, voxels = [], [], torch.zeros(k, dtype=torch.long)
     for _, f, y in case_batches(net, ds, args.train, args.part):
@@ -100,8 +103,11 @@ def probe_network(net, ds, args) -> dict:
 
 def main(argv=None):
     args = parse_args(argv)
+    from nnunet_ssl.errors import UserInputError
     from nnunet_ssl.weights.plans_network import PreprocessedDataset, network_from_checkpoint
     ds = PreprocessedDataset(args.dataset, args.plans, args.configuration)
+    if ds.lm.has_regions:
+        raise UserInputError(f"{ds.name} defines regions (overlapping classes): the probe needs one label per voxel")
     label_names = {v: k for k, v in ds.dataset_json["labels"].items() if isinstance(v, int)}
     names = [label_names.get(c, str(c)) for c in ds.lm.foreground_labels]
     print(f"{ds.name} {args.plans} {args.configuration}: probe fitted on {len(args.train)} case(s) "
