@@ -53,6 +53,11 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     # probe_features.py), yet whole-net fine-tuning at nnU-Net's rate ended level with scratch on ACDC
     Arm("ideal-enclr", "SSLFinetuneTrainer", "ideal", settings="encoder_lr_factor=0.1", headline=False,
         route="encoder + decoder; encoder at 0.1 x the learning rate; whole-net warm-up"),
+    # diagnostic: IDEAL's loss trains the encoder and the first decoder stage only, so the stages the output layer
+    # sees start untrained: the decoder warms up alone on the frozen encoder (as for MAE), then the whole net
+    # trains with the encoder at 0.1x (linear-probe-then-fine-tune: a random head's gradients distort features)
+    Arm("ideal-lpft", "SSLFinetuneTrainer_decoderWarmup", "ideal", settings="encoder_lr_factor=0.1",
+        headline=False, route="encoder + decoder; decoder-only warm-up, then whole net, encoder at 0.1x"),
     # diagnostic: IDEAL's two-decoder semi-supervised fine-tuning from a random start, which separates what the
     # unlabeled pool gives during fine-tuning from what IDEAL's pre-training gives (ideal-semi = both)
     Arm("semi-scratch", "IDEALSemiSupervisedTrainer", None, uses_unlabeled=True, headline=False,
