@@ -241,8 +241,8 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
                   f"Pseudo Dice = nnU-Net's per-epoch Dice on validation patches of the validation "
                   f"{ds.group_word}s ({len(split.get('val_groups', []))}; never used for any choice); EMA = "
                   f"nnU-Net's ema_fg_dice (momentum {st.EMA_MOMENTUM}). Converged: the mean pseudo Dice of the last "
-                  f"fifth of the epochs is less than {st.DICE_RISE_TOL} above that of the best earlier fifth (no new high "
-                  f"beyond the plateau reached before).", ""]
+                  f"fifth of the epochs is less than {st.DICE_RISE_TOL} above that of the best earlier fifth (no new "
+                  f"high beyond the plateau reached before).", ""]
         lines += convergence_table(runs[k])
         if plots.convergence_plot([r for r in runs[k] if r["arm"] == "scratch"], out / f"{stem}_{k}_convergence.png"):
             lines += ["", f"![scratch pseudo Dice, {k}]({stem}_{k}_convergence.png)"]

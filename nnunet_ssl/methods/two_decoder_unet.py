@@ -11,8 +11,9 @@ predictions supervise each other on unlabeled data.
 * ``decoder_b`` (:class:`InterpolationDecoder`) upsamples by a 1x1 convolution at the lower resolution followed by
   linear interpolation (bilinear in 2d, trilinear in 3d), where ``decoder`` uses transposed convolutions; same
   stage widths, kernel sizes, norm and nonlinearity. (The usual interpolation decoder of two-decoder
-  semi-supervised segmentation networks; a 3x3 convolution after the interpolation instead cost 1.5x decoder A.) It receives the encoder's skips as input and does not hold the encoder, so there
-  are no ``decoder_b.encoder.*`` keys;
+  semi-supervised segmentation networks; a 3x3 convolution after the interpolation instead cost 1.5x decoder A.)
+  It receives the encoder's skips as input and does not hold the encoder, so there are no ``decoder_b.encoder.*``
+  keys;
 * ``decoder_b`` follows ``decoder.deep_supervision`` (the flag nnU-Net's ``set_deep_supervision_enabled`` sets).
 
 Outputs:

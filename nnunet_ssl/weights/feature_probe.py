@@ -5,8 +5,8 @@
   decoder stage's output (what nnU-Net's output layer sees); ``both``: the two concatenated.
 * :class:`LinearProbe`: softmax regression on those features, fitted (L-BFGS, L2 penalty) on class-balanced voxel
   samples of labeled images (biases then corrected to the images' class frequencies), features standardised with
-  the training sample's statistics; scored by per-case Dice on held-out images (:func:`probe_dice`, nnU-Net's convention: a class absent from both reference and
-  prediction is left out of the mean).
+  the training sample's statistics; scored by per-case Dice on held-out images (:func:`probe_dice`, nnU-Net's
+  convention: a class absent from both reference and prediction is left out of the mean).
 
 The same probe on a randomly initialised network of the same plans is the reference. Fine-tuning starts from the
 pre-trained representation and can keep what it knows; a pre-training whose features probe no better than random
