@@ -28,7 +28,7 @@ METHOD_TRAINERS = {
 TRAINER_NAMES = (
     "AlignedViewsTrainer",
     "GMIMTrainer", "GMIMTrainer_noHierarchy", "GMIMTrainer_noSiamese", "GMIMTrainer_sharedCrop",
-    "IDEALSemiSupervisedTrainer",
+    "IDEALSemiSupervisedTrainer", "IDEALSemiSupervisedTrainer_decoderWarmup",
     "IDEALTrainer", "IDEALTrainer_bottleneckOnly", "IDEALTrainer_cosineEMA", "IDEALTrainer_tau02",
     "MAETrainer",
     "PGLTrainer", "PGLTrainer_bottleneckOnly", "PGLTrainer_ema0996", "PGLTrainer_encoderOnly",

@@ -235,3 +235,14 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
             value = mean_over_ranks([o[k] for o in train_outputs if k in o])
             self.logger.log(k, value, self.current_epoch)
             self.print_to_log_file(k, np.round(value, decimals=4))
+
+
+class IDEALSemiSupervisedTrainer_decoderWarmup(IDEALSemiSupervisedTrainer):
+    """Both decoders warm up first with the shared encoder frozen (100 of 1000 epochs, the same share of shorter
+    runs), as ``SSLFinetuneTrainer_decoderWarmup``: IDEAL's pre-training leaves the later decoder stages untrained
+    and decoder B starts random, and their first full-rate gradients would otherwise distort the encoder."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.warmup_duration_decoder = 100

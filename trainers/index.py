@@ -4,7 +4,8 @@ from nnunet_ssl_trainers.finetune import (SSLFinetuneTrainer, SSLFinetuneTrainer
                                           SSLScratchTrainer)
 from nnunet_ssl_trainers.ideal import (IDEALTrainer, IDEALTrainer_bottleneckOnly,  # noqa: F401
                                        IDEALTrainer_cosineEMA, IDEALTrainer_tau02)
-from nnunet_ssl_trainers.ideal_semi import IDEALSemiSupervisedTrainer  # noqa: F401
+from nnunet_ssl_trainers.ideal_semi import (IDEALSemiSupervisedTrainer,  # noqa: F401
+                                            IDEALSemiSupervisedTrainer_decoderWarmup)
 from nnunet_ssl_trainers.masked_modeling import (GMIMTrainer, GMIMTrainer_noHierarchy,  # noqa: F401
                                                  GMIMTrainer_noSiamese, GMIMTrainer_sharedCrop, MAETrainer)
 from nnunet_ssl_trainers.pgl import (PGLTrainer, PGLTrainer_bottleneckOnly, PGLTrainer_ema0996,  # noqa: F401

@@ -424,3 +424,32 @@ def test_progress_png_shows_pseudo_dice_and_semi_supervised_curves(env, tmp_path
     stock = {k: [v, v] for k, v in values.items() if k not in trainer.curve_keys}
     local.load_checkpoint(stock)
     assert local.completed_epochs() == 0 and local.my_fantastic_logging["cps_loss"] == []
+
+
+def test_decoder_warmup_variant_freezes_the_shared_encoder_first(env):
+    from nnunet_ssl_trainers.ideal_semi import IDEALSemiSupervisedTrainer_decoderWarmup
+    env.mp.setenv("NNUNET_SSL_SETTINGS", "label_budget=3,budget_rest=unlabeled,batch_size=2,num_epochs=20,"
+                                         "consistency_rampup_epochs=0,encoder_lr_factor=0.1")
+    trainer = make_trainer(IDEALSemiSupervisedTrainer_decoderWarmup, env.plans, env.dataset_json)
+    trainer.initialize()
+    assert trainer.warmup_duration_decoder == 2  # 100 of 1000 epochs, scaled
+    np.random.seed(0)
+    dl_tr, _ = trainer.get_dataloaders()
+    trainer.network.train()
+    trainer.set_deep_supervision_enabled(True)
+    trainer.current_epoch = 0
+    trainer.on_train_epoch_start()
+    net = trainer.network
+    enc = {k: v.clone() for k, v in net.encoder.state_dict().items()}
+    dec_a, dec_b = (next(m.parameters()).clone() for m in (net.decoder.stages[-1], net.decoder_b))
+    out = trainer.train_step(next(dl_tr))
+    assert np.isfinite(out["loss"]) and np.isfinite(out["cps_loss"])
+    assert all(torch.equal(v, net.encoder.state_dict()[k]) for k, v in enc.items())  # encoder frozen
+    assert not torch.equal(dec_a, next(net.decoder.stages[-1].parameters()))  # both decoders learn
+    assert not torch.equal(dec_b, next(net.decoder_b.parameters()))
+    trainer.current_epoch = 2
+    trainer.on_train_epoch_start()
+    groups = trainer.optimizer.param_groups
+    assert trainer.training_stage == "warmup_all" and groups[1]["lr"] == pytest.approx(0.1 * groups[0]["lr"])
+    trainer.train_step(next(dl_tr))
+    assert any(not torch.equal(v, net.encoder.state_dict()[k]) for k, v in enc.items())
