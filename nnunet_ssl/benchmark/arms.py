@@ -8,8 +8,12 @@ that start:
 * MAE, GMIM and ReFs (on MAE) checkpoints carry a decoder trained to reconstruct the input, which fine-tuning does
   not transfer: the random decoder warms up alone first (``SSLFinetuneTrainer_decoderWarmup``), which removed
   their losses against scratch in earlier CPU runs;
-* PGL and IDEAL transfer encoder and decoder: ``SSLFinetuneTrainer`` (whole-net linear warm-up, then poly);
-* ``ideal-semi``: IDEAL's own two-decoder semi-supervised fine-tuning on the labeled subset plus the unlabeled pool.
+* PGL and IDEAL transfer encoder and decoder, but their losses train only the encoder and the first decoder stage:
+  the later decoder stages and the output layer start untrained, so the decoder warms up alone on the frozen
+  encoder too, and the whole net then trains with the encoder at 0.1x the learning rate (linear probe, then
+  fine-tune): a frozen-feature probe and the validation pseudo Dice chose it (docs/benchmarks.md);
+* ``ideal-semi``: IDEAL's own two-decoder semi-supervised fine-tuning on the labeled subset plus the unlabeled pool,
+  with the same decoder-first warm-up and encoder rate.
 """
 from __future__ import annotations
 
@@ -32,14 +36,16 @@ PRETRAIN_TRAINERS: Dict[str, str] = {"mae": "MAETrainer", "gmim": "GMIMTrainer",
                                      "ideal": "IDEALTrainer", "refs": "ReFsTrainer"}
 
 _WARM = "decoder-only warm-up, then whole net"
+_ENC = "encoder_lr_factor=0.1"
+_LPFT = "decoder-only warm-up, then whole net, encoder at 0.1x"
 ARMS: Dict[str, Arm] = {a.name: a for a in (
     Arm("scratch", "nnUNetTrainer_schedule", None, route="stock nnUNetTrainer from scratch"),
     Arm("mae", "SSLFinetuneTrainer_decoderWarmup", "mae", route="encoder; " + _WARM),
     Arm("gmim", "SSLFinetuneTrainer_decoderWarmup", "gmim", route="encoder; " + _WARM),
-    Arm("pgl", "SSLFinetuneTrainer", "pgl", route="encoder + decoder; whole-net warm-up"),
-    Arm("ideal", "SSLFinetuneTrainer", "ideal", route="encoder + decoder; whole-net warm-up"),
-    Arm("ideal-semi", "IDEALSemiSupervisedTrainer", "ideal", uses_unlabeled=True,
-        route="encoder + decoder; two decoders, cross pseudo supervision on the unlabeled pool"),
+    Arm("pgl", "SSLFinetuneTrainer_decoderWarmup", "pgl", settings=_ENC, route="encoder + decoder; " + _LPFT),
+    Arm("ideal", "SSLFinetuneTrainer_decoderWarmup", "ideal", settings=_ENC, route="encoder + decoder; " + _LPFT),
+    Arm("ideal-semi", "IDEALSemiSupervisedTrainer_decoderWarmup", "ideal", uses_unlabeled=True, settings=_ENC,
+        route="encoder + decoder; two decoders, cross pseudo supervision on the unlabeled pool; " + _LPFT),
     Arm("refs", "SSLFinetuneTrainer_decoderWarmup", "refs",
         route="encoder; " + _WARM + " (reference = the other dataset's labels)"),
     # diagnostics (not in the headline, not run by default): the same checkpoints with the first encoder stages
@@ -48,18 +54,15 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
         route="encoder stages >= 2 + decoder; whole-net warm-up"),
     Arm("mae-reinit1", "SSLFinetuneTrainer_decoderWarmup", "mae", settings="reinit_encoder_stages=1",
         headline=False, route="encoder stages >= 1; " + _WARM),
-    # diagnostic: the IDEAL checkpoint's encoder fine-tuned at a tenth of the learning rate (discriminative
-    # fine-tuning): frozen IDEAL features probe better than random ones on held-out patients (scripts/
-    # probe_features.py), yet whole-net fine-tuning at nnU-Net's rate ended level with scratch on ACDC
-    Arm("ideal-enclr", "SSLFinetuneTrainer", "ideal", settings="encoder_lr_factor=0.1", headline=False,
-        route="encoder + decoder; encoder at 0.1 x the learning rate; whole-net warm-up"),
-    # diagnostic: IDEAL's loss trains the encoder and the first decoder stage only, so the stages the output layer
-    # sees start untrained: the decoder warms up alone on the frozen encoder (as for MAE), then the whole net
-    # trains with the encoder at 0.1x (linear-probe-then-fine-tune: a random head's gradients distort features)
-    Arm("ideal-lpft", "SSLFinetuneTrainer_decoderWarmup", "ideal", settings="encoder_lr_factor=0.1",
-        headline=False, route="encoder + decoder; decoder-only warm-up, then whole net, encoder at 0.1x"),
+    # diagnostics of the IDEAL route: whole-net fine-tuning at nnU-Net's rate (the route until 2026-12-03: level
+    # with scratch on ACDC, and it lowered the encoder's probe on hippocampus), and only the encoder rate at 0.1x
+    Arm("ideal-wholenet", "SSLFinetuneTrainer", "ideal", headline=False,
+        route="encoder + decoder; whole-net warm-up"),
+    Arm("ideal-enclr", "SSLFinetuneTrainer", "ideal", settings=_ENC, headline=False,
+        route="encoder + decoder; whole-net warm-up, encoder at 0.1x"),
     # diagnostic: IDEAL's two-decoder semi-supervised fine-tuning from a random start, which separates what the
-    # unlabeled pool gives during fine-tuning from what IDEAL's pre-training gives (ideal-semi = both)
+    # unlabeled pool gives during fine-tuning from what IDEAL's pre-training gives (ideal-semi = both; a random
+    # encoder needs no decoder-first warm-up or lower rate)
     Arm("semi-scratch", "IDEALSemiSupervisedTrainer", None, uses_unlabeled=True, headline=False,
         route="random start; two decoders, cross pseudo supervision on the unlabeled pool"),
 )}

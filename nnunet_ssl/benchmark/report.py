@@ -239,7 +239,8 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
         lines += paired_table(paired, k, names[k])
         lines += ["", "### Convergence of fine-tuning", "",
                   f"Pseudo Dice = nnU-Net's per-epoch Dice on validation patches of the validation "
-                  f"{ds.group_word}s ({len(split.get('val_groups', []))}; never used for any choice); EMA = "
+                  f"{ds.group_word}s ({len(split.get('val_groups', []))}; they chose fine-tuning routes, never a "
+                  f"checkpoint; the test split chose nothing); EMA = "
                   f"nnU-Net's ema_fg_dice (momentum {st.EMA_MOMENTUM}). Converged: the mean pseudo Dice of the last "
                   f"fifth of the epochs is less than {st.DICE_RISE_TOL} above that of the best earlier fifth (no new "
                   f"high beyond the plateau reached before).", ""]

@@ -2,8 +2,9 @@
 
 * The test groups (cases, or patients for ACDC) are fixed by ``split_seed``; they are never pre-trained on and
   never used for any choice.
-* Validation groups: labeled, used only for nnU-Net's pseudo-Dice curve during fine-tuning (to show that a run has
-  converged), never for checkpoint selection (every arm is evaluated with ``checkpoint_final.pth``).
+* Validation groups: labeled, used for nnU-Net's pseudo-Dice curve during fine-tuning (to show that a run has
+  converged) and to compare fine-tuning routes (the pseudo Dice, ``scripts/probe_features.py``), never for
+  checkpoint selection (every arm is evaluated with ``checkpoint_final.pth``).
 * The pool is everything else. The labeled subset of budget ``b`` and seed ``s`` is the first ``b`` groups of the
   pool shuffled with seed ``s``, so the subsets of one seed are nested (budget 1 is inside budget 2).
 * ``splits_final.json`` holds one nnU-Net fold per (budget, seed): fold = ``budget_index * MAX_SEEDS + seed``,
