@@ -34,7 +34,8 @@ TRAINER_NAMES = (
     "PGLTrainer", "PGLTrainer_bottleneckOnly", "PGLTrainer_ema0996", "PGLTrainer_encoderOnly",
     "ReFsTrainer", "ReFsTrainer_GMIM", "ReFsTrainer_GMIM_cosine", "ReFsTrainer_IDEAL", "ReFsTrainer_PGL",
     "ReFsTrainer_PGL_cosine", "ReFsTrainer_cosine", "ReFsTrainer_noMatching",
-    "SSLFinetuneTrainer", "SSLFinetuneTrainer_decoderWarmup", "SSLScratchTrainer",
+    "SSLFinetuneTrainer", "SSLFinetuneTrainer_decoderWarmup", "SSLFinetuneTrainer_decoderWarmupSlowEncoder",
+    "SSLScratchTrainer",
     "nnUNetTrainer_schedule",
 )
 

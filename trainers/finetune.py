@@ -276,3 +276,14 @@ class SSLFinetuneTrainer_decoderWarmup(SSLFinetuneTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.warmup_duration_decoder = 100
+
+
+class SSLFinetuneTrainer_decoderWarmupSlowEncoder(SSLFinetuneTrainer_decoderWarmup):
+    """The route recommended for IDEAL and PGL checkpoints, whose losses train the encoder but not the decoder stages
+    the output layer sees: the decoder-first warm-up, then the whole net with the encoder at 0.1x the learning rate
+    (``encoder_lr_factor``; linear-probe-then-fine-tune, docs/benchmarks.md "What a frozen representation knows")."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.encoder_lr_factor = 0.1

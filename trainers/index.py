@@ -1,7 +1,7 @@
 """Every trainer class nnunet_ssl provides, by name. Add new trainer modules here."""
 from nnunet_ssl_trainers.aligned_views import AlignedViewsTrainer  # noqa: F401
 from nnunet_ssl_trainers.finetune import (SSLFinetuneTrainer, SSLFinetuneTrainer_decoderWarmup,  # noqa: F401
-                                          SSLScratchTrainer)
+                                          SSLFinetuneTrainer_decoderWarmupSlowEncoder, SSLScratchTrainer)
 from nnunet_ssl_trainers.ideal import (IDEALTrainer, IDEALTrainer_bottleneckOnly,  # noqa: F401
                                        IDEALTrainer_cosineEMA, IDEALTrainer_tau02)
 from nnunet_ssl_trainers.ideal_semi import (IDEALSemiSupervisedTrainer,  # noqa: F401

@@ -33,6 +33,7 @@ from nnunet_ssl.trainer_names import (FINETUNE_TRAINER, METHOD_TRAINERS, PRETRAI
 #: fine-tuning route for checkpoints whose decoder is not transferred (trained to reconstruct the input): the
 #: decoder warms up alone on the frozen encoder first (README, "Does pre-training help?", item 10)
 DECODER_WARMUP_TRAINER = FINETUNE_TRAINER + "_decoderWarmup"
+SLOW_ENCODER_TRAINER = FINETUNE_TRAINER + "_decoderWarmupSlowEncoder"
 RECONSTRUCTION_METHODS = ("mae", "gmim", "refs")
 RUNS_FOLDER = "nnunet_ssl_runs"
 RUN_INPUTS_FILE = "run_inputs.json"
@@ -42,11 +43,15 @@ _TRANSFER_DETAIL = re.compile(r"^ {2}(loaded|adapted|skipped|unused) +\S")
 
 def recommended_finetune_trainer(method: str) -> str:
     """The fine-tuning trainer the project recommends for checkpoints of ``method``: MAE, GMIM and ReFs (on MAE)
-    leave the decoder random, so they fine-tune with ``SSLFinetuneTrainer_decoderWarmup``; the others with
-    ``SSLFinetuneTrainer`` (their decoder is transferred)."""
+    leave the decoder random, so they fine-tune with ``SSLFinetuneTrainer_decoderWarmup``; IDEAL and PGL train the
+    encoder and only the first decoder stage, so their decoder warms up alone too and the encoder then trains at
+    0.1x (``SSLFinetuneTrainer_decoderWarmupSlowEncoder``); anything else with ``SSLFinetuneTrainer``."""
     name = method.lower()
-    if name in RECONSTRUCTION_METHODS or METHOD_TRAINERS.get(name, method).startswith(("MAE", "GMIM", "ReFs")):
+    trainer = METHOD_TRAINERS.get(name, method)
+    if name in RECONSTRUCTION_METHODS or trainer.startswith(("MAE", "GMIM", "ReFs")):
         return DECODER_WARMUP_TRAINER
+    if trainer.startswith(("IDEAL", "PGL")):
+        return SLOW_ENCODER_TRAINER
     return FINETUNE_TRAINER
 
 

@@ -227,3 +227,13 @@ def test_encoder_lr_factor_scales_the_encoder_once_it_trains_and_survives_resume
     r.load_checkpoint(path)
     stage, lr, opt = _epoch_start(r, 6)
     assert stage == "train" and opt.param_groups[1]["lr"] == pytest.approx(0.1 * lr)
+
+
+def test_slow_encoder_variant_is_the_decoder_warmup_with_the_encoder_at_a_tenth(env):
+    from nnunet_ssl_trainers.finetune import SSLFinetuneTrainer_decoderWarmupSlowEncoder
+    t = _trainer(env, "num_epochs=20", SSLFinetuneTrainer_decoderWarmupSlowEncoder)
+    assert (t.warmup_duration_decoder, t.encoder_lr_factor) == (2, 0.1)
+    stage, lr, opt = _epoch_start(t, 10)
+    assert stage == "train" and opt.param_groups[1]["lr"] == pytest.approx(0.1 * lr)
+    assert _trainer(env, "num_epochs=20,encoder_lr_factor=0.5", SSLFinetuneTrainer_decoderWarmupSlowEncoder
+                    ).encoder_lr_factor == 0.5  # a setting overrides the class default

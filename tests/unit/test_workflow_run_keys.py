@@ -63,7 +63,8 @@ def test_new_method_trains_new_runs_and_reports_its_own_output(fake):
     assert "PGLTrainer" in trained and "MAETrainer" in trained
     assert first["arms"]["pretrained"]["output_folder"] != second["arms"]["pretrained"]["output_folder"]
     # the pgl fine-tune started from the pgl checkpoint
-    pgl_ft = [e for n, a, e in fake.calls if n == "nnUNetv2_train" and "SSLFinetuneTrainer" in a]
+    route = workflow.recommended_finetune_trainer("pgl")
+    pgl_ft = [e for n, a, e in fake.calls if n == "nnUNetv2_train" and route in a]
     assert pgl_ft and pgl_ft[-1]["NNUNET_SSL_PRETRAINED"] == second["checkpoint"]
     assert "PGLTrainer" in second["checkpoint"]
 
@@ -118,8 +119,9 @@ def test_recommended_route():
     assert workflow.recommended_finetune_trainer("mae") == "SSLFinetuneTrainer_decoderWarmup"
     assert workflow.recommended_finetune_trainer("GMIMTrainer") == "SSLFinetuneTrainer_decoderWarmup"
     assert workflow.recommended_finetune_trainer("refs") == "SSLFinetuneTrainer_decoderWarmup"
-    assert workflow.recommended_finetune_trainer("pgl") == "SSLFinetuneTrainer"
-    assert workflow.recommended_finetune_trainer("ideal") == "SSLFinetuneTrainer"
+    assert workflow.recommended_finetune_trainer("pgl") == "SSLFinetuneTrainer_decoderWarmupSlowEncoder"
+    assert workflow.recommended_finetune_trainer("IDEALTrainer_tau02") == "SSLFinetuneTrainer_decoderWarmupSlowEncoder"
+    assert workflow.recommended_finetune_trainer("somethingElse") == "SSLFinetuneTrainer"
 
 
 def test_transfer_details_stay_off_the_console():
