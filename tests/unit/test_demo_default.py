@@ -41,7 +41,7 @@ def test_default_is_mae_with_the_decoder_warmup_route_and_a_caption(tmp_path, mo
 
 def test_other_methods_get_their_route(tmp_path, monkeypatch, capsys):
     cfg, _ = _run(tmp_path, monkeypatch, capsys, "--method", "pgl")
-    assert cfg.pretrain_trainer == "PGLTrainer" and cfg.finetune_route == "SSLFinetuneTrainer"
+    assert cfg.pretrain_trainer == "PGLTrainer" and cfg.finetune_route == "SSLFinetuneTrainer_decoderWarmupSlowEncoder"
     assert "reinit_encoder_stages" not in cfg.finetune_settings  # not measured for PGL: whole encoder
     cfg, _ = _run(tmp_path, monkeypatch, capsys, "--reinit-encoder-stages", "0")
     assert "reinit_encoder_stages" not in cfg.finetune_settings
