@@ -68,10 +68,9 @@ def case_batches(net, ds, ids, part):
     """``(case, features (B, F, *spatial), labels (B, *spatial))`` per network input: a few slices of a case for 2d
     networks, a whole case for 3d ones (features of a whole 2d case would take gigabytes)."""
     from nnunet_ssl.weights.feature_probe import dense_features
-    two_d = len(ds.cm.patch_size) == 2
     for case, image, seg in ds.load_cases(ids):
-        for sl, x in _batches(image, two_d):
-            yield case, dense_features(net, x, part), torch.from_numpy(seg[sl] if two_d else seg[None])
+        for sl, x in _batches(image, ds.two_d):
+            yield case, dense_features(net, x, part), torch.from_numpy(seg[sl] if ds.two_d else seg[None])
 
 
 def scored(probe, net, ds, ids, part, k) -> dict:
@@ -87,8 +86,8 @@ def probe_network(net, ds, args) -> dict:
     net.eval()
     k = ds.lm.num_segmentation_heads
     g = torch.Generator().manual_seed(args.seed)
-    two_d = len(ds.cm.patch_size) == 2
-    inputs = sum(-(-image.shape[1] // SLICES_PER_INPUT) if two_d else 1 for _, image, _ in ds.load_cases(args.train))
+    inputs = sum(-(-image.shape[1] // SLICES_PER_INPUT) if ds.two_d else 1
+                 for _, image, _ in ds.load_cases(args.train))
     per_input = -(-args.per_class // inputs)
     xs, ys, voxels = [], [], torch.zeros(k, dtype=torch.long)
     for _, f, y in case_batches(net, ds, args.train, args.part):

@@ -119,6 +119,7 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
         return "train"
 
     def _sgd(self, params):
+        """nnU-Net's SGD over ``params`` (parameters or parameter groups)."""
         return torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
 
     def _sgd_whole_net(self):
@@ -127,9 +128,8 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
         if self.encoder_lr_factor == 1.0:
             return self._sgd(unwrap(self.network).parameters())
         encoder = [p for _, p in encoder_parameters(self.network)]
-        return torch.optim.SGD([{"params": non_encoder_parameters(self.network)},
-                                {"params": encoder, "lr_factor": self.encoder_lr_factor}], self.initial_lr,
-                               weight_decay=self.weight_decay, momentum=0.99, nesterov=True)
+        return self._sgd([{"params": non_encoder_parameters(self.network)},
+                          {"params": encoder, "lr_factor": self.encoder_lr_factor}])
 
     def configure_optimizers(self, stage: str = None):
         """nnU-Net's warm-up stages with the decoder-only stage in front; the learning rate of each stage comes from
@@ -268,6 +268,11 @@ class SSLScratchTrainer(SSLFinetuneTrainer):
         return None
 
 
+#: epochs (of nnU-Net's 1000) of the decoder-first warm-up of the ``_decoderWarmup`` variants, the same share of
+#: shorter schedules
+DECODER_WARMUP_EPOCHS = 100
+
+
 class SSLFinetuneTrainer_decoderWarmup(SSLFinetuneTrainer):
     """Decoder-first warm-up: 100 of 1000 epochs (the same share of shorter runs) train the decoder with the encoder
     frozen, then nnU-Net's whole-net warm-up and poly schedule."""
@@ -275,7 +280,7 @@ class SSLFinetuneTrainer_decoderWarmup(SSLFinetuneTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.warmup_duration_decoder = 100
+        self.warmup_duration_decoder = DECODER_WARMUP_EPOCHS
 
 
 class SSLFinetuneTrainer_decoderWarmupSlowEncoder(SSLFinetuneTrainer_decoderWarmup):

@@ -43,7 +43,7 @@ from nnunet_ssl.weights.health import global_weight_norm
 from nnunet_ssl.weights.network_parts import unwrap
 from nnunet_ssl.data.unlabeled_pool import (UNLABELED_DATASET_ENV, PoolSource, UnlabeledDataLoader, UnlabeledPool,
                                             resolve_unlabeled_dataset)
-from nnunet_ssl_trainers.finetune import SSLFinetuneTrainer
+from nnunet_ssl_trainers.finetune import DECODER_WARMUP_EPOCHS, SSLFinetuneTrainer
 from nnunet_ssl_trainers.optimizer_step import GUARD_SETTINGS, GuardedOptimizerStep, NonFiniteLossError
 from nnunet_ssl_trainers.pretraining_loop import exit_after_nonfinite
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
@@ -245,4 +245,4 @@ class IDEALSemiSupervisedTrainer_decoderWarmup(IDEALSemiSupervisedTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.warmup_duration_decoder = 100
+        self.warmup_duration_decoder = DECODER_WARMUP_EPOCHS

@@ -51,14 +51,14 @@ def dense_features(network: nn.Module, x: torch.Tensor, part: str = "encoder") -
     xp, crop = pad_to_multiple(x, total_stride(network))
     skips = encoder_features(network, xp)
     mode = "bilinear" if xp.dim() == 4 else "trilinear"
-    maps = []
-    if part in ("encoder", "both"):
-        maps += [f if f.shape[2:] == xp.shape[2:] else
-                 F.interpolate(f, size=xp.shape[2:], mode=mode, align_corners=False) for f in skips]
+
+    def full_size(f):
+        return f if f.shape[2:] == xp.shape[2:] else F.interpolate(f, size=xp.shape[2:], mode=mode,
+                                                                   align_corners=False)
+
+    maps = [full_size(f) for f in skips] if part in ("encoder", "both") else []
     if part in ("decoder", "both"):
-        last = decoder_features(network, skips)[-1]
-        maps.append(last if last.shape[2:] == xp.shape[2:] else
-                    F.interpolate(last, size=xp.shape[2:], mode=mode, align_corners=False))
+        maps.append(full_size(decoder_features(network, skips)[-1]))
     return torch.cat(maps, 1)[(slice(None), slice(None), *crop)].float()
 
 

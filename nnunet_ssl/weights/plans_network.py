@@ -44,6 +44,11 @@ class PreprocessedDataset:
         if not self.data_folder.is_dir():
             raise UserInputError(f"{self.data_folder} not found. Fix: preprocess {self.name} for {configuration}")
 
+    @property
+    def two_d(self) -> bool:
+        """A 2d configuration: its network sees slices (first spatial axis) of the cases."""
+        return len(self.cm.patch_size) == 2
+
     def network(self, seed: int = 0) -> nn.Module:
         """The plans' network without deep supervision, initialised as nnU-Net does, with ``seed``."""
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
