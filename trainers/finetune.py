@@ -27,7 +27,7 @@ Without ``NNUNET_SSL_PRETRAINED`` it trains from scratch with exactly the same s
 ``SSLScratchTrainer`` is that baseline under its own name (it refuses ``NNUNET_SSL_PRETRAINED``).
 Resuming with ``--c`` never reloads the pre-trained weights.
 
-Both honour a label budget (:class:`nnunet_ssl_trainers.label_budget_mixin.LabelBudgetMixin`)::
+Both honour a label budget (:class:`nnunet_ssl_trainers.fold_label_budget.FoldLabelBudget`)::
 
     NNUNET_SSL_SETTINGS="label_budget=10,label_seed=0" nnUNetv2_train DATASET 3d_fullres 0 -tr SSLScratchTrainer
 """
@@ -44,7 +44,7 @@ from nnunet_ssl.settings import COMMON_SETTINGS, Setting, apply_env_settings
 from nnunet_ssl.trainer_names import PRETRAINED_ENV
 from nnunet_ssl.weights.transfer import recommended_load_decoder, transfer_weights
 from nnunet_ssl_trainers.distributed_mixin import CPUDistributedMixin
-from nnunet_ssl_trainers.label_budget_mixin import LabelBudgetMixin
+from nnunet_ssl_trainers.fold_label_budget import FoldLabelBudget
 from nnunetv2.training.lr_scheduler.warmup import (Lin_incr_LRScheduler, Lin_incr_offset_LRScheduler,
                                                    PolyLRScheduler_offset)
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -58,7 +58,7 @@ def _decoder_transfers_of(trainer_name: str):
     return getattr(getattr(index, trainer_name, None), "decoder_transfers", None)
 
 
-class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
+class SSLFinetuneTrainer(CPUDistributedMixin, nnUNetTrainer):
     """nnU-Net training from a pre-trained start with nnU-Net's warm-up schedule (``nnUNetTrainer_warmup``'s stages
     and schedulers, re-implemented in :meth:`configure_optimizers` with an optional decoder-only stage in front)."""
 
@@ -67,6 +67,13 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
                             load_decoder=bool, final_validation=bool, reinit_encoder_stages=Setting(int, min=0),
                             encoder_lr_factor=Setting(float, min=0), **LABEL_BUDGET_SETTINGS)
     STAGES = ("warmup_decoder", "warmup_all", "train")
+    # label budget defaults (nnunet_ssl.data.label_budget); NNUNET_SSL_SETTINGS overrides them per instance
+    label_budget = None
+    label_seed = 0
+    labeled_cases_file = None
+    budget_rest = "unused"
+    #: trainers that train on an unlabeled pool set this to True (then budget_rest=unlabeled is allowed)
+    uses_unlabeled_pool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -82,6 +89,7 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
         self.final_validation = True  # False: skip nnU-Net's sliding-window validation of the fold (demo, benchmarks)
         self.transfer_report = None
         self._resumed = False
+        self.fold_label_budget = FoldLabelBudget(self)
 
     def initialize(self):
         try:
@@ -109,6 +117,13 @@ class SSLFinetuneTrainer(LabelBudgetMixin, CPUDistributedMixin, nnUNetTrainer):
         if d >= self.num_epochs:
             self.print_to_log_file(f"warmup_duration_decoder={d} >= num_epochs={self.num_epochs}: the encoder stays "
                                    f"frozen for the whole run (decoder-only training).")
+
+    def do_split(self):
+        return self.fold_label_budget.labeled_keys(*super().do_split())
+
+    def unlabeled_rest_keys(self):
+        """Training cases of the fold outside the label budget (``budget_rest=unlabeled``: the unlabeled pool)."""
+        return self.fold_label_budget.unlabeled_rest()
 
     def stage_at(self, epoch: int) -> str:
         """``warmup_decoder`` (encoder frozen), ``warmup_all`` (nnU-Net's whole-net warm-up) or ``train`` (poly)."""

@@ -1,6 +1,6 @@
 """Label budgets: fine-tune with only N labeled cases of a fold's training cases.
 
-Used through the trainers' ``NNUNET_SSL_SETTINGS`` (see :class:`nnunet_ssl_trainers.label_budget_mixin.LabelBudgetMixin`)::
+Used through the trainers' ``NNUNET_SSL_SETTINGS`` (:class:`nnunet_ssl_trainers.fold_label_budget.FoldLabelBudget`)::
 
     label_budget=N            # N labeled cases, chosen with label_seed (default 0)
     label_seed=S
