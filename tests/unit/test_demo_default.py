@@ -53,3 +53,19 @@ def test_other_methods_get_their_route(tmp_path, monkeypatch, capsys):
 def test_help_states_the_measured_time():
     help_text = main.build_parser().format_help()
     assert f"{demo.EXPECTED_MINUTES} min" in help_text
+
+
+def test_caption_names_a_class_one_arm_never_learned():
+    """A 10-epoch arm can miss a class entirely (seen: scratch 0.70 / 0.00, pretrained 0.57 / 0.00 in one run, the
+    same scratch 0.82 / 0.83 in the next): the caption says so instead of presenting it as pre-training's effect."""
+    summary = {"pretrain_trainer": "IDEALTrainer", "arms": {
+        "pretrained": {"trainer": "X", "mean_dice": 0.78, "dice": {"1": 0.76, "2": 0.80}},
+        "scratch": {"trainer": "SSLScratchTrainer", "mean_dice": 0.35, "dice": {"1": 0.70, "2": 0.0}}}}
+    text = demo.caption(summary, 10, 10)
+    assert "'scratch' did not learn class 2 (Dice 0.00; 'pretrained' 0.80)" in text
+    assert "did not learn class 1" not in text
+    summary["arms"]["scratch"]["dice"]["2"] = 0.75
+    assert "did not learn" not in demo.caption(summary, 10, 10)
+    summary["arms"]["pretrained"]["dice"]["2"] = 0.0  # both missed it: no arm-specific failure to name
+    summary["arms"]["scratch"]["dice"]["2"] = 0.0
+    assert "did not learn" not in demo.caption(summary, 10, 10)
