@@ -64,8 +64,8 @@ def caption(summary: dict, epochs_pre: int, epochs_ft: int, reinit: int = 0) -> 
                      f"says more about that run than about pre-training. --epochs-scale 3 trains longer.")
     lines.append("A demo-sized CPU run on synthetic data, one run per arm (repeated runs of an arm usually differ "
                  "by up to 0.05, far more when a class is learned late): it shows the pipeline end to end (ingest, "
-                 "pre-train, transfer, fine-tune, stock nnUNetv2_predict); it does not measure how much pre-training helps on real data - see the "
-                 "README's low-label benchmark for that.")
+                 "pre-train, transfer, fine-tune, stock nnUNetv2_predict); it does not measure how much "
+                 "pre-training helps on real data - see the README's low-label benchmark for that.")
     return "\n".join(lines)
 
 
