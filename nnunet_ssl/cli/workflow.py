@@ -210,6 +210,17 @@ def _train(dataset: str, cfg: WorkflowConfig, fold: str, trainer: str, plans: st
     return out_dir
 
 
+#: fine-tuning settings about the pre-trained start; the from-scratch arm trains without them (a slower or frozen
+#: random encoder would not be stock nnU-Net's schedule)
+START_SETTINGS = ("reinit_encoder_stages", "load_decoder", "encoder_lr_factor", "warmup_duration_decoder")
+
+
+def scratch_settings(settings: str) -> str:
+    """``settings`` (``NNUNET_SSL_SETTINGS`` text) without the :data:`START_SETTINGS`: the schedule both arms share."""
+    items = [i.strip() for i in (settings or "").split(",") if i.strip()]
+    return ",".join(i for i in items if i.split("=", 1)[0].strip() not in START_SETTINGS)
+
+
 def _dice_of(summary_file: str) -> dict:
     with open(summary_file) as f:
         metrics = json.load(f)
@@ -240,23 +251,24 @@ def run_workflow(cfg: WorkflowConfig) -> dict:
     ckpt = os.path.join(pre_dir, "checkpoint_final.pth")
 
     # 4. fine-tune from the checkpoint, and the same schedule from scratch (each keyed by its inputs)
-    arms = {"pretrained": (cfg.finetune_route, {PRETRAINED_ENV: ckpt})}
+    arms = {"pretrained": (cfg.finetune_route, {PRETRAINED_ENV: ckpt}, cfg.finetune_settings)}
     if cfg.baseline:
-        arms["scratch"] = (SCRATCH_TRAINER, {})
+        arms["scratch"] = (SCRATCH_TRAINER, {}, scratch_settings(cfg.finetune_settings))
     work = cfg.work_dir or os.path.join(results, "nnunet_ssl_workflow", f"{downstream}__{trainer}__{plans}")
     os.makedirs(work, exist_ok=True)
     summary = {"downstream": downstream, "ssl_dataset": ssl_name, "pretrain_trainer": trainer, "plans": plans,
                "configuration": cfg.configuration, "fold": cfg.fold, "checkpoint": ckpt,
                "finetune_settings": cfg.finetune_settings, "arms": {}}
-    for arm, (ft_trainer, arm_env) in arms.items():
+    for arm, (ft_trainer, arm_env, settings) in arms.items():
         ft_inputs = {"step": "finetune", "trainer": ft_trainer, "dataset": downstream, "plans": plans,
-                     "configuration": cfg.configuration, "fold": cfg.fold, "settings": cfg.finetune_settings}
+                     "configuration": cfg.configuration, "fold": cfg.fold, "settings": settings}
         if PRETRAINED_ENV in arm_env:
             ft_inputs["checkpoint_sha256"] = file_digest(ckpt)
         ft_root = run_root(results, "finetune", ft_trainer, ft_inputs)
         out_dir = _train(downstream, cfg, cfg.fold, ft_trainer, plans, ft_root,
-                         dict(env_base, **arm_env, **{SETTINGS_ENV: cfg.finetune_settings}))
-        arm_summary = {"trainer": ft_trainer, "output_folder": out_dir, "nnUNet_results": ft_root}
+                         dict(env_base, **arm_env, **{SETTINGS_ENV: settings}))
+        arm_summary = {"trainer": ft_trainer, "output_folder": out_dir, "nnUNet_results": ft_root,
+                       "settings": settings}
         # 5. predict the test images and 6. evaluate
         if cfg.test_images:
             pred = os.path.join(work, f"predictions_{arm}")

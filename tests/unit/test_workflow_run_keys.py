@@ -131,3 +131,17 @@ def test_transfer_details_stay_off_the_console():
     assert not keep("  loaded   encoder.stages.0.0.convs.0.conv.weight")
     assert not keep("  skipped  decoder.seg_layers.0.weight: segmentation layer (task-specific, always re-initialised)")
     assert not keep("  unused   decoder.stages.0.convs.0.conv.weight")
+
+
+def test_the_scratch_arm_trains_without_the_pretrained_start_settings(fake):
+    """reinit / encoder rate / decoder warm-up / load_decoder concern the checkpoint; scratch keeps the schedule and
+    the label budget only (a random encoder at 0.1x or frozen would not be stock nnU-Net's schedule)."""
+    start = "reinit_encoder_stages=1,encoder_lr_factor=0.1,warmup_duration_decoder=2,load_decoder=True"
+    summary = workflow.run_workflow(_cfg(finetune_settings=f"num_epochs=3,{start},label_budget=2"))
+    trains = dict(fake.trains())
+    assert trains["SSLScratchTrainer"] == "num_epochs=3,label_budget=2"
+    assert trains[workflow.DECODER_WARMUP_TRAINER] == f"num_epochs=3,{start},label_budget=2"
+    assert summary["arms"]["scratch"]["settings"] == "num_epochs=3,label_budget=2"
+    n = len(fake.trains())  # another reinit choice re-trains only the pre-trained arm
+    workflow.run_workflow(_cfg(finetune_settings="num_epochs=3,reinit_encoder_stages=2,label_budget=2"))
+    assert [t for t, _ in fake.trains()[n:]] == [workflow.DECODER_WARMUP_TRAINER]
