@@ -335,7 +335,8 @@ def add_workflow_arguments(p):
                    help="derive plans with features capped at 32 and batch 2 (CPU runs)")
     p.add_argument("--pretrain-settings", default="", help="NNUNET_SSL_SETTINGS for pre-training (name=value,...)")
     p.add_argument("--finetune-settings", default="",
-                   help="NNUNET_SSL_SETTINGS for both fine-tuning runs, e.g. label_budget=10,label_seed=0")
+                   help="NNUNET_SSL_SETTINGS for both fine-tuning runs, e.g. label_budget=10,label_seed=0 "
+                        f"(the from-scratch run leaves out {', '.join(START_SETTINGS)})")
     p.add_argument("--no-baseline", action="store_true", help="skip the from-scratch baseline")
     p.add_argument("-device", "--device", default="cuda", help="cuda, cpu or mps (default: cuda)")
     p.add_argument("-np", "--num-processes", type=int, default=2,
