@@ -17,7 +17,7 @@ gets the common range. Float settings never accept NaN or infinity.
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.trainer_names import SETTINGS_ENV
@@ -102,9 +102,14 @@ def _convert(name: str, raw: str, typ):
         raise UserInputError(f"{ENV_VAR}: '{name}={raw}' is not a valid {typ.__name__}.") from None
 
 
+def settings_items(text: str) -> List[str]:
+    """The ``name=value`` items of ``NNUNET_SSL_SETTINGS`` text, stripped, empty ones dropped."""
+    return [i.strip() for i in (text or "").split(",") if i.strip()]
+
+
 def parse_settings(text: str, allowed: Dict[str, SettingSpec]) -> Dict[str, object]:
     out = {}
-    for item in [i.strip() for i in (text or "").split(",") if i.strip()]:
+    for item in settings_items(text):
         if "=" not in item:
             raise UserInputError(f"{ENV_VAR}: '{item}' is not of the form name=value "
                                  f"(example: num_epochs=2,num_iterations_per_epoch=3).")

@@ -15,7 +15,7 @@ import json
 import os
 
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.data.label_budget import BudgetSplit, apply_label_budget  # noqa: F401
+from nnunet_ssl.data.label_budget import apply_label_budget
 
 
 class FoldLabelBudget:

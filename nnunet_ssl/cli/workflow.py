@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 from nnunet_ssl.cli.commands import run_nnunet
 from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.paths import dataset_name_from_id, require_env_folder
+from nnunet_ssl.settings import settings_items
 from nnunet_ssl.trainer_names import (FINETUNE_TRAINER, METHOD_TRAINERS, PRETRAINED_ENV,  # noqa: F401
                                       SCRATCH_TRAINER, SETTINGS_ENV)
 
@@ -217,8 +218,7 @@ START_SETTINGS = ("reinit_encoder_stages", "load_decoder", "encoder_lr_factor", 
 
 def scratch_settings(settings: str) -> str:
     """``settings`` (``NNUNET_SSL_SETTINGS`` text) without the :data:`START_SETTINGS`: the schedule both arms share."""
-    items = [i.strip() for i in (settings or "").split(",") if i.strip()]
-    return ",".join(i for i in items if i.split("=", 1)[0].strip() not in START_SETTINGS)
+    return ",".join(i for i in settings_items(settings) if i.split("=", 1)[0].strip() not in START_SETTINGS)
 
 
 def _dice_of(summary_file: str) -> dict:
