@@ -201,3 +201,22 @@ def test_record_pace_is_scaled_by_this_machines_speed(tmp_path):
     # this machine's own epochs of the dataset still win
     _run(work, "scratch", "nnUNetTrainer_schedule", 1, 50, 70.0)
     assert pace.epoch_seconds("hippocampus", "scratch")[0] == 70.0
+
+
+def test_unknown_arm_is_scaled_by_its_ratio_measured_on_another_dataset(tmp_path):
+    """An arm never run on this dataset: scaled from one that was by the two arms' epoch-time ratio measured on the
+    other dataset (same machine), not by the EPOCH_COST table's margin; without such a pair, the table."""
+    work, record = tmp_path / "work", tmp_path / "record"
+    _run(work, "scratch", "nnUNetTrainer_schedule", 0, 50, 60.0)  # hippocampus
+    pace = Pace(work, record)
+    assert pace.epoch_seconds("hippocampus", "ideal-semi")[0] == pytest.approx(60.0 * EPOCH_COST["ideal-semi"])
+    _run(work, "scratch", "nnUNetTrainer_schedule", 0, 100, 40.0, key="acdc", cfg="2d")
+    _run(work, "ideal-semi", "IDEALSemiSupervisedTrainer_decoderWarmup", 0, 30, 104.0, evaluated=False, key="acdc",
+         cfg="2d")
+    s, how = pace.epoch_seconds("hippocampus", "ideal-semi")
+    assert s == pytest.approx(60.0 * 2.6) and "acdc" in how and "x 2.60" in how
+    assert pace.epoch_seconds("acdc", "ideal-semi")[0] == 104.0  # its own epochs still win
+    # a pair measured only with another base arm: that base is used where this dataset has it
+    assert pace.measured_ratio("hippocampus", "ideal-semi", "ideal") is None
+    est = pace.estimate("hippocampus", "ideal-semi", num_epochs=50, save_every=5)
+    assert est.seconds == pytest.approx((50 + 2) * 60.0 * 2.6 + 60.0)
