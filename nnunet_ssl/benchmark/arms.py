@@ -60,6 +60,11 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
         route="encoder + decoder; whole-net warm-up"),
     Arm("ideal-enclr", "SSLFinetuneTrainer", "ideal", settings=_ENC, headline=False,
         route="encoder + decoder; whole-net warm-up, encoder at 0.1x"),
+    # diagnostic of the MAE route, chosen like IDEAL's: on validation pseudo Dice of seed 0 against ``mae``: the
+    # decoder-first warm-up as ``mae``, then the encoder at 0.1x (IDEAL's route; on hippocampus it beat whole-net
+    # fine-tuning of the same checkpoint by 6 pseudo-Dice points)
+    Arm("mae-lpft", "SSLFinetuneTrainer_decoderWarmup", "mae", settings=_ENC, headline=False,
+        route="encoder; " + _LPFT),
     # diagnostic: IDEAL's two-decoder semi-supervised fine-tuning from a random start, which separates what the
     # unlabeled pool gives during fine-tuning from what IDEAL's pre-training gives (ideal-semi = both; a random
     # encoder needs no decoder-first warm-up or lower rate)

@@ -5,12 +5,13 @@ A run's remaining time = its pre-training's remaining epochs (when its method ha
 recorded weights) + the epochs its training still has to do (a stopped run continues with ``--c`` from its last
 ``save_every`` checkpoint) x the arm's seconds per epoch + its prediction and evaluation.
 
-Seconds per epoch, first found wins: the median epoch time of the same dataset and arm (pre-training: method) in
-the work directory's logs (this machine), then in the record's (the machine that recorded them); else another arm
-of the dataset scaled by the two arms' ratio measured on another dataset (:meth:`Pace.measured_ratio`), else by
-:data:`EPOCH_COST` (seconds per epoch relative to stock nnU-Net's). No epoch time of the dataset anywhere: unknown (``None``), and the driver runs it. The record's times come from other machines: when this
-machine has run something that the record also holds from elsewhere (same dataset, same kind: fine-tuning or
-pre-training), they are scaled by this machine's speed against the record's (:meth:`Pace.speed_factor`).
+Seconds per epoch, first found wins: the median epoch time of the same dataset and arm (pre-training: method) in the
+work directory's logs (this machine), then in the record's (the machine that recorded them); else another arm of the
+dataset scaled by the two arms' ratio measured on another dataset (:meth:`Pace.measured_ratio`), else by
+:data:`EPOCH_COST` (seconds per epoch relative to stock nnU-Net's). No epoch time of the dataset anywhere: unknown
+(``None``), and the driver runs it. The record's times come from other machines: when this machine has run something
+that the record also holds from elsewhere (same dataset, same kind: fine-tuning or pre-training), they are scaled by
+this machine's speed against the record's (:meth:`Pace.speed_factor`).
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from nnunet_ssl.benchmark.run_logs import read_pretrainings, read_runs
 # (ACDC 2d: MAE 1.0, GMIM 1.08, PGL 1.47, IDEAL 1.32, ReFs 2.43), rounded up.
 EPOCH_COST: Dict[str, float] = {
     "scratch": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0, "refs": 1.0, "ideal-reinit2": 1.0,
-    "ideal-enclr": 1.0, "ideal-wholenet": 1.0, "mae-reinit1": 1.0, "ideal-semi": 4.0, "semi-scratch": 4.0,
+    "ideal-enclr": 1.0, "ideal-wholenet": 1.0, "mae-reinit1": 1.0, "mae-lpft": 1.0,
+    "ideal-semi": 4.0, "semi-scratch": 4.0,
     "pretrain:mae": 0.6, "pretrain:gmim": 0.65, "pretrain:pgl": 0.85, "pretrain:ideal": 0.8, "pretrain:refs": 1.4,
 }
 _FINAL_VALIDATION_EPOCHS = 2  # nnU-Net's final validation and start-up, in epochs of the same run (rough)
