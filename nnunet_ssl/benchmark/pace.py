@@ -7,7 +7,7 @@ recorded weights) + the epochs its training still has to do (a stopped run conti
 
 Seconds per epoch, first found wins: the median epoch time of the same dataset and arm (pre-training: method) in the
 work directory's logs (this machine), then in the record's (the machine that recorded them); else another arm of the
-dataset scaled by the two arms' ratio measured on another dataset (:meth:`Pace.measured_ratio`), else by
+dataset scaled by the two arms' ratio measured on another dataset (:meth:`Pace.measured_ratios`), else by
 :data:`EPOCH_COST` (seconds per epoch relative to stock nnU-Net's). No epoch time of the dataset anywhere: unknown
 (``None``), and the driver runs it. The record's times come from other machines: when this machine has run something
 that the record also holds from elsewhere (same dataset, same kind: fine-tuning or pre-training), they are scaled by
@@ -123,6 +123,7 @@ class Pace:
     def epoch_seconds(self, key: str, name: str, runs: Optional[Runs] = None) -> tuple:
         """(seconds per epoch or None, where from) of arm ``name`` (or ``pretrain:<method>``) on dataset ``key``."""
         known = self._epoch_times(self.read(key) if runs is None else runs)
+        ratios = None  # measured_ratios(key, name), read at most once
         for i, (source, _) in enumerate(self.roots):
             found = None
             same = [m for s, n, m in known if s == source and n == name]
@@ -132,10 +133,11 @@ class Pace:
             elif other and name in EPOCH_COST:
                 kind = name.startswith("pretrain:")  # the same kind (fine-tuning / pre-training) first, scratch first
                 other = sorted(other, key=lambda nm: (nm[0].startswith("pretrain:") != kind, nm[0] != "scratch"))
+                ratios = self.measured_ratios(key, name) if ratios is None else ratios
                 for n, m in other:  # a ratio measured on another dataset beats the table's
-                    measured = self.measured_ratio(key, name, n)
-                    if measured is not None:
-                        found = m * measured[0], f"{n}'s median epoch on {source} x {measured[0]:.2f} ({measured[1]})"
+                    if n in ratios:
+                        ratio, where = ratios[n]
+                        found = m * ratio, f"{n}'s median epoch on {source} x {ratio:.2f} ({where})"
                         break
                 else:
                     n, m = other[0]
@@ -149,18 +151,22 @@ class Pace:
                 return found
         return None, "no epoch time of this dataset yet"
 
-    def measured_ratio(self, key: str, name: str, base: str) -> Optional[tuple]:
-        """(epoch time of ``name`` / epoch time of ``base``, where measured) on another dataset than ``key``, both
-        from the same machine (this one first), or None. An arm's cost relative to another depends little on the
-        dataset (the cost benchmark: IDEAL semi-supervised 4.3x on hippocampus, 4.6x on ACDC), much less than the
-        :data:`EPOCH_COST` table's margin."""
+    def measured_ratios(self, key: str, name: str) -> Dict[str, tuple]:
+        """Base arm -> (epoch time of ``name`` / epoch time of the base, where measured), both measured on another
+        dataset than ``key`` on the same machine (this one first). An arm's cost relative to another depends little
+        on the dataset (the cost benchmark: IDEAL semi-supervised 4.3x on hippocampus, 4.6x on ACDC), much less than
+        the :data:`EPOCH_COST` table's margin."""
+        ratios: Dict[str, tuple] = {}
         for other in (k for k in DATASETS if k != key):
             times = self._epoch_times(self.read(other))
             for source, _ in self.roots:
                 mine = {n: m for s, n, m in times if s == source}
-                if mine.get(name) and mine.get(base):
-                    return mine[name] / mine[base], f"{name} / {base} as measured on {other}, {source}"
-        return None
+                if not mine.get(name):
+                    continue
+                for base, m in mine.items():
+                    if m and base != name and base not in ratios:
+                        ratios[base] = mine[name] / m, f"{name} / {base} as measured on {other}, {source}"
+        return ratios
 
     def overhead_seconds(self, key: str, runs: Optional[Runs] = None) -> float:
         """Prediction and evaluation of the test split: the median over evaluated runs of the dataset."""
