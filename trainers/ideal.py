@@ -5,7 +5,8 @@ The method is :class:`nnunet_ssl.methods.ideal.IDEALObjective` (dense InfoNCE on
 key encoder = EMA of the query network); this trainer only names it. The semi-supervised fine-tuning stage of
 IDEAL is :class:`~nnunet_ssl_trainers.ideal_semi.IDEALSemiSupervisedTrainer`.
 
-Variants: ``IDEALTrainer_tau02`` (temperature 0.2), ``IDEALTrainer_bottleneckOnly``, ``IDEALTrainer_cosineEMA``.
+Variants: ``IDEALTrainer_tau02`` (temperature 0.2), ``IDEALTrainer_bottleneckOnly``, ``IDEALTrainer_cosineEMA``,
+``IDEALTrainer_insideViews`` (``view_placement=inside``).
 Settings on top of the shared ones: ``temperature``, ``num_samples``, ``negative_exclusion_radius`` (float, case
 voxels), ``cross_case_negatives`` (bool).
 """
@@ -26,6 +27,12 @@ class IDEALTrainer_bottleneckOnly(IDEALTrainer):
 class IDEALTrainer_tau02(IDEALTrainer):
     """Temperature 0.2."""
     temperature = 0.2
+
+
+class IDEALTrainer_insideViews(IDEALTrainer):
+    """Views placed inside the case like nnU-Net's patch sampler (PGL's and GMIM's placement), not centred
+    anywhere in it."""
+    view_placement = "inside"
 
 
 class IDEALTrainer_cosineEMA(IDEALTrainer):

@@ -237,7 +237,7 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
 
     # ------------------------------------------------------------------ data
     def view_sampling_config(self) -> ViewSamplingConfig:
-        return ViewSamplingConfig()
+        return ViewSamplingConfig(placement=self.objective.view_placement)
 
     def make_two_view_loader(self, dataset, train: bool) -> TwoViewDataLoader:
         """Two views per case with their geometry (:mod:`nnunet_ssl.data.two_view_loader`): random boxes and flips

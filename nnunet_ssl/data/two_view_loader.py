@@ -24,23 +24,25 @@ import torch
 from batchgenerators.dataloading.data_loader import DataLoader
 from threadpoolctl import threadpool_limits
 
-from nnunet_ssl.methods.views import ViewSamplingConfig, extract_view, sample_box, sample_flips, sample_two_boxes
+from nnunet_ssl.methods.views import (ViewSamplingConfig, extract_view, place_box, sample_box, sample_flips,
+                                     sample_two_boxes)
 
 
-def shifted_box(box: np.ndarray, shift: float, case_shape_spatial: Sequence[int], rng=None) -> np.ndarray:
+def shifted_box(box: np.ndarray, shift: float, case_shape_spatial: Sequence[int], rng=None,
+                placement: str = "inside") -> np.ndarray:
     """A box of the same size as ``box`` ``(2, ndim)``, moved along each axis by ``(u2 - u1) * side`` with
     ``u1, u2 ~ U[0, shift]``: where two same-size crops land when each is drawn uniformly from one region enlarged
     by ``shift`` of the side (the official GMIM code's pair of crops: 32 voxels over a 128 crop, ``shift`` 0.25).
-    The centre is kept inside the case (as in :func:`nnunet_ssl.methods.views.sample_two_boxes`), so the boxes overlap by
-    at least ``1 - shift`` of the side on every axis.
+    The moved box is then placed like the first (:func:`nnunet_ssl.methods.views.place_box`, ``placement``), so the
+    boxes overlap by at least ``1 - shift`` of the side on every axis.
     """
     rng = np.random if rng is None else rng
     box = np.asarray(box, dtype=np.float64)
     side = box[1] - box[0]
     u1 = np.array([rng.uniform(0, shift) for _ in side])
     u2 = np.array([rng.uniform(0, shift) for _ in side])
-    c = np.clip((box[0] + box[1]) / 2 + (u2 - u1) * side, 0, np.asarray(case_shape_spatial, dtype=np.float64))
-    return np.stack((c - side / 2, c + side / 2))
+    lo = box[0] + (u2 - u1) * side
+    return place_box(np.stack((lo, lo + side)), case_shape_spatial, placement)
 
 
 def intensity_only_transforms(low_res_ignore_axes: Optional[Tuple[int, ...]] = None):
@@ -166,7 +168,7 @@ class TwoViewDataLoader(DataLoader):
             flip2 = flip1.copy()
             v1 = extract_view(data, box1, flip1, self.patch_size)
             if self.crop_shift > 0:
-                box2 = shifted_box(box1, self.crop_shift, shape, np.random)
+                box2 = shifted_box(box1, self.crop_shift, shape, np.random, cfg.placement)
                 v2 = extract_view(data, box2, flip2, self.patch_size)
             else:
                 box2 = box1.copy()

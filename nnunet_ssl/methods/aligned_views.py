@@ -46,6 +46,7 @@ from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.methods.alignment import CellGeometry, align_views, decoder_cell_geometry, encoder_cell_geometry
 from nnunet_ssl.methods.objective import Objective
 from nnunet_ssl.methods.teachers import EMATeacher, cosine_momentum
+from nnunet_ssl.methods.views import PLACEMENTS
 from nnunet_ssl.settings import Setting
 from nnunet_ssl.weights.network_parts import capture_output, decoder_features, unwrap
 
@@ -137,7 +138,7 @@ class AlignedViewsObjective(Objective):
 
     settings = {"ema_base": Setting(float, min=0, max=1), "ema_final": Setting(float, min=0, max=1), "levels": str,
                 "projector_dim": Setting(int, min=1), "projector_hidden": Setting(int, min=1),
-                "align_size": Setting(int, min=0)}
+                "align_size": Setting(int, min=0), "view_placement": Setting(str, choices=PLACEMENTS)}
     data = "two_views"
     curve_keys = ("ema_momentum", "overlapping_samples")  # plus loss_<level>, see all_curve_keys
     ema_base = 0.99

@@ -59,6 +59,9 @@ class IDEALObjective(AlignedViewsObjective):
                     num_samples=Setting(int, min=1), negative_exclusion_radius=Setting(float, min=0),
                     cross_case_negatives=bool)
     ema_final = None  # constant key-encoder momentum ema_base (0.99)
+    # IDEAL was benchmarked with view centres anywhere in the case (up to half a view of padding); PGL and GMIM
+    # keep views inside the case like nnU-Net's sampler (IDEALTrainer_insideViews; docs/methods.md)
+    view_placement = "centre"
     temperature = 0.1
     num_samples = 1024
     negative_exclusion_radius = None  # None = one feature cell of the level (case voxels); 0 = off

@@ -28,6 +28,7 @@ from nnunet_ssl.methods.objectives import CrossCorrelationLoss, MaskedMSELoss
 from nnunet_ssl.methods.objectives.masked_reconstruction import RECON_NORMALISATIONS
 from nnunet_ssl.methods.sample_variation import varying_samples
 from nnunet_ssl.methods.teachers import StopGradientCopy
+from nnunet_ssl.methods.views import PLACEMENTS
 from nnunet_ssl.settings import Setting
 from nnunet_ssl.weights.network_parts import capture_output, unwrap
 
@@ -77,7 +78,8 @@ class GMIMObjective(MAEObjective):
     settings = dict(MAE_SETTINGS, base_ratio=Setting(float, min=0, max=1, max_exclusive=True),
                     ratio_spread=Setting(float, min=0, max=1), cc_weight=Setting(float, min=0),
                     hierarchical_probability=Setting(float, min=0, max=1), projector_dim=Setting(int, min=1),
-                    target_crop_shift=Setting(float, min=0, max=1, max_exclusive=True))
+                    target_crop_shift=Setting(float, min=0, max=1, max_exclusive=True),
+                    view_placement=Setting(str, choices=PLACEMENTS))
     # the target view: a second, overlapping crop (target_crop_shift) without flips, intensity augmentation only
     data = "second_crop"
     curve_keys = ("recon_loss", "cc_loss", "masked_fraction", "mean_grid")

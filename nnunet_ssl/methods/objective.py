@@ -61,6 +61,8 @@ class Objective:
     reconstructs_input: bool = False
     decoder_transfers: bool = True
     target_crop_shift: float = 0.0  # data == "second_crop": the loader's crop shift (fraction of the side)
+    # data != "one_view": where the loader may place a view's box (nnunet_ssl.methods.views.place_box)
+    view_placement: str = "inside"
 
     def __init__(self, network: nn.Module, info: NetworkInfo,
                  clock: Optional[Callable[[], Tuple[int, int]]] = None, full_forward: bool = False,

@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from nnunet_ssl.methods.alignment import cell_fractions
 
 
+PLACEMENTS = ("inside", "centre")
+
+
 @dataclass
 class ViewSamplingConfig:
     """How two views of one case are drawn.
@@ -32,6 +35,10 @@ class ViewSamplingConfig:
       (s < 1 zooms in, s > 1 zooms out). Default (0.7, 1.4) = nnU-Net's scaling range (our choice for PGL/IDEAL).
     - ``p_synchronize``: probability that a view uses the same s on all axes (else one s per axis), like
       nnU-Net's ``p_synchronize_scaling_across_axes`` (default 1: always isotropic scaling).
+    - ``placement``: where a box may lie (:func:`place_box`). ``"inside"`` (default), like nnU-Net's patch
+      sampler: along an axis where the box fits into the case it lies inside the case; where it is longer than
+      the case it contains the case, the padding split at random. ``"centre"``: the centre lies anywhere inside
+      the case, so up to half the box may be zero padding (IDEAL's default, with which it was benchmarked).
     - ``min_overlap``: the two boxes must share at least this fraction of the volume of box 1. Pairs are redrawn
       up to ``max_tries`` times; then box 2 becomes a shifted copy of box 1 that satisfies the bound.
     - ``flip_axes``: spatial axes that may be mirrored (None = all axes of the view).
@@ -43,6 +50,7 @@ class ViewSamplingConfig:
     p_flip: float = 0.5
     p_synchronize: float = 1.0
     max_tries: int = 50
+    placement: str = "inside"
 
     def __post_init__(self):
         lo, hi = (float(i) for i in self.scale_range)
@@ -57,6 +65,8 @@ class ViewSamplingConfig:
             self.flip_axes = tuple(int(a) for a in self.flip_axes)
         if self.max_tries < 1:
             raise ValueError("max_tries must be >= 1")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
 
 
 def _rng(rng):
@@ -80,27 +90,51 @@ def _draw_scale(ndim: int, cfg: ViewSamplingConfig, rng) -> np.ndarray:
     return np.array([rng.uniform(lo, hi) for _ in range(ndim)])
 
 
+def _lower_corner_range(shape: np.ndarray, side: np.ndarray, placement: str) -> Tuple[np.ndarray, np.ndarray]:
+    """Per axis, the interval the lower corner of a box of ``side`` may take under ``placement``."""
+    if placement == "inside":
+        free = shape - side  # < 0 where the box is longer than the case: then the case lies inside the box
+        return np.minimum(free, 0.0), np.maximum(free, 0.0)
+    return -side / 2, shape - side / 2  # "centre": the centre anywhere in [0, shape]
+
+
+def place_box(box: np.ndarray, case_shape_spatial: Sequence[int], placement: str) -> np.ndarray:
+    """``box`` ``(2, ndim)`` moved (size unchanged) by the least amount per axis that satisfies ``placement``
+    (see :class:`ViewSamplingConfig`). For two boxes of the same size, one of them placed, placing the other
+    never moves it away from the first (the clamp is 1-Lipschitz and fixes the placed box), so an overlap bound
+    between them survives it."""
+    box = np.asarray(box, dtype=np.float64)
+    side = box[1] - box[0]
+    lo_min, lo_max = _lower_corner_range(np.asarray(case_shape_spatial, dtype=np.float64), side, placement)
+    lo = np.clip(box[0], lo_min, lo_max)
+    return np.stack((lo, lo + side))
+
+
+def _random_box(shape: np.ndarray, side: np.ndarray, placement: str, rng) -> np.ndarray:
+    lo_min, lo_max = _lower_corner_range(shape, side, placement)
+    lo = np.array([rng.uniform(a, b) for a, b in zip(lo_min, lo_max)])
+    return np.stack((lo, lo + side))
+
+
 def sample_box(case_shape_spatial: Sequence[int], patch_size: Sequence[int], cfg: ViewSamplingConfig,
                rng=None) -> np.ndarray:
-    """One random box ``(2, ndim)``: side = patch * s, centre uniform inside the case."""
+    """One random box ``(2, ndim)``: side = patch * s, placed uniformly as ``cfg.placement`` allows."""
     rng = _rng(rng)
     shape = np.asarray(case_shape_spatial, dtype=np.float64)
     patch = np.asarray(patch_size, dtype=np.float64)
     assert len(shape) == len(patch), (case_shape_spatial, patch_size)
-    w = patch * _draw_scale(len(patch), cfg, rng)
-    c = np.array([rng.uniform(0, s) for s in shape])
-    return np.stack((c - w / 2, c + w / 2))
+    return _random_box(shape, patch * _draw_scale(len(patch), cfg, rng), cfg.placement, rng)
 
 
 def sample_two_boxes(case_shape_spatial: Sequence[int], patch_size: Sequence[int], cfg: ViewSamplingConfig,
                      rng=None) -> Tuple[np.ndarray, np.ndarray]:
     """Two random boxes (float64 arrays ``(2, ndim)``) in case voxel coordinates.
 
-    Box sides are ``patch_size * s`` with s from ``cfg.scale_range`` per view; both centres lie inside the case
-    (boxes may reach beyond it, that part is zero padding). ``overlap_fraction(box1, box2) >= cfg.min_overlap``
-    is guaranteed: box 2's centre is drawn around box 1's centre and the pair is redrawn until the overlap bound
-    holds; after ``cfg.max_tries`` failures box 2 is a copy of box 1 shifted by at most ``1 - min_overlap **
-    (1 / ndim)`` of its side per axis.
+    Box sides are ``patch_size * s`` with s from ``cfg.scale_range`` per view; both boxes satisfy
+    ``cfg.placement`` (:func:`place_box`). ``overlap_fraction(box1, box2) >= cfg.min_overlap`` is guaranteed: box
+    2's centre is drawn around box 1's, box 2 is moved into its placement and the pair is redrawn until the
+    overlap bound holds; after ``cfg.max_tries`` failures box 2 is a copy of box 1 shifted by at most ``1 -
+    min_overlap ** (1 / ndim)`` of its side per axis (then placed, which only brings it closer to box 1).
 
     ``rng``: ``np.random`` (default, the global state that nnU-Net's loader workers seed), a ``RandomState`` or a
     ``Generator``.
@@ -116,23 +150,21 @@ def sample_two_boxes(case_shape_spatial: Sequence[int], patch_size: Sequence[int
     shift_factor = 1.0 - cfg.min_overlap if cfg.min_overlap > 0 else 1.0
     box1 = None
     for _ in range(cfg.max_tries):
-        w1 = patch * _draw_scale(ndim, cfg, rng)
+        box1 = _random_box(shape, patch * _draw_scale(ndim, cfg, rng), cfg.placement, rng)
+        w1 = box1[1] - box1[0]
         w2 = patch * _draw_scale(ndim, cfg, rng)
-        c1 = np.array([rng.uniform(0, s) for s in shape])
+        c1 = (box1[0] + box1[1]) / 2
         r = shift_factor * (w1 + w2) / 2
-        c2 = np.clip(c1 + np.array([rng.uniform(-ri, ri) for ri in r]), 0, shape)
-        box1 = np.stack((c1 - w1 / 2, c1 + w1 / 2))
-        box2 = np.stack((c2 - w2 / 2, c2 + w2 / 2))
+        c2 = c1 + np.array([rng.uniform(-ri, ri) for ri in r])
+        box2 = place_box(np.stack((c2 - w2 / 2, c2 + w2 / 2)), shape, cfg.placement)
         if overlap_fraction(box1, box2) >= cfg.min_overlap:
             return box1, box2
     # fallback: shifted copy of the last box 1; per-axis overlap >= f, so the volume fraction is >= f ** ndim
     w1 = box1[1] - box1[0]
-    c1 = (box1[0] + box1[1]) / 2
     f = cfg.min_overlap ** (1.0 / ndim)
     r = (1.0 - f) * w1
-    c2 = np.clip(c1 + np.array([rng.uniform(-ri, ri) for ri in r]), 0, shape)
-    box2 = np.stack((c2 - w1 / 2, c2 + w1 / 2))
-    return box1, box2
+    lo2 = box1[0] + np.array([rng.uniform(-ri, ri) for ri in r])
+    return box1, place_box(np.stack((lo2, lo2 + w1)), shape, cfg.placement)
 
 
 def sample_flips(ndim: int, cfg: ViewSamplingConfig, rng=None) -> np.ndarray:

@@ -15,7 +15,8 @@ from nnunet_ssl.methods.teachers import cosine_momentum
 from nnunet_ssl.methods.aligned_views import AlignedViewsObjective
 from nnunet_ssl.methods.ideal import IDEALObjective
 from nnunet_ssl.methods.pgl import PGLObjective
-from nnunet_ssl_trainers.ideal import IDEALTrainer, IDEALTrainer_bottleneckOnly, IDEALTrainer_tau02
+from nnunet_ssl_trainers.ideal import (IDEALTrainer, IDEALTrainer_bottleneckOnly, IDEALTrainer_insideViews,
+                                       IDEALTrainer_tau02)
 from nnunet_ssl_trainers.pgl import PGLTrainer, PGLTrainer_bottleneckOnly, PGLTrainer_ema0996
 
 from aligned_views_trainers import PLAIN, RESENC, make_trainer, nnunet_folders, random_batch  # noqa: F401 (fixture)
@@ -80,6 +81,20 @@ def test_settings_and_variants(nnunet_folders, monkeypatch):
     assert make_trainer(IDEALTrainer_bottleneckOnly).objective.level_names == ("bottleneck",)
     assert issubclass(PGLObjective, AlignedViewsObjective) and issubclass(IDEALObjective, AlignedViewsObjective)
     assert PGLTrainer.objective_class is PGLObjective and IDEALTrainer.objective_class is IDEALObjective
+
+
+def test_view_placement_reaches_the_loader(nnunet_folders, monkeypatch):
+    """PGL keeps views inside the case, IDEAL centres them anywhere in it (its benchmarked default); the variant
+    and the setting change it, and a wrong value stops the run before training."""
+    assert make_trainer(PGLTrainer).view_sampling_config().placement == "inside"
+    assert make_trainer(IDEALTrainer).view_sampling_config().placement == "centre"
+    assert make_trainer(IDEALTrainer_insideViews).view_sampling_config().placement == "inside"
+    t = make_trainer(PGLTrainer, settings="view_placement=centre", monkeypatch=monkeypatch)
+    assert t.view_sampling_config().placement == "centre"
+    monkeypatch.setenv("NNUNET_SSL_SETTINGS", "view_placement=anywhere")
+    with pytest.raises(SystemExit) as e:
+        make_trainer(PGLTrainer)
+    assert e.value.code == 2
 
 
 # --------------------------------------------------------------------------------------------- checkpoints

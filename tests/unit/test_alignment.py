@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from nnunet_ssl.methods.alignment import CellGeometry, align_views, overlap_box, roi_align
-from nnunet_ssl.methods.views import (ViewSamplingConfig, extract_view, overlap_fraction, sample_flips,
-                                      sample_two_boxes)
+from nnunet_ssl.methods.views import (ViewSamplingConfig, extract_view, overlap_fraction, place_box, sample_box,
+                                      sample_flips, sample_two_boxes)
 
 
 def cell_coords(box, flip, size, cells=None):
@@ -106,7 +106,8 @@ def test_align_views_random_geometry(ndim, seed, with_cells):
     B = 4
     shape = rng.randint(20, 60, size=ndim)
     patch = rng.randint(8, 24, size=ndim)
-    cfg = ViewSamplingConfig(scale_range=(0.6, 1.6), p_synchronize=0.0, min_overlap=0.2)  # anisotropic boxes
+    # anisotropic boxes, partly beyond the case (alignment must not care)
+    cfg = ViewSamplingConfig(scale_range=(0.6, 1.6), p_synchronize=0.0, min_overlap=0.2, placement="centre")
     boxes1, boxes2, flips1, flips2 = [], [], [], []
     for _ in range(B):
         b1, b2 = sample_two_boxes(shape, patch, cfg, rng)
@@ -228,26 +229,81 @@ def test_extract_view_zero_padding_and_identity_crop():
     assert (v[:, :4] == 0).all() and (v[:, 4:] == 1).all()
 
 
-def test_sample_two_boxes_guarantees():
+def _assert_placed(box, shape, placement):
+    """``box`` satisfies ``placement``: 'centre' = centre inside the case; 'inside' = inside the case on every
+    axis where it fits, containing the case where it does not."""
+    shape = np.asarray(shape, dtype=np.float64)
+    tol = 1e-9
+    if placement == "centre":
+        c = (box[0] + box[1]) / 2
+        assert (c >= -tol).all() and (c <= shape + tol).all(), (box, shape)
+        return
+    fits = box[1] - box[0] <= shape
+    assert (box[0][fits] >= -tol).all() and (box[1][fits] <= shape[fits] + tol).all(), (box, shape)
+    assert (box[0][~fits] <= tol).all() and (box[1][~fits] >= shape[~fits] - tol).all(), (box, shape)
+
+
+@pytest.mark.parametrize("placement", ["inside", "centre"])
+def test_sample_two_boxes_guarantees(placement):
     rng = np.random.RandomState(0)
-    for cfg in (ViewSamplingConfig(), ViewSamplingConfig(min_overlap=0.6, p_synchronize=0.5),
-                ViewSamplingConfig(min_overlap=0.95, scale_range=(0.5, 2.0), max_tries=3)):  # forces the fallback
+    for cfg in (ViewSamplingConfig(placement=placement),
+                ViewSamplingConfig(min_overlap=0.6, p_synchronize=0.5, placement=placement),
+                ViewSamplingConfig(min_overlap=0.95, scale_range=(0.5, 2.0), max_tries=3,  # forces the fallback
+                                   placement=placement)):
         for ndim, shape, patch in ((3, (30, 40, 25), (16, 16, 16)), (2, (100, 80), (32, 48)),
-                                   (3, (5, 60, 60), (8, 24, 24))):
+                                   (3, (5, 60, 60), (8, 24, 24)), (3, (36, 50, 35), (40, 56, 40))):
             for _ in range(100):
                 b1, b2 = sample_two_boxes(shape, patch, cfg, rng)
                 assert b1.shape == (2, ndim) and b2.shape == (2, ndim)
                 assert overlap_fraction(b1, b2) >= cfg.min_overlap - 1e-9
                 for b in (b1, b2):
-                    c = (b[0] + b[1]) / 2
-                    assert (c >= 0).all() and (c <= np.array(shape)).all()
+                    _assert_placed(b, shape, placement)
     # scales respect the range
-    cfg = ViewSamplingConfig(scale_range=(0.7, 1.4), min_overlap=0.0)
+    cfg = ViewSamplingConfig(scale_range=(0.7, 1.4), min_overlap=0.0, placement=placement)
     for _ in range(50):
         b1, b2 = sample_two_boxes((50, 50, 50), (10, 20, 10), cfg, rng)
         for b in (b1, b2):
             s = (b[1] - b[0]) / np.array([10, 20, 10])
             assert np.allclose(s, s[0]) and 0.7 - 1e-9 <= s[0] <= 1.4 + 1e-9
+
+
+def _inside_fraction(box, shape):
+    inter = np.clip(np.minimum(box[1], shape) - np.maximum(box[0], 0), 0, None)
+    return float(np.prod(inter) / np.prod(box[1] - box[0]))
+
+
+def test_inside_placement_keeps_views_on_the_case():
+    """A hippocampus-sized case (smaller than the patch): 'centre' boxes are mostly padding, 'inside' boxes hold
+    as much of the case as their size allows (the whole case where they are larger than it)."""
+    shape, patch = np.array([36., 50., 35.]), (40, 56, 40)
+    fractions = {}
+    for placement in ("inside", "centre"):
+        rng = np.random.RandomState(1)
+        cfg = ViewSamplingConfig(placement=placement)
+        got = []
+        for _ in range(300):
+            b = sample_box(shape, patch, cfg, rng)
+            _assert_placed(b, shape, placement)
+            best = np.prod(np.minimum(b[1] - b[0], shape)) / np.prod(b[1] - b[0])
+            got.append(_inside_fraction(b, shape))
+            if placement == "inside":
+                assert got[-1] == pytest.approx(best)
+        fractions[placement] = np.mean(got)
+    assert fractions["centre"] < 0.45 and fractions["inside"] > 0.55, fractions
+    # where the case is larger than the box, 'inside' boxes never leave it
+    rng = np.random.RandomState(2)
+    for _ in range(200):
+        b = sample_box((300, 260), (256, 224), ViewSamplingConfig(scale_range=(0.7, 1.1)), rng)
+        assert _inside_fraction(b, np.array([300., 260.])) == pytest.approx(1.0)
+
+
+def test_place_box_moves_least_and_keeps_size():
+    box = np.array([[-10., 5., 80.], [20., 25., 110.]])
+    placed = place_box(box, (100, 100, 100), "inside")
+    assert np.allclose(placed, [[0, 5, 70], [30, 25, 100]])
+    assert np.allclose(place_box(box, (100, 100, 100), "centre"), [[-10, 5, 80], [20, 25, 110]])
+    with pytest.raises(ValueError):
+        ViewSamplingConfig(placement="anywhere")
 
 
 def test_sample_flips_respects_axes():

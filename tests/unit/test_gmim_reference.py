@@ -111,6 +111,7 @@ def test_gmim_target_view_is_a_second_overlapping_crop(nnunet_folders, tmp_path)
     ds = infer_dataset_class(str(tmp_path))(str(tmp_path), None)
     trainer = make_trainer(GMIMTrainer)
     assert trainer.target_crop_shift == 0.25
+    assert trainer.view_sampling_config().placement == "inside"  # crops keep to the case like nnU-Net's patches
     patch = tuple(int(p) for p in trainer.configuration_manager.patch_size)
     np.random.seed(1)
     torch.manual_seed(1)
@@ -120,6 +121,12 @@ def test_gmim_target_view_is_a_second_overlapping_crop(nnunet_folders, tmp_path)
         offsets = _check_shifted_crops(batch, cases, patch, 0.25, intensity_free=not train)
         assert (offsets.abs().amax(dim=1) > 0).all()
         assert not torch.equal(batch["data_v1"], batch["data_v2"])
+        for b, key in enumerate(batch["keys"]):
+            shape = torch.tensor(cases[key].shape[1:], dtype=torch.float64)
+            for v in ("box_v1", "box_v2"):
+                box = batch[v][b].double()
+                fits = box[1] - box[0] <= shape
+                assert (box[0][fits] >= -1e-4).all() and (box[1][fits] <= shape[fits] + 1e-4).all()
     shared = make_trainer(GMIMTrainer_sharedCrop)
     assert shared.target_crop_shift == 0.0
     batch = next(shared.make_two_view_loader(ds, False))

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nnunet_ssl.methods.alignment import align_views
-from nnunet_ssl.data.two_view_loader import TwoViewDataLoader, intensity_only_transforms, make_two_view_augmenter
+from nnunet_ssl.data.two_view_loader import (TwoViewDataLoader, intensity_only_transforms, make_two_view_augmenter,
+                                            shifted_box)
 from nnunet_ssl.methods.views import ViewSamplingConfig, extract_view, overlap_fraction
 
 PATCH_3D = (12, 16, 12)
@@ -152,6 +153,35 @@ def test_spatial_false_and_intensity_transforms(dataset):
         _check_batch_geometry({**batch, 'data_v2': batch['data_v1']}, cases, PATCH_3D, ViewSamplingConfig(), 3)
         differs += int(not torch.equal(batch['data_v1'], batch['data_v2']))
     assert differs > 0  # p(no intensity transform at all for 15 samples) is negligible
+
+
+def test_second_crop_follows_the_placement(dataset):
+    """GMIM's second crop: shifted by at most ``shift`` of the side per axis, then placed like the first crop (on
+    a case larger than the crop: inside it)."""
+    rng = np.random.RandomState(5)
+    shape = np.array([20., 24., 18.])
+    for _ in range(200):
+        lo = rng.uniform(0, shape - 12)
+        box = np.stack((lo, lo + 12))
+        for placement in ("inside", "centre"):
+            b2 = shifted_box(box, 0.25, shape, rng, placement)
+            assert np.allclose(b2[1] - b2[0], 12)
+            assert (np.abs(b2[0] - box[0]) <= 0.25 * 12 + 1e-9).all()
+            if placement == "inside":
+                assert (b2[0] >= 0).all() and (b2[1] <= shape).all()
+    # the loader hands its placement to the second crop
+    ds, cases = dataset
+    np.random.seed(6)
+    dl = TwoViewDataLoader(ds, 3, PATCH_3D, ViewSamplingConfig(placement="inside", scale_range=(1.0, 1.0)),
+                           intensity_transforms=None, spatial=False, crop_shift=0.25)
+    for _ in range(10):
+        batch = next(dl)
+        for b, k in enumerate(batch['keys']):
+            shape = np.array(cases[k].shape[1:], dtype=np.float64)
+            for v in (1, 2):
+                box = batch[f'box_v{v}'][b].double().numpy()
+                fits = box[1] - box[0] <= shape
+                assert (box[0][fits] >= -1e-4).all() and (box[1][fits] <= shape[fits] + 1e-4).all()
 
 
 def test_numpy_dataset_and_pickling(tmp_path):
