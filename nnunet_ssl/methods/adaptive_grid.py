@@ -16,9 +16,12 @@ What follows the paper (**paper**) and what is our reading of it for CNNs (**cho
   range (min..max over all channels and voxels); all channels of a cell are pooled into that one histogram.
   Entropy in bits, ``0 log 0 = 0``. A constant sample has entropy 0 everywhere.
 * Grid candidates (**choice**): a candidate is dropped when a cell would be narrower than ``min_cell_size``
-  (default 2) voxels along the smallest spatial axis, i.e. when ``G > min(spatial) // min_cell_size``. This keeps
-  small 3d patches and anisotropic / 2d patches meaningful (a 1-voxel cell has no entropy to speak of). If every
-  candidate is dropped, ``G = max(1, min(spatial) // min_cell_size)`` is used.
+  (default :data:`MIN_CELL_SIZE` = 4) voxels along the smallest spatial axis, i.e. when ``G > min(spatial) //
+  min_cell_size``. This keeps small 3d patches and anisotropic / 2d patches meaningful: a cell holds at least two
+  masking units of 2 voxels per axis (:mod:`~nnunet_ssl.methods.block_masks`), and its entropy comes from at
+  least 64 voxels in 3d (the reference's cells at G=16 of a 96-voxel crop are 6 voxels wide; a 40x56x40
+  hippocampus patch would get 2-voxel cells at G=16). If every candidate is dropped, ``G = max(1, min(spatial) //
+  min_cell_size)`` is used.
 * Std (**choice**): population standard deviation (``unbiased=False``) over the ``K`` cells; if ``mean(H) <= 1e-12``
   the score is 0 (ties between candidates go to the first candidate in ``candidates`` order).
 * Ratios (**paper**): cell ``k`` gets ``base * linspace(1 - s, 1 + s, K)[rank(H_k)]`` (ascending rank: the highest
@@ -31,6 +34,8 @@ from __future__ import annotations
 from typing import Dict, List, Sequence, Tuple
 
 import torch
+
+MIN_CELL_SIZE = 4  # voxels per axis a grid cell must have on the smallest axis (see the module doc)
 
 __all__ = [
     "cell_bounds",
@@ -120,7 +125,7 @@ def _score(h: torch.Tensor, grid: int, exponent: float) -> torch.Tensor:
 
 
 def valid_grids(shape_spatial: Sequence[int], candidates: Sequence[int] = (4, 8, 16),
-                min_cell_size: int = 2) -> List[int]:
+                min_cell_size: int = MIN_CELL_SIZE) -> List[int]:
     """Candidates with cells at least ``min_cell_size`` voxels wide on the smallest axis (see module doc)."""
     limit = max(1, min(int(s) for s in shape_spatial) // max(1, int(min_cell_size)))
     kept = [int(g) for g in candidates if 1 <= int(g) <= limit]
@@ -128,7 +133,7 @@ def valid_grids(shape_spatial: Sequence[int], candidates: Sequence[int] = (4, 8,
 
 
 def grid_scores(x: torch.Tensor, candidates: Sequence[int] = (4, 8, 16), bins: int = 32, exponent: float = 0.1,
-                min_cell_size: int = 2) -> Tuple[Dict[int, torch.Tensor], Dict[int, torch.Tensor]]:
+                min_cell_size: int = MIN_CELL_SIZE) -> Tuple[Dict[int, torch.Tensor], Dict[int, torch.Tensor]]:
     """Scores ``G**-exponent * std(H) / mean(H)`` and entropies for every valid candidate.
 
     Returns ``(scores, entropies)``: dicts ``G -> (B,)`` and ``G -> (B, G**ndim)``.
@@ -147,7 +152,7 @@ def grid_scores(x: torch.Tensor, candidates: Sequence[int] = (4, 8, 16), bins: i
 
 
 def choose_grid(x: torch.Tensor, candidates: Sequence[int] = (4, 8, 16), bins: int = 32, exponent: float = 0.1,
-                min_cell_size: int = 2) -> Tuple[List[int], Dict[int, torch.Tensor]]:
+                min_cell_size: int = MIN_CELL_SIZE) -> Tuple[List[int], Dict[int, torch.Tensor]]:
     """Per sample, the candidate ``G`` maximising ``G**-exponent * std(H) / mean(H)``.
 
     Candidates with cells narrower than ``min_cell_size`` voxels on the smallest axis are dropped (see module doc).

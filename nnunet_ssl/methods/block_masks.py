@@ -4,9 +4,12 @@ GMIM's masking unit on a CNN (:mod:`nnunet_ssl.methods.gmim_maskers` uses it for
 are those of :func:`~nnunet_ssl.methods.adaptive_grid.cell_bounds`.
 Pure torch, 2d ``(B, C, X, Y)`` and 3d ``(B, C, X, Y, Z)`` tensors; no nnunetv2 import.
 
-* Masking unit (**choice**, the official code masks Swin tokens): inside each cell the unit is an axis-aligned voxel
-  block; by default ``unit = max(1, (S // G) // 4)`` voxels per axis (about 4 units per axis per cell, i.e. 64 units
-  per cell in 3d, 16 in 2d). Units tile each cell from its lower corner; the last unit of a cell may be cut by the
+* Masking unit (**choice**, the official code masks Swin tokens of 2x2x2 voxels): inside each cell the unit is an
+  axis-aligned voxel block; by default ``unit = max((S // G) // 4, min(MIN_UNIT, S // G), 1)`` voxels per axis
+  (about 4 units per axis per cell, i.e. 64 units per cell in 3d, 16 in 2d, but never thinner than the
+  reference's 2-voxel token where the cell is that wide: on small patches (hippocampus, 40x56x40) ``(S // G) //
+  4`` is 1, and masking single voxels leaves a hole a CNN's first 3x3x3 convolution fills in from its
+  neighbours). Units tile each cell from its lower corner; the last unit of a cell may be cut by the
   cell boundary. In each cell exactly ``round(ratio * n_units_in_cell)`` units (Python / torch round-half-to-even)
   are chosen uniformly at random and zeroed (no mask token). Mask convention: float, ``1 = masked``.
 """
@@ -18,15 +21,20 @@ import torch
 
 from nnunet_ssl.methods.adaptive_grid import cell_bounds
 
-__all__ = ["default_unit", "grid_block_mask"]
+__all__ = ["MIN_UNIT", "default_unit", "grid_block_mask"]
 
 IntOrSeq = Union[int, Sequence[int]]
 
 
 # --------------------------------------------------------------------------------------------------------- block mask
-def default_unit(shape_spatial: Sequence[int], grid: int, divisor: int = 4) -> Tuple[int, ...]:
-    """Default masking unit: ``max(1, (size // grid) // divisor)`` voxels per axis."""
-    return tuple(max(1, (int(s) // int(grid)) // int(divisor)) for s in shape_spatial)
+MIN_UNIT = 2  # voxels per axis: the reference's Swin token (patch size 2)
+
+
+def default_unit(shape_spatial: Sequence[int], grid: int, divisor: int = 4, min_unit: int = 1) -> Tuple[int, ...]:
+    """Default masking unit per axis: ``(size // grid) // divisor`` voxels, at least ``min_unit`` where the cell
+    (``size // grid``) is that wide, at least 1."""
+    cells = [int(s) // int(grid) for s in shape_spatial]
+    return tuple(max(1, c // int(divisor), min(int(min_unit), c)) for c in cells)
 
 
 def _axis_units(size: int, grid: int, unit: int, device):
@@ -81,15 +89,16 @@ def _single_block_mask(shape_spatial: Sequence[int], grid: int, ratios: torch.Te
 
 
 def grid_block_mask(shape_spatial: Sequence[int], grid: IntOrSeq, cell_ratios, unit=None,
-                    generator: Optional[torch.Generator] = None, device=None, unit_divisor: int = 4) -> torch.Tensor:
+                    generator: Optional[torch.Generator] = None, device=None, unit_divisor: int = 4,
+                    min_unit: int = 1) -> torch.Tensor:
     """Random block mask, exactly ``round(ratio_k * n_units_k)`` masked units in every cell ``k``.
 
     - ``shape_spatial``: spatial size ``(X, Y[, Z])``.
     - ``grid``: one int for all samples or a sequence of ``B`` ints (different ``G`` per sample).
     - ``cell_ratios``: tensor ``(B, K)`` (same grid for all samples), or a sequence of ``B`` tensors of length
       ``G_b**ndim`` (or scalars: same ratio in every cell). ``B`` is taken from it.
-    - ``unit``: ``None`` -> :func:`default_unit` per sample (depends on its ``G``), an int (cube), a tuple per axis,
-      or a sequence of ``B`` tuples.
+    - ``unit``: ``None`` -> :func:`default_unit` per sample (depends on its ``G``; ``unit_divisor``, ``min_unit``),
+      an int (cube), a tuple per axis, or a sequence of ``B`` tuples.
     - ``generator``: optional ``torch.Generator`` (its device is used for drawing, the mask goes to ``device``).
 
     Returns float32 ``(B, 1, *shape_spatial)``, 1 = masked.
@@ -109,7 +118,7 @@ def grid_block_mask(shape_spatial: Sequence[int], grid: IntOrSeq, cell_ratios, u
     for i in range(b):
         g = grids[i]
         if unit is None:
-            u = default_unit(shape_spatial, g, unit_divisor)
+            u = default_unit(shape_spatial, g, unit_divisor, min_unit)
         elif isinstance(unit, int):
             u = (unit,) * ndim
         elif len(unit) == b and not isinstance(unit[0], int):

@@ -35,9 +35,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from nnunet_ssl.methods.adaptive_grid import (adaptive_cell_ratios, argmax_grids, cell_entropies, grid_scores,
-                                              valid_grids)
-from nnunet_ssl.methods.block_masks import grid_block_mask
+from nnunet_ssl.methods.adaptive_grid import (MIN_CELL_SIZE, adaptive_cell_ratios, argmax_grids, cell_entropies,
+                                              grid_scores, valid_grids)
+from nnunet_ssl.methods.block_masks import MIN_UNIT, grid_block_mask
 
 __all__ = ["MaskResult", "GMIMMasker", "HierarchicalFeatureMasker"]
 
@@ -66,9 +66,9 @@ class GMIMMasker:
     """GMIM input masking (adaptive grid + entropy-adaptive ratios) or, with fixed settings, the MAE baseline.
 
     Defaults are the paper's (candidates 4/8/16, exponent 0.1, base 0.5, spread 0.3) plus our choices
-    (bins 32, ``min_cell_size`` 2, unit = cell // 4; see :mod:`~nnunet_ssl.methods.adaptive_grid` and
-    :mod:`~nnunet_ssl.methods.block_masks`). ``fixed_grid``: use this ``G`` for every
-    sample (clamped to the valid range of the patch); ``fixed_ratio``: the same ratio in every cell (no entropy
+    (bins 32, ``min_cell_size`` 4, unit = cell // 4 but at least 2 voxels where the cell allows; see
+    :mod:`~nnunet_ssl.methods.adaptive_grid` and :mod:`~nnunet_ssl.methods.block_masks`). ``fixed_grid``: use this
+    ``G`` for every sample (clamped to the valid range of the patch); ``fixed_ratio``: the same ratio in every cell (no entropy
     ranking). ``GMIMMasker.mae()`` = fixed grid 8, fixed ratio 0.75.
 
     ``masker(x, generator=None) -> (masked_x, mask)``; ``masker.mask(x, generator=None) -> MaskResult``.
@@ -78,8 +78,9 @@ class GMIMMasker:
     base_ratio: float = 0.5
     spread: float = 0.3
     bins: int = 32
-    min_cell_size: int = 2
+    min_cell_size: int = MIN_CELL_SIZE
     unit_divisor: int = 4
+    min_unit: int = MIN_UNIT
     unit: Optional[Tuple[int, ...]] = None
     fixed_grid: Optional[int] = None
     fixed_ratio: Optional[float] = None
@@ -114,7 +115,7 @@ class GMIMMasker:
                     r = adaptive_cell_ratios(ents[g][i], self.base_ratio, self.spread)
                 ratios.append(r.float())
             mask = grid_block_mask(x.shape[2:], grids, ratios, unit=self.unit, generator=generator,
-                                   device=x.device, unit_divisor=self.unit_divisor)
+                                   device=x.device, unit_divisor=self.unit_divisor, min_unit=self.min_unit)
             mean_ratio = torch.stack([r.mean() for r in ratios])
         masked = x * (1.0 - mask).to(x.dtype)
         return MaskResult(masked, mask, grids, ratios, mean_ratio, scores)

@@ -14,7 +14,7 @@ from nnunet_ssl.methods.adaptive_grid import (
     choose_grid,
     valid_grids,
 )
-from nnunet_ssl.methods.block_masks import grid_block_mask
+from nnunet_ssl.methods.block_masks import default_unit, grid_block_mask
 from nnunet_ssl.methods.gmim_maskers import GMIMMasker, HierarchicalFeatureMasker
 
 
@@ -147,7 +147,7 @@ def _grid_batch_2d():
 @pytest.mark.parametrize("make", [_grid_batch_3d, _grid_batch_2d])
 def test_choose_grid_follows_formula(make):
     x = make()
-    grids, scores = choose_grid(x)
+    grids, scores = choose_grid(x, min_cell_size=2)  # 2-voxel cells allowed: every candidate of 40x56x40 competes
     min_size = min(x.shape[2:])
     expected_candidates = [g for g in (4, 8, 16) if g <= min_size // 2]
     assert sorted(scores) == expected_candidates
@@ -163,10 +163,31 @@ def test_choose_grid_follows_formula(make):
 
 
 def test_valid_grids_small_patches():
-    assert valid_grids((20, 28)) == [4, 8]
-    assert valid_grids((40, 56, 40)) == [4, 8, 16]
-    assert valid_grids((6, 64, 64)) == [3]  # all candidates dropped -> min(size) // 2
+    # cells of at least 4 voxels on the smallest axis (two 2-voxel masking units)
+    assert valid_grids((20, 28)) == [4]
+    assert valid_grids((40, 56, 40)) == [4, 8]  # hippocampus: no 2-voxel cells at G=16
+    assert valid_grids((256, 224)) == [4, 8, 16]  # ACDC 2d
+    assert valid_grids((6, 64, 64)) == [1]  # all candidates dropped -> min(size) // 4
     assert valid_grids((1, 64)) == [1]
+    assert valid_grids((40, 56, 40), min_cell_size=2) == [4, 8, 16]
+    assert valid_grids((6, 64, 64), min_cell_size=2) == [3]
+
+
+def test_default_unit_never_single_voxels_where_the_cell_allows():
+    assert default_unit((40, 56, 40), 8) == (1, 1, 1)  # the plain rule: a quarter of a 5-7 voxel cell
+    assert default_unit((40, 56, 40), 8, min_unit=2) == (2, 2, 2)
+    assert default_unit((40, 56, 40), 4, min_unit=2) == (2, 3, 2)
+    assert default_unit((256, 224), 8, min_unit=2) == (8, 7)  # large cells: a quarter of the cell, as before
+    assert default_unit((3, 64), 2, min_unit=2) == (1, 8)  # a 1-voxel cell keeps 1-voxel units
+    # the masker uses it: on a hippocampus-sized patch every masked run along an axis is at least 2 voxels
+    # long, except where a cell boundary cuts a unit (cells of 5 or 7 voxels: units 2, 2, 1 / 2, 2, 2, 1)
+    res = GMIMMasker.mae().mask(torch.rand(2, 1, 40, 56, 40), generator=torch.Generator().manual_seed(0))
+    assert res.grids == [8, 8]
+    line = res.mask[0, 0, :, 10, 10]
+    starts = [0, 2, 4] + [5 * c + o for c in range(1, 8) for o in (0, 2, 4)]
+    for k in range(40):  # units start at 0, 2, 4 of every 5-voxel cell and are uniform inside
+        if k not in starts:
+            assert line[k] == line[k - 1]
 
 
 # ----------------------------------------------------------------------------------------------------------- ratios
@@ -278,9 +299,9 @@ def test_mae_baseline():
     ids = cell_index_map((40, 56, 40), 8).reshape(-1)
     frac = torch.bincount(ids, weights=res.mask[0, 0].reshape(-1).double()) / torch.bincount(ids).double()
     assert (frac - 0.75).abs().max() < 0.15 and abs(res.mask.mean().item() - 0.75) < 0.03
-    # 2d small patch: grid 8 stays valid for 20x28 (cells >= 2 voxels), grid 16 is clamped to 10
-    assert GMIMMasker.mae().mask(torch.rand(1, 1, 20, 28)).grids == [8]
-    assert GMIMMasker.mae(grid=16).mask(torch.rand(1, 1, 20, 28)).grids == [10]
+    # 2d small patch: cells must be >= 4 voxels, so grid 8 and 16 are clamped to 5 for 20x28
+    assert GMIMMasker.mae().mask(torch.rand(1, 1, 20, 28)).grids == [5]
+    assert GMIMMasker.mae(grid=16).mask(torch.rand(1, 1, 20, 28)).grids == [5]
 
 
 # ----------------------------------------------------------------------------------------------------- hierarchical
