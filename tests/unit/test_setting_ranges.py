@@ -47,6 +47,8 @@ def test_class_level_defaults_lie_in_their_ranges():
     ("IDEALTrainer", "temperature=0", "temperature must be float > 0"),
     ("ReFsTrainer", "matching=fsh", "matching must be str one of fish, cosine, none"),
     ("ReFsTrainer", "fish_order=random", "fish_order must be str one of ssl_first, ref_first, alternate"),
+    ("ReFsTrainer", "fish_inner_lr=0", "fish_inner_lr must be float > 0"),
+    ("PGLTrainer", "view_placement=anywhere", "view_placement must be str one of inside, centre"),
     ("MAETrainer", "max_nonfinite_in_a_row=0", "max_nonfinite_in_a_row must be int >= 1"),
     ("MAETrainer", "grad_clip=0", "grad_clip must be float > 0"),
     ("SSLFinetuneTrainer", "warmup_duration_decoder=-1", "warmup_duration_decoder must be int >= 0"),
