@@ -33,7 +33,8 @@ class Arm:
 
 
 PRETRAIN_TRAINERS: Dict[str, str] = {"mae": "MAETrainer", "gmim": "GMIMTrainer", "pgl": "PGLTrainer",
-                                     "ideal": "IDEALTrainer", "refs": "ReFsTrainer"}
+                                     "ideal": "IDEALTrainer", "refs": "ReFsTrainer",
+                                     "ideal-inside": "IDEALTrainer_insideViews"}
 
 _WARM = "decoder-only warm-up, then whole net"
 _ENC = "encoder_lr_factor=0.1"
@@ -65,6 +66,10 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     # fine-tuning of the same checkpoint by 6 pseudo-Dice points)
     Arm("mae-lpft", "SSLFinetuneTrainer_decoderWarmup", "mae", settings=_ENC, headline=False,
         route="encoder; " + _LPFT),
+    # diagnostic of IDEAL's views: pre-trained with views kept to the case like PGL's and GMIM's (the placement
+    # since 2026-12-03; ``ideal`` centres them anywhere in the case, up to half a view of padding), same route
+    Arm("ideal-inside", "SSLFinetuneTrainer_decoderWarmup", "ideal-inside", settings=_ENC, headline=False,
+        route="encoder + decoder; " + _LPFT + " (views inside the case in pre-training)"),
     # diagnostic: IDEAL's two-decoder semi-supervised fine-tuning from a random start, which separates what the
     # unlabeled pool gives during fine-tuning from what IDEAL's pre-training gives (ideal-semi = both; a random
     # encoder needs no decoder-first warm-up or lower rate)
