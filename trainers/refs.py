@@ -64,7 +64,8 @@ from nnunet_ssl_trainers.reference_task import ReferenceHead, ReferenceTask  # n
 from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer
 
 MATCHING_MODES = ("fish", "cosine", "none")
-REFS_SETTINGS = {"matching": Setting(str, choices=MATCHING_MODES), "fish_inner_lr": Setting(float, min=0, min_exclusive=True),
+REFS_SETTINGS = {"matching": Setting(str, choices=MATCHING_MODES),
+                 "fish_inner_lr": Setting(float, min=0, min_exclusive=True),
                  "fish_order": Setting(str, choices=FISH_ORDERS), "cosine_lambda": Setting(float, min=0),
                  "ref_weight": Setting(float, min=0), "cosine_every": Setting(int, min=1)}
 # static scale of the losses whose gradients ReFs takes itself (fish's task gradients, the cosine mode's g_ssl and

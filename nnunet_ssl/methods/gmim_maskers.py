@@ -68,8 +68,8 @@ class GMIMMasker:
     Defaults are the paper's (candidates 4/8/16, exponent 0.1, base 0.5, spread 0.3) plus our choices
     (bins 32, ``min_cell_size`` 4, unit = cell // 4 but at least 2 voxels where the cell allows; see
     :mod:`~nnunet_ssl.methods.adaptive_grid` and :mod:`~nnunet_ssl.methods.block_masks`). ``fixed_grid``: use this
-    ``G`` for every sample (clamped to the valid range of the patch); ``fixed_ratio``: the same ratio in every cell (no entropy
-    ranking). ``GMIMMasker.mae()`` = fixed grid 8, fixed ratio 0.75.
+    ``G`` for every sample (clamped to the valid range of the patch); ``fixed_ratio``: the same ratio in every cell
+    (no entropy ranking). ``GMIMMasker.mae()`` = fixed grid 8, fixed ratio 0.75.
 
     ``masker(x, generator=None) -> (masked_x, mask)``; ``masker.mask(x, generator=None) -> MaskResult``.
     """
