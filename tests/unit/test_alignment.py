@@ -14,6 +14,7 @@ import torch
 from nnunet_ssl.methods.alignment import CellGeometry, align_views, overlap_box, roi_align
 from nnunet_ssl.methods.views import (ViewSamplingConfig, extract_view, overlap_fraction, place_box, sample_box,
                                       sample_flips, sample_two_boxes)
+from view_placement import assert_placed
 
 
 def cell_coords(box, flip, size, cells=None):
@@ -229,20 +230,6 @@ def test_extract_view_zero_padding_and_identity_crop():
     assert (v[:, :4] == 0).all() and (v[:, 4:] == 1).all()
 
 
-def _assert_placed(box, shape, placement):
-    """``box`` satisfies ``placement``: 'centre' = centre inside the case; 'inside' = inside the case on every
-    axis where it fits, containing the case where it does not."""
-    shape = np.asarray(shape, dtype=np.float64)
-    tol = 1e-9
-    if placement == "centre":
-        c = (box[0] + box[1]) / 2
-        assert (c >= -tol).all() and (c <= shape + tol).all(), (box, shape)
-        return
-    fits = box[1] - box[0] <= shape
-    assert (box[0][fits] >= -tol).all() and (box[1][fits] <= shape[fits] + tol).all(), (box, shape)
-    assert (box[0][~fits] <= tol).all() and (box[1][~fits] >= shape[~fits] - tol).all(), (box, shape)
-
-
 @pytest.mark.parametrize("placement", ["inside", "centre"])
 def test_sample_two_boxes_guarantees(placement):
     rng = np.random.RandomState(0)
@@ -257,7 +244,7 @@ def test_sample_two_boxes_guarantees(placement):
                 assert b1.shape == (2, ndim) and b2.shape == (2, ndim)
                 assert overlap_fraction(b1, b2) >= cfg.min_overlap - 1e-9
                 for b in (b1, b2):
-                    _assert_placed(b, shape, placement)
+                    assert_placed(b, shape, placement)
     # scales respect the range
     cfg = ViewSamplingConfig(scale_range=(0.7, 1.4), min_overlap=0.0, placement=placement)
     for _ in range(50):
@@ -283,7 +270,7 @@ def test_inside_placement_keeps_views_on_the_case():
         got = []
         for _ in range(300):
             b = sample_box(shape, patch, cfg, rng)
-            _assert_placed(b, shape, placement)
+            assert_placed(b, shape, placement)
             best = np.prod(np.minimum(b[1] - b[0], shape)) / np.prod(b[1] - b[0])
             got.append(_inside_fraction(b, shape))
             if placement == "inside":
