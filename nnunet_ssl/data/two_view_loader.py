@@ -29,7 +29,7 @@ from nnunet_ssl.methods.views import (ViewSamplingConfig, extract_view, place_bo
 
 
 def shifted_box(box: np.ndarray, shift: float, case_shape_spatial: Sequence[int], rng=None,
-                placement: str = "inside") -> np.ndarray:
+                placement: str = ViewSamplingConfig.placement) -> np.ndarray:
     """A box of the same size as ``box`` ``(2, ndim)``, moved along each axis by ``(u2 - u1) * side`` with
     ``u1, u2 ~ U[0, shift]``: where two same-size crops land when each is drawn uniformly from one region enlarged
     by ``shift`` of the side (the official GMIM code's pair of crops: 32 voxels over a 128 crop, ``shift`` 0.25).

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from nnunet_ssl.methods.alignment import cell_fractions
 
 
-PLACEMENTS = ("inside", "centre")
+PLACEMENTS = ("inside", "centre")  # the first is the default
 
 
 @dataclass
@@ -50,7 +50,7 @@ class ViewSamplingConfig:
     p_flip: float = 0.5
     p_synchronize: float = 1.0
     max_tries: int = 50
-    placement: str = "inside"
+    placement: str = PLACEMENTS[0]
 
     def __post_init__(self):
         lo, hi = (float(i) for i in self.scale_range)
