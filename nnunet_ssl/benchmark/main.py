@@ -56,7 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--budgets", nargs="+", type=int, default=None,
                    help="labeled cases (hippocampus) or patients (ACDC); default: every budget of the dataset "
                         "(smoke: the smallest)")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="label subsets (default 0 1 2; smoke: 0)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="label subsets, run in this order (default 0 1 2; smoke: 0)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the fixed test/validation split")
     p.add_argument("--work-dir", default=None,
                    help="working folder (resumable; default ./low_label_work/stock, smoke: ./low_label_work/smoke)")
@@ -191,11 +192,11 @@ def make_runs(args) -> List[Run]:
                 for arm in args.arms:
                     runs.append(Run(key, ARMS[arm], budget, seed))
     if args.order == "budget":
-        runs.sort(key=lambda r: (DATASETS[r.dataset].budgets.index(r.budget), r.seed, args.datasets.index(r.dataset),
-                                 args.arms.index(r.arm.name)))
+        runs.sort(key=lambda r: (DATASETS[r.dataset].budgets.index(r.budget), args.seeds.index(r.seed),
+                                 args.datasets.index(r.dataset), args.arms.index(r.arm.name)))
     else:
         runs.sort(key=lambda r: (args.datasets.index(r.dataset), args.arms.index(r.arm.name),
-                                 DATASETS[r.dataset].budgets.index(r.budget), r.seed))
+                                 DATASETS[r.dataset].budgets.index(r.budget), args.seeds.index(r.seed)))
     return runs
 
 

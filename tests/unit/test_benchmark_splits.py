@@ -144,7 +144,7 @@ def test_runs_of_another_schedule_are_refused(tmp_path):
     from nnunet_ssl.benchmark.main import main, schedule_of, dataset_specs, parse_args
     args = parse_args(["--profile", "cpu", "--datasets", "acdc", "--work-dir", str(tmp_path)])
     schedule = schedule_of(args, dataset_specs(args)["acdc"])
-    assert "num_epochs=100" in schedule  # ACDC: 2000 iterations (scratch did not converge in 1000 for seed 1)
+    assert "num_epochs=100" in schedule and "num_iterations_per_epoch=40" in schedule  # ACDC: 4000 iterations
     runs = [Run("acdc", ARMS["scratch"], 1, 0), Run("acdc", ARMS["ideal-reinit2"], 1, 0)]
     for run, settings in zip(runs, [schedule.replace("num_epochs=100", "num_epochs=50"),
                                     run_settings(schedule, runs[1])]):
@@ -167,13 +167,16 @@ def test_runs_of_another_schedule_are_refused(tmp_path):
 
 
 def test_run_orders():
-    """budget: the smallest budget of every dataset first; arm: an arm's runs together (one pre-training each)."""
+    """budget: the smallest budget of every dataset first; arm: an arm's runs together (one pre-training each);
+    seeds in the order given."""
     from nnunet_ssl.benchmark.main import make_runs, parse_args
     base = ["--datasets", "acdc", "hippocampus", "--arms", "scratch", "ideal", "--budgets", "1", "--seeds", "0", "1"]
     names = [r.name for r in make_runs(parse_args(base + ["--order", "arm"]))]
     assert names == ["acdc/scratch/b1_s0", "acdc/scratch/b1_s1", "acdc/ideal/b1_s0", "acdc/ideal/b1_s1",
                      "hippocampus/scratch/b1_s0", "hippocampus/scratch/b1_s1", "hippocampus/ideal/b1_s0",
                      "hippocampus/ideal/b1_s1"]
+    names = [r.name for r in make_runs(parse_args(base[:-2] + ["1", "0", "--order", "arm"]))]
+    assert names[:4] == ["acdc/scratch/b1_s1", "acdc/scratch/b1_s0", "acdc/ideal/b1_s1", "acdc/ideal/b1_s0"]
     names = [r.name for r in make_runs(parse_args(base[:-5] + ["--seeds", "0"]))]
     assert names[:4] == ["acdc/scratch/b1_s0", "acdc/ideal/b1_s0", "hippocampus/scratch/b1_s0",
                          "hippocampus/ideal/b1_s0"]
