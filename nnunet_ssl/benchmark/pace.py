@@ -5,13 +5,16 @@ A run's remaining time = its pre-training's remaining epochs (when its method ha
 recorded weights) + the epochs its training still has to do (a stopped run continues with ``--c`` from its last
 ``save_every`` checkpoint) x the arm's seconds per epoch + its prediction and evaluation.
 
-Seconds per epoch, first found wins: the median epoch time of the same dataset and arm (pre-training: method) in the
-work directory's logs (this machine), then in the record's (the machine that recorded them); else another arm of the
+Paces are kept per training step (an epoch's time over its training iterations: the log's ``NNUNET_SSL_SETTINGS
+applied`` line, else the run's settings, else nnU-Net's 250), so schedules with other epoch lengths compare (ACDC
+fine-tunes 40 iterations per epoch, pre-trainings 20); an estimate multiplies by the run's own iterations per epoch.
+Seconds per step, first found wins: the median of the same dataset and arm (pre-training: method) in the work
+directory's logs (this machine), then in the record's (the machine that recorded them); else another arm of the
 dataset scaled by the two arms' ratio measured on another dataset (:meth:`Pace.measured_ratios`), else by
-:data:`EPOCH_COST` (seconds per epoch relative to stock nnU-Net's). No epoch time of the dataset anywhere: unknown
-(``None``), and the driver runs it. The record's times come from other machines: when this machine has run something
-that the record also holds from elsewhere (same dataset, same kind: fine-tuning or pre-training), they are scaled by
-this machine's speed against the record's (:meth:`Pace.speed_factor`).
+:data:`EPOCH_COST` (cost relative to stock nnU-Net's). No epoch time of the dataset anywhere: unknown (``None``), and
+the driver runs it. The record's times come from other machines: when this machine has run something that the
+record also holds from elsewhere (same dataset, same kind: fine-tuning or pre-training), they are scaled by this
+machine's speed against the record's (:meth:`Pace.speed_factor`).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from nnunet_ssl.benchmark.datasets import DATASETS
 from nnunet_ssl.benchmark.record import recorded_weights
 from nnunet_ssl.benchmark.run_logs import read_pretrainings, read_runs
 
-# seconds per epoch relative to a stock nnU-Net epoch of the same dataset and schedule. Fine-tuning arms train the
+# seconds per epoch (of as many training iterations) relative to a stock nnU-Net epoch of the same dataset. Fine-tuning arms train the
 # stock network with stock losses (1.0); IDEAL's semi-supervised fine-tuning runs a labeled and an unlabeled batch
 # through two decoders (4.6x per iteration in the cost benchmark with the 3x3-conv decoder B, 3.1-3.4x against
 # 3.7x on one machine since its 1x1 upsampling; 4.0 kept as a margin). Pre-trainings ("pretrain:<method>"): an IDEAL
@@ -40,11 +43,21 @@ EPOCH_COST: Dict[str, float] = {
     "pretrain:ideal-inside": 0.8,
 }
 _FINAL_VALIDATION_EPOCHS = 2  # nnU-Net's final validation and start-up, in epochs of the same run (rough)
+NNUNET_ITERATIONS = 250  # nnU-Net's iterations per epoch: a run whose log and settings name none trained that many
 
 
 def _median(values: List[float]) -> Optional[float]:
     values = sorted(v for v in values if v == v)
     return values[len(values) // 2] if values else None
+
+
+def settings_iterations(settings: str) -> Optional[int]:
+    """``num_iterations_per_epoch`` of an ``NNUNET_SSL_SETTINGS`` string, or None where it names none."""
+    for part in (settings or "").split(","):
+        name, _, value = part.partition("=")
+        if name.strip() == "num_iterations_per_epoch" and value.strip().isdigit():
+            return int(value)
+    return None
 
 
 def resume_epoch(completed: int, save_every: int) -> int:
@@ -80,32 +93,37 @@ class Pace:
                 for source, root in self.roots if root.is_dir()}
 
     @staticmethod
-    def _epoch_lists(runs: Runs) -> Dict[tuple, List[List[float]]]:
-        """(source, name) -> the epoch times of each of its runs; name: the arm, or ``pretrain:<method>``."""
+    def _step_lists(runs: Runs) -> Dict[tuple, List[List[float]]]:
+        """(source, name) -> the seconds per training step of each epoch of each of its runs; name: the arm, or
+        ``pretrain:<method>``."""
         lists: Dict[tuple, List[List[float]]] = {}
         for source, (arms, pres) in runs.items():
-            for name, curves in [(r["arm"], r["curves"]) for r in arms] + \
-                    [("pretrain:" + p["method"], p["curves"]) for p in pres]:
-                lists.setdefault((source, name), []).append([t for t in curves.get("epoch_time", []) if t == t])
+            for name, curves, info in [(r["arm"], r["curves"], r["info"]) for r in arms] + \
+                    [("pretrain:" + p["method"], p["curves"], p["info"]) for p in pres]:
+                default = settings_iterations(info.get("settings", "")) or NNUNET_ITERATIONS
+                times = curves.get("epoch_time", [])
+                iterations = curves.get("iterations_per_epoch", [float("nan")] * len(times))
+                lists.setdefault((source, name), []).append(
+                    [t / (i if i == i and i > 0 else default) for t, i in zip(times, iterations) if t == t])
         return lists
 
     @classmethod
-    def _epoch_times(cls, runs: Runs) -> List[tuple]:
-        """(source, name, median epoch seconds) per arm and per pre-training (``pretrain:<method>``)."""
-        return [(s, n, m) for (s, n), ts in cls._epoch_lists(runs).items()
+    def _step_times(cls, runs: Runs) -> List[tuple]:
+        """(source, name, median seconds per step) per arm and per pre-training (``pretrain:<method>``)."""
+        return [(s, n, m) for (s, n), ts in cls._step_lists(runs).items()
                 if (m := _median([t for times in ts for t in times])) is not None]
 
     def speed_factor(self, keys) -> tuple:
         """(this machine's epoch time / the record's, where from) over the datasets ``keys``, or (None, ""): the
         median ratio over pairs of an arm this machine ran and one the record holds from another machine (a
-        recorded run with the same epoch times as one of this work directory is a copy of it and does not count),
+        recorded run with the same step times as one of this work directory is a copy of it and does not count),
         of the same dataset and kind (fine-tuning or pre-training), each normalised by :data:`EPOCH_COST`."""
         if len(self.roots) < 2:
             return None, ""
         here_name, record_name = self.roots[0][0], self.roots[1][0]
         ratios, where = [], set()
         for key in keys:
-            lists = self._epoch_lists(self.read(key))
+            lists = self._step_lists(self.read(key))
             here = {n: ts for (s, n), ts in lists.items() if s == here_name}
             copies = [t for ts in here.values() for t in ts]
             for (s, m), ts in lists.items():
@@ -121,16 +139,17 @@ class Pace:
         return (factor, f"this machine's speed against the record's on {', '.join(sorted(where))}") \
             if factor else (None, "")
 
-    def epoch_seconds(self, key: str, name: str, runs: Optional[Runs] = None) -> tuple:
-        """(seconds per epoch or None, where from) of arm ``name`` (or ``pretrain:<method>``) on dataset ``key``."""
-        known = self._epoch_times(self.read(key) if runs is None else runs)
+    def step_seconds(self, key: str, name: str, runs: Optional[Runs] = None) -> tuple:
+        """(seconds per training step or None, where from) of arm ``name`` (or ``pretrain:<method>``) on dataset
+        ``key``."""
+        known = self._step_times(self.read(key) if runs is None else runs)
         ratios = None  # measured_ratios(key, name), read at most once
         for i, (source, _) in enumerate(self.roots):
             found = None
             same = [m for s, n, m in known if s == source and n == name]
             other = [(n, m) for s, n, m in known if s == source and n in EPOCH_COST]
             if same:
-                found = same[0], f"{name}'s median epoch on {source}"
+                found = same[0], f"{name}'s median step on {source}"
             elif other and name in EPOCH_COST:
                 kind = name.startswith("pretrain:")  # the same kind (fine-tuning / pre-training) first, scratch first
                 other = sorted(other, key=lambda nm: (nm[0].startswith("pretrain:") != kind, nm[0] != "scratch"))
@@ -138,12 +157,12 @@ class Pace:
                 for n, m in other:  # a ratio measured on another dataset beats the table's
                     if n in ratios:
                         ratio, where = ratios[n]
-                        found = m * ratio, f"{n}'s median epoch on {source} x {ratio:.2f} ({where})"
+                        found = m * ratio, f"{n}'s median step on {source} x {ratio:.2f} ({where})"
                         break
                 else:
                     n, m = other[0]
                     found = m * EPOCH_COST[name] / EPOCH_COST[n], \
-                        f"{n}'s median epoch on {source} x {EPOCH_COST[name] / EPOCH_COST[n]:.1f}"
+                        f"{n}'s median step on {source} x {EPOCH_COST[name] / EPOCH_COST[n]:.1f}"
             if found is not None and i > 0:  # the record's pace: scaled to this machine's where known
                 factor, how = self.speed_factor([k for k in DATASETS if k != key])
                 if factor is not None:
@@ -159,7 +178,7 @@ class Pace:
         the :data:`EPOCH_COST` table's margin."""
         ratios: Dict[str, tuple] = {}
         for other in (k for k in DATASETS if k != key):
-            times = self._epoch_times(self.read(other))
+            times = self._step_times(self.read(other))
             for source, _ in self.roots:
                 mine = {n: m for s, n, m in times if s == source}
                 if not mine.get(name):
@@ -180,20 +199,24 @@ class Pace:
 
     def estimate(self, key: str, arm: str, num_epochs: int, save_every: int, completed: int = 0,
                  pretrain: Optional[str] = None, pretrain_epochs: int = 0, pretrain_completed: int = 0,
-                 pretrain_save_every: int = 5, runs: Optional[Runs] = None) -> Estimate:
-        """Seconds a run still needs: ``completed`` epochs of it are logged; ``pretrain``: the method whose
-        pre-training has to run first (``pretrain_completed`` of its ``pretrain_epochs`` logged)."""
+                 pretrain_save_every: int = 5, runs: Optional[Runs] = None, iterations: int = NNUNET_ITERATIONS,
+                 pretrain_iterations: int = NNUNET_ITERATIONS) -> Estimate:
+        """Seconds a run still needs: ``completed`` epochs of it are logged, each of ``iterations`` training steps;
+        ``pretrain``: the method whose pre-training has to run first (``pretrain_completed`` of its
+        ``pretrain_epochs`` logged, ``pretrain_iterations`` steps each)."""
         runs = self.read(key) if runs is None else runs
-        per_epoch, how = self.epoch_seconds(key, arm, runs)
-        if per_epoch is None:
+        per_step, how = self.step_seconds(key, arm, runs)
+        if per_step is None:
             return Estimate(None, how)
+        per_epoch = per_step * iterations
         left = num_epochs - resume_epoch(completed, save_every)
         total = (left + _FINAL_VALIDATION_EPOCHS) * per_epoch + self.overhead_seconds(key, runs)
         parts = [f"{left} epochs x {per_epoch:.0f} s ({how})"]
         if pretrain:
-            pre_epoch, pre_how = self.epoch_seconds(key, "pretrain:" + pretrain, runs)
-            if pre_epoch is None:
+            pre_step, pre_how = self.step_seconds(key, "pretrain:" + pretrain, runs)
+            if pre_step is None:
                 return Estimate(None, f"pre-training {pretrain}: {pre_how}")
+            pre_epoch = pre_step * pretrain_iterations
             pre_left = pretrain_epochs - resume_epoch(pretrain_completed, pretrain_save_every)
             pre_total = (pre_left + 1) * pre_epoch
             parts.append(f"pre-training {pretrain}: {pre_left} epochs x {pre_epoch:.0f} s ({pre_how})")
@@ -205,8 +228,10 @@ class Pace:
                      pretrain_schedule: Optional[Dict[str, int]] = None) -> Estimate:
         """:meth:`estimate` for a run of the driver: its progress and its pre-training's from the work directory;
         the pre-training counts unless the work directory finished it or the record holds its weights of
-        ``pretrain_settings``. ``schedule``: ``num_epochs`` and ``save_every`` (nnU-Net's 1000 and 50 if absent)."""
+        ``pretrain_settings``. ``schedule``: ``num_epochs``, ``save_every`` and ``num_iterations_per_epoch``
+        (nnU-Net's 1000, 50 and 250 if absent)."""
         num_epochs, save_every = schedule.get("num_epochs", 1000), schedule.get("save_every", 50)
+        iterations = schedule.get("num_iterations_per_epoch", NNUNET_ITERATIONS)
         runs = self.read(key)
         here_runs, here_pres = runs.get(self.roots[0][0], ([], []))  # the work directory's
         completed = 0
@@ -222,9 +247,11 @@ class Pace:
                 pschedule = pretrain_schedule or {}
                 pre_args = dict(pretrain=pretrain, pretrain_epochs=pschedule.get("num_epochs", 1000),
                                 pretrain_save_every=pschedule.get("save_every", 5),
+                                pretrain_iterations=pschedule.get("num_iterations_per_epoch", NNUNET_ITERATIONS),
                                 pretrain_completed=len(pres[pretrain]["curves"].get("train_loss", []))
                                 if pretrain in pres else 0)
-        return self.estimate(key, arm, num_epochs, save_every, completed, runs=runs, **pre_args)
+        return self.estimate(key, arm, num_epochs, save_every, completed, runs=runs, iterations=iterations,
+                             **pre_args)
 
 
 def parse_deadline(text: str, now: Optional[float] = None) -> float:

@@ -21,20 +21,26 @@ _LINE = re.compile(r"^\S+ \S+: (\w+) (\S+)\s*$")
 _EPOCH = re.compile(r"^\S+ \S+: Epoch (\d+)\s*$")
 _DICE = re.compile(r"^\S+ \S+: Pseudo dice \[(.*)\]\s*$")
 _TIME = re.compile(r"^\S+ \S+: Epoch time: ([0-9.]+) s\s*$")
+_ITERATIONS = re.compile(r"NNUNET_SSL_SETTINGS applied: .*'num_iterations_per_epoch': (\d+)")
 
 
 def parse_training_log(text: str) -> Dict[str, List[float]]:
     """Per-epoch curves of nnU-Net training logs (ours and stock): ``train_loss``, ``val_loss``, any other
-    ``key value`` line, ``epoch_time`` (seconds) and for segmentation runs ``pseudo_dice`` (nanmean over classes, as
-    nnU-Net's ``mean_fg_dice``). Values go to the epoch of the last ``Epoch N`` line, so the logs of a continued run
-    (which repeats epochs after its last checkpoint) can simply be concatenated in time order."""
+    ``key value`` line, ``epoch_time`` (seconds), ``iterations_per_epoch`` (where the log names it: the trainer's
+    ``NNUNET_SSL_SETTINGS applied`` line; NaN otherwise) and for segmentation runs ``pseudo_dice`` (nanmean over
+    classes, as nnU-Net's ``mean_fg_dice``). Values go to the epoch of the last ``Epoch N`` line, so the logs of a
+    continued run (which repeats epochs after its last checkpoint) can simply be concatenated in time order."""
     epochs: Dict[int, Dict[str, float]] = {}
-    epoch = None
+    epoch, iterations = None, None
     for line in text.splitlines():
+        m = _ITERATIONS.search(line)
+        if m:
+            iterations = float(m.group(1))
+            continue
         m = _EPOCH.match(line)
         if m:
             epoch = int(m.group(1))
-            epochs[epoch] = {}
+            epochs[epoch] = {} if iterations is None else {"iterations_per_epoch": iterations}
             continue
         if epoch is None:
             continue

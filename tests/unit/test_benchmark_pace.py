@@ -19,7 +19,7 @@ CPU_SETTINGS = "num_epochs=50,num_iterations_per_epoch=20,num_val_iterations_per
 
 
 def _run(root: Path, arm: str, trainer: str, fold: int, epochs: int, epoch_s: float, evaluated: bool = True,
-         seconds=None, key="hippocampus", cfg="3d_fullres"):
+         seconds=None, key="hippocampus", cfg="3d_fullres", iterations=None):
     run = root / key / "arms" / arm / f"b1_s{fold}"
     run.mkdir(parents=True, exist_ok=True)
     if evaluated:
@@ -27,15 +27,22 @@ def _run(root: Path, arm: str, trainer: str, fold: int, epochs: int, epoch_s: fl
     (run / "run.json").write_text(json.dumps({"fold": fold, "trainer": trainer, "settings": CPU_SETTINGS,
                                               "seconds": seconds or {"predict": 50.0, "evaluate": 10.0}}))
     _write_log(root / key / "arms" / arm / "nnUNet_results" / HIP_RESULTS / f"{trainer}__nnUNetPlans__{cfg}" /
-               f"fold_{fold}", epochs, epoch_time=lambda e: epoch_s)
+               f"fold_{fold}", epochs, epoch_time=lambda e: epoch_s, iterations=iterations)
 
 
-def _pretraining(root: Path, method: str, trainer: str, epochs: int, epoch_s: float, finished: bool):
-    folder = (root / "hippocampus" / "pretrain" / method / "nnUNet_results" / "Dataset402_X" /
-              f"{trainer}__nnUNetPlans__3d_fullres" / "fold_all")
-    _write_log(folder, epochs, epoch_time=lambda e: epoch_s)
+def _pretraining(root: Path, method: str, trainer: str, epochs: int, epoch_s: float, finished: bool,
+                 key="hippocampus", cfg="3d_fullres", iterations=20):
+    folder = (root / key / "pretrain" / method / "nnUNet_results" / "Dataset402_X" /
+              f"{trainer}__nnUNetPlans__{cfg}" / "fold_all")
+    _write_log(folder, epochs, epoch_time=lambda e: epoch_s, iterations=iterations)
     if finished:
         (folder / "checkpoint_final.pth").write_bytes(b"")
+
+
+def _epoch(pace: Pace, key: str, name: str, iterations: int = 20) -> tuple:
+    """(seconds per epoch of ``iterations`` steps or None, where from): the runs of these tests log 20 per epoch."""
+    step, how = pace.step_seconds(key, name)
+    return (None if step is None else step * iterations), how
 
 
 def test_every_arm_and_pretraining_has_a_cost():
@@ -66,26 +73,26 @@ def test_this_machine_first_then_scaled_then_record(tmp_path):
     _run(record, "mae", "SSLFinetuneTrainer_decoderWarmup", 0, 50, 120.0)
     pace = Pace(work, record)
     # nothing on this machine: the record's own epoch time of the arm
-    assert pace.epoch_seconds("hippocampus", "mae")[0] == 120.0
+    assert _epoch(pace, "hippocampus", "mae")[0] == 120.0
     # an arm the record lacks: scaled from the record's scratch
-    s, how = pace.epoch_seconds("hippocampus", "ideal-semi")
+    s, how = _epoch(pace, "hippocampus", "ideal-semi")
     assert s == pytest.approx(100.0 * EPOCH_COST["ideal-semi"]) and "scratch" in how and "record" in how
     # this machine's pace wins over the record's, even scaled from another arm
     _run(work, "scratch", "nnUNetTrainer_schedule", 1, 50, 40.0)
-    assert pace.epoch_seconds("hippocampus", "mae")[0] == pytest.approx(40.0)
-    assert pace.epoch_seconds("hippocampus", "scratch")[0] == 40.0
+    assert _epoch(pace, "hippocampus", "mae")[0] == pytest.approx(40.0)
+    assert _epoch(pace, "hippocampus", "scratch")[0] == 40.0
     # a pre-training is scaled from pre-trainings first (epochs of another kind)
     _pretraining(work, "ideal", "IDEALTrainer", 100, 30.0, finished=True)
-    s, how = pace.epoch_seconds("hippocampus", "pretrain:mae")
+    s, how = _epoch(pace, "hippocampus", "pretrain:mae")
     assert s == pytest.approx(30.0 * EPOCH_COST["pretrain:mae"] / EPOCH_COST["pretrain:ideal"]) and "ideal" in how
-    assert pace.epoch_seconds("acdc", "scratch") == (None, "no epoch time of this dataset yet")
+    assert pace.step_seconds("acdc", "scratch") == (None, "no epoch time of this dataset yet")
 
 
 def test_estimate_counts_progress_pretraining_and_prediction(tmp_path):
     work, record = tmp_path / "work", tmp_path / "record"
     _run(work, "scratch", "nnUNetTrainer_schedule", 0, 50, 10.0, seconds={"predict": 50.0, "evaluate": 10.0})
     pace = Pace(work, record)
-    schedule = {"num_epochs": 50, "save_every": 5}
+    schedule = {"num_epochs": 50, "save_every": 5, "num_iterations_per_epoch": 20}
     full = pace.estimate_run("hippocampus", "scratch", 1, 1, schedule)
     assert full.seconds == pytest.approx((50 + 2) * 10.0 + 60.0)  # 2 epochs: final validation; + predict/evaluate
     # a run stopped after 23 logged epochs continues from epoch 20
@@ -93,7 +100,7 @@ def test_estimate_counts_progress_pretraining_and_prediction(tmp_path):
     part = pace.estimate_run("hippocampus", "scratch", 1, 1, schedule)
     assert part.seconds == pytest.approx((30 + 2) * 10.0 + 60.0)
     # an arm whose pre-training has not run adds it; a finished one in the work dir does not
-    pre = {"num_epochs": 100, "save_every": 5}
+    pre = {"num_epochs": 100, "save_every": 5, "num_iterations_per_epoch": 20}
     with_pre = pace.estimate_run("hippocampus", "mae", 1, 2, schedule, "mae", "s", pre)
     assert with_pre.seconds == pytest.approx(full.seconds + 101 * 10.0 * EPOCH_COST["pretrain:mae"])
     assert "pre-training mae" in with_pre.detail and full.pretrain_seconds is None
@@ -110,7 +117,7 @@ def test_estimate_counts_progress_pretraining_and_prediction(tmp_path):
     assert pace.estimate_run("hippocampus", "ideal", 1, 2, schedule, "ideal", "s", pre).seconds == \
         pytest.approx(full.seconds)
     assert pace.estimate_run("hippocampus", "ideal", 1, 2, schedule, "ideal", "other", pre).seconds > full.seconds
-    assert pace.estimate(key="acdc", arm="scratch", num_epochs=5, save_every=5).fits(0.0)  # unknown pace: run it
+    assert pace.estimate(key="acdc", arm="scratch", num_epochs=5, save_every=5, iterations=20).fits(0.0)  # unknown pace: run it
 
 
 def _driver(work: Path, record: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -188,19 +195,19 @@ def test_record_pace_is_scaled_by_this_machines_speed(tmp_path):
     work, record = tmp_path / "work", tmp_path / "record"
     _run(record, "scratch", "nnUNetTrainer_schedule", 0, 50, 100.0)  # hippocampus, on the old machine
     pace = Pace(work, record)
-    assert pace.epoch_seconds("hippocampus", "scratch")[0] == 100.0  # nothing to compare with yet
+    assert _epoch(pace, "hippocampus", "scratch")[0] == 100.0  # nothing to compare with yet
     _run(record, "scratch", "nnUNetTrainer_schedule", 0, 50, 60.0, key="acdc", cfg="2d")  # old machine
     _run(work, "ideal", "SSLFinetuneTrainer", 0, 50, 30.0, key="acdc", cfg="2d")  # this machine: twice as fast
     _run(record, "ideal", "SSLFinetuneTrainer", 0, 50, 30.0, key="acdc", cfg="2d")  # its copy in the record
-    s, how = pace.epoch_seconds("hippocampus", "scratch")
+    s, how = _epoch(pace, "hippocampus", "scratch")
     assert s == pytest.approx(50.0) and "x 0.50" in how and "acdc" in how
-    s, _ = pace.epoch_seconds("hippocampus", "ideal-semi")  # scaled from the record's scratch, then by speed
+    s, _ = _epoch(pace, "hippocampus", "ideal-semi")  # scaled from the record's scratch, then by speed
     assert s == pytest.approx(100.0 * EPOCH_COST["ideal-semi"] * 0.5)
     # pre-trainings are compared with pre-trainings only: none on both sides here, so the same 0.5 applies
     assert pace.speed_factor(["acdc"])[0] == pytest.approx(0.5)
     # this machine's own epochs of the dataset still win
     _run(work, "scratch", "nnUNetTrainer_schedule", 1, 50, 70.0)
-    assert pace.epoch_seconds("hippocampus", "scratch")[0] == 70.0
+    assert _epoch(pace, "hippocampus", "scratch")[0] == 70.0
 
 
 def test_unknown_arm_is_scaled_by_its_ratio_measured_on_another_dataset(tmp_path):
@@ -209,14 +216,37 @@ def test_unknown_arm_is_scaled_by_its_ratio_measured_on_another_dataset(tmp_path
     work, record = tmp_path / "work", tmp_path / "record"
     _run(work, "scratch", "nnUNetTrainer_schedule", 0, 50, 60.0)  # hippocampus
     pace = Pace(work, record)
-    assert pace.epoch_seconds("hippocampus", "ideal-semi")[0] == pytest.approx(60.0 * EPOCH_COST["ideal-semi"])
+    assert _epoch(pace, "hippocampus", "ideal-semi")[0] == pytest.approx(60.0 * EPOCH_COST["ideal-semi"])
     _run(work, "scratch", "nnUNetTrainer_schedule", 0, 100, 40.0, key="acdc", cfg="2d")
     _run(work, "ideal-semi", "IDEALSemiSupervisedTrainer_decoderWarmup", 0, 30, 104.0, evaluated=False, key="acdc",
          cfg="2d")
-    s, how = pace.epoch_seconds("hippocampus", "ideal-semi")
+    s, how = _epoch(pace, "hippocampus", "ideal-semi")
     assert s == pytest.approx(60.0 * 2.6) and "acdc" in how and "x 2.60" in how
-    assert pace.epoch_seconds("acdc", "ideal-semi")[0] == 104.0  # its own epochs still win
+    assert _epoch(pace, "acdc", "ideal-semi")[0] == 104.0  # its own epochs still win
     # a pair measured only with another base arm: that base is used where this dataset has it
     assert "ideal" not in pace.measured_ratios("hippocampus", "ideal-semi")
-    est = pace.estimate("hippocampus", "ideal-semi", num_epochs=50, save_every=5)
+    est = pace.estimate("hippocampus", "ideal-semi", num_epochs=50, save_every=5, iterations=20)
     assert est.seconds == pytest.approx((50 + 2) * 60.0 * 2.6 + 60.0)
+
+
+def test_paces_compare_per_training_step_across_epoch_lengths(tmp_path):
+    """ACDC fine-tunes 40 iterations per epoch, its pre-trainings 20: an epoch time counts per training step (the
+    log's NNUNET_SSL_SETTINGS line, else the run's settings, else nnU-Net's 250), and an estimate multiplies by the
+    run's own iterations. Without that, a 40-iteration run estimated from 20-iteration epochs came out at half."""
+    work, record = tmp_path / "work", tmp_path / "record"
+    _pretraining(record, "ideal", "IDEALTrainer", 100, 30.0, finished=True, key="acdc", cfg="2d", iterations=20)
+    pace = Pace(work, record)
+    step, how = pace.step_seconds("acdc", "scratch")  # from the pre-training's steps, by the cost table
+    assert step == pytest.approx(30.0 / 20 * EPOCH_COST["scratch"] / EPOCH_COST["pretrain:ideal"])
+    est = pace.estimate("acdc", "scratch", num_epochs=100, save_every=5, iterations=40)
+    assert est.seconds == pytest.approx((100 + 2) * step * 40)
+    assert "100 epochs x 75 s" in est.detail
+    # the log names 40 iterations although run.json's settings say 20: the log wins (it is what trained)
+    _run(work, "scratch", "nnUNetTrainer_schedule", 0, 100, 80.0, key="acdc", cfg="2d", iterations=40)
+    assert pace.step_seconds("acdc", "scratch")[0] == pytest.approx(2.0)
+    # no line in the log: the run's settings (CPU_SETTINGS: 20); no settings either: nnU-Net's 250
+    _run(work, "mae", "SSLFinetuneTrainer_decoderWarmup", 0, 50, 40.0, key="acdc", cfg="2d")
+    assert pace.step_seconds("acdc", "mae")[0] == pytest.approx(2.0)
+    info = work / "acdc" / "arms" / "mae" / "b1_s0" / "run.json"
+    info.write_text(json.dumps({"fold": 0, "trainer": "SSLFinetuneTrainer_decoderWarmup"}))
+    assert pace.step_seconds("acdc", "mae")[0] == pytest.approx(40.0 / 250)

@@ -239,9 +239,11 @@ def test_parse_training_log_by_epoch_with_continuation():
     assert ssl == {"train_loss": [1.5], "val_loss": [1.2], "recon_loss": [0.7]}
 
 
-def _write_log(folder, epochs, dice=None, val=None, epoch_time=None):
+def _write_log(folder, epochs, dice=None, val=None, epoch_time=None, iterations=None):
     folder.mkdir(parents=True, exist_ok=True)
-    lines = []
+    lines = [] if iterations is None else [  # what our trainers log when NNUNET_SSL_SETTINGS sets the schedule
+        f"2026-01-01 00:00:00.0: NNUNET_SSL_SETTINGS applied: {{'num_epochs': {epochs}, "
+        f"'num_iterations_per_epoch': {iterations}, 'batch_size': 2}} "]
     for e in range(epochs):
         lines += [f"2026-01-01 00:00:00.0: Epoch {e}", f"2026-01-01 00:00:01.0: train_loss {1 - 0.01 * e}"]
         if epoch_time is not None:
