@@ -28,13 +28,13 @@ from nnunet_ssl.benchmark.datasets import DATASETS
 from nnunet_ssl.benchmark.record import recorded_weights
 from nnunet_ssl.benchmark.run_logs import read_pretrainings, read_runs
 
-# seconds per epoch (of as many training iterations) relative to a stock nnU-Net epoch of the same dataset. Fine-tuning arms train the
-# stock network with stock losses (1.0); IDEAL's semi-supervised fine-tuning runs a labeled and an unlabeled batch
-# through two decoders (4.6x per iteration in the cost benchmark with the 3x3-conv decoder B, 3.1-3.4x against
-# 3.7x on one machine since its 1x1 upsampling; 4.0 kept as a margin). Pre-trainings ("pretrain:<method>"): an IDEAL
-# pre-training epoch took 0.75x a stock ACDC epoch on the same machine (48 vs 64 s: 5 instead of 10 validation
-# iterations, no deep supervision), the other methods scaled from it by the cost benchmark's per-iteration ratios
-# (ACDC 2d: MAE 1.0, GMIM 1.08, PGL 1.47, IDEAL 1.32, ReFs 2.43), rounded up.
+# seconds per epoch (of as many training iterations) relative to a stock nnU-Net epoch of the same dataset.
+# Fine-tuning arms train the stock network with stock losses (1.0); IDEAL's semi-supervised fine-tuning runs a labeled
+# and an unlabeled batch through two decoders (4.6x per iteration in the cost benchmark with the 3x3-conv decoder B,
+# 3.1-3.4x against 3.7x on one machine since its 1x1 upsampling; 4.0 kept as a margin). Pre-trainings
+# ("pretrain:<method>"): an IDEAL pre-training epoch took 0.75x a stock ACDC epoch on the same machine (48 vs 64 s: 5
+# instead of 10 validation iterations, no deep supervision), the other methods scaled from it by the cost benchmark's
+# per-iteration ratios (ACDC 2d: MAE 1.0, GMIM 1.08, PGL 1.47, IDEAL 1.32, ReFs 2.43), rounded up.
 EPOCH_COST: Dict[str, float] = {
     "scratch": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0, "refs": 1.0, "ideal-reinit2": 1.0,
     "ideal-enclr": 1.0, "ideal-wholenet": 1.0, "mae-reinit1": 1.0, "mae-lpft": 1.0, "ideal-inside": 1.0,
@@ -114,7 +114,7 @@ class Pace:
                 if (m := _median([t for times in ts for t in times])) is not None]
 
     def speed_factor(self, keys) -> tuple:
-        """(this machine's epoch time / the record's, where from) over the datasets ``keys``, or (None, ""): the
+        """(this machine's step time / the record's, where from) over the datasets ``keys``, or (None, ""): the
         median ratio over pairs of an arm this machine ran and one the record holds from another machine (a
         recorded run with the same step times as one of this work directory is a copy of it and does not count),
         of the same dataset and kind (fine-tuning or pre-training), each normalised by :data:`EPOCH_COST`."""
