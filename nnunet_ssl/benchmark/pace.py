@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 from nnunet_ssl.benchmark.datasets import DATASETS
 from nnunet_ssl.benchmark.record import recorded_weights
 from nnunet_ssl.benchmark.run_logs import read_pretrainings, read_runs
+from nnunet_ssl.settings import settings_items
 
 # seconds per epoch (of as many training iterations) relative to a stock nnU-Net epoch of the same dataset.
 # Fine-tuning arms train the stock network with stock losses (1.0); IDEAL's semi-supervised fine-tuning runs a labeled
@@ -53,7 +54,7 @@ def _median(values: List[float]) -> Optional[float]:
 
 def settings_iterations(settings: str) -> Optional[int]:
     """``num_iterations_per_epoch`` of an ``NNUNET_SSL_SETTINGS`` string, or None where it names none."""
-    for part in (settings or "").split(","):
+    for part in settings_items(settings):
         name, _, value = part.partition("=")
         if name.strip() == "num_iterations_per_epoch" and value.strip().isdigit():
             return int(value)
