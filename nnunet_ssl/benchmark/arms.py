@@ -30,6 +30,20 @@ class Arm:
     settings: str = ""  # extra NNUNET_SSL_SETTINGS of the fine-tuning
     headline: bool = True  # False: uses extra labels of the same task or is a diagnostic
     route: str = ""  # the fine-tuning route, as the report states it
+    epochs_factor: int = 1  # the schedule's epochs times this (diagnostic: is the schedule long enough?)
+
+
+NNUNET_EPOCHS = 1000  # nnU-Net's epochs where a schedule names none (the full profile)
+
+
+def arm_schedule(arm: Arm, values: Dict[str, object]) -> Dict[str, object]:
+    """The schedule's numbers (``num_epochs``, ...; ints or their text) for ``arm``: its ``epochs_factor`` times
+    the epochs, everything else unchanged (same order)."""
+    if arm.epochs_factor == 1:
+        return dict(values)
+    out = dict(values)
+    out["num_epochs"] = int(values.get("num_epochs", NNUNET_EPOCHS)) * arm.epochs_factor
+    return out
 
 
 PRETRAIN_TRAINERS: Dict[str, str] = {"mae": "MAETrainer", "gmim": "GMIMTrainer", "pgl": "PGLTrainer",
@@ -49,6 +63,10 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
         route="encoder + decoder; two decoders, cross pseudo supervision on the unlabeled pool; " + _LPFT),
     Arm("refs", "SSLFinetuneTrainer_decoderWarmup", "refs",
         route="encoder; " + _WARM + " (reference = the other dataset's labels)"),
+    # diagnostic of the schedule: stock nnU-Net with twice the epochs (same label subsets, iterations per epoch and
+    # batch); paired against scratch, it says whether scratch's end point still moves with more training
+    Arm("scratch-2x", "nnUNetTrainer_schedule", None, headline=False, epochs_factor=2,
+        route="stock nnUNetTrainer from scratch, twice the epochs"),
     # diagnostics (not in the headline, not run by default): the same checkpoints with the first encoder stages
     # left at their random initialisation (pre-training collapses early-stage features; docs/benchmarks.md)
     Arm("ideal-reinit2", "SSLFinetuneTrainer", "ideal", settings="reinit_encoder_stages=2", headline=False,
@@ -77,3 +95,5 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
         route="random start; two decoders, cross pseudo supervision on the unlabeled pool"),
 )}
 DEFAULT_ARMS = [name for name, arm in ARMS.items() if arm.headline]
+# the from-scratch stock arms (scratch and its schedule check): the report draws their pseudo-Dice curves
+SCRATCH_ARMS = [name for name, arm in ARMS.items() if arm.trainer == ARMS["scratch"].trainer and arm.pretrain is None]

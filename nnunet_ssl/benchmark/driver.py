@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from nnunet_ssl.benchmark import common as bc
-from nnunet_ssl.benchmark.arms import PRETRAIN_TRAINERS, Arm
+from nnunet_ssl.benchmark.arms import PRETRAIN_TRAINERS, Arm, arm_schedule
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.record import recorded_weights
 from nnunet_ssl.benchmark.splits import Split, fold_of, make_split, nnunet_folds
 from nnunet_ssl.errors import UserInputError
+from nnunet_ssl.settings import settings_items
 
 PLANS = "nnUNetPlans"
 
@@ -220,8 +221,10 @@ def training_output(work: Path, s: DatasetSetup, run: Run) -> Path:
 
 
 def run_settings(schedule: str, run: Run) -> str:
-    """``NNUNET_SSL_SETTINGS`` of a run: the profile's schedule for its dataset plus the arm's own settings."""
-    return settings_text({}, schedule, run.arm.settings)
+    """``NNUNET_SSL_SETTINGS`` of a run: the profile's schedule for its dataset (epochs times the arm's
+    ``epochs_factor``) plus the arm's own settings."""
+    values = dict(item.split("=", 1) for item in settings_items(schedule))
+    return settings_text(arm_schedule(run.arm, values), run.arm.settings)
 
 
 def stale_runs(work: Path, runs: List[Run], schedules: Dict[str, str], record: Optional[Path] = None) -> List[str]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from nnunet_ssl.benchmark import common as bc
-from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS
+from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS, arm_schedule
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.pace import Estimate, Pace, parse_deadline
 from nnunet_ssl.benchmark.driver import (Run, Runner, do_run, prepare_dataset, run_is_done, run_pretraining,
@@ -148,7 +148,8 @@ def schedule_values(args, ds) -> Dict[str, int]:
 
 def estimate_of(pace: Pace, args, specs: Dict[str, BenchDataset], r: Run) -> Estimate:
     pretrain = PROFILES[args.profile]["pretrain"]
-    return pace.estimate_run(r.dataset, r.arm.name, r.budget, r.seed, schedule_values(args, specs[r.dataset]),
+    return pace.estimate_run(r.dataset, r.arm.name, r.budget, r.seed,
+                             arm_schedule(r.arm, schedule_values(args, specs[r.dataset])),
                              r.arm.pretrain, settings_text(pretrain), pretrain)
 
 

@@ -84,14 +84,15 @@ def dice_plot(agg: Dict[tuple, dict], key: str, word: str, path: Path) -> bool:
 
 
 def convergence_plot(runs: List[dict], path: Path) -> bool:
-    """Scratch's pseudo Dice (thin) and its EMA (thick) per epoch, one panel per budget, the last fifth shaded."""
+    """Pseudo Dice (thin) and its EMA (thick) per epoch of from-scratch runs, one panel per arm and budget (scratch,
+    and scratch-2x where the schedule check ran), the last fifth shaded."""
     runs = [r for r in runs if r["curves"].get("pseudo_dice")]
     if not runs:
         return False
-    budgets = sorted({r["budget"] for r in runs})
-    fig, axes = _panels(len(budgets))
-    for ax, b in zip(axes, budgets):
-        mine = sorted((r for r in runs if r["budget"] == b), key=lambda r: r["seed"])
+    panels = sorted({(r["budget"], r["arm"]) for r in runs})
+    fig, axes = _panels(len(panels))
+    for ax, (b, arm) in zip(axes, panels):
+        mine = sorted((r for r in runs if (r["budget"], r["arm"]) == (b, arm)), key=lambda r: r["seed"])
         for r in mine:
             dice = r["curves"]["pseudo_dice"]
             c = f"C{r['seed'] % 10}"
@@ -101,7 +102,7 @@ def convergence_plot(runs: List[dict], path: Path) -> bool:
         if done:  # the criterion's window, judged on finished runs only
             _shade_last_fifth(ax, max(done))
         ax.set_ylim(0, 1)
-        _label(ax, f"{r['arm']}, budget {b}", "epoch", "pseudo Dice (thin) and EMA")
+        _label(ax, f"{arm}, budget {b}", "epoch", "pseudo Dice (thin) and EMA")
     return _save(fig, path)
 
 

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 from nnunet_ssl.benchmark import common as bc
 from nnunet_ssl.benchmark import record as rec
 from nnunet_ssl.benchmark import stats as st
-from nnunet_ssl.benchmark.arms import ARMS
+from nnunet_ssl.benchmark.arms import ARMS, SCRATCH_ARMS
 from nnunet_ssl.benchmark.datasets import DATASETS
 from nnunet_ssl.benchmark.run_logs import _json, _order, read_pretrainings, read_runs
 
@@ -245,7 +245,7 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
                   f"fifth of the epochs is less than {st.DICE_RISE_TOL} above that of the best earlier fifth (no new "
                   f"high beyond the plateau reached before).", ""]
         lines += convergence_table(runs[k])
-        if plots.convergence_plot([r for r in runs[k] if r["arm"] == "scratch"], out / f"{stem}_{k}_convergence.png"):
+        if plots.convergence_plot([r for r in runs[k] if r["arm"] in SCRATCH_ARMS], out / f"{stem}_{k}_convergence.png"):
             lines += ["", f"![scratch pseudo Dice, {k}]({stem}_{k}_convergence.png)"]
         lines += ["", "### Pre-training", "",
                   f"On every non-test image of the dataset (labels unused). Flattened: the EMA validation loss moves "

@@ -166,6 +166,27 @@ def test_runs_of_another_schedule_are_refused(tmp_path):
         main(cli)
 
 
+def test_schedule_check_arm_trains_the_same_schedule_twice_as_long(tmp_path):
+    """scratch-2x: stock nnU-Net on scratch's label subsets with twice the epochs and nothing else changed, in the
+    settings nnU-Net gets, in the deadline estimate and on the full profile (nnU-Net's 1000 epochs)."""
+    from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS, arm_schedule
+    from nnunet_ssl.benchmark.driver import Run, run_settings, training_output
+    from nnunet_ssl.benchmark.main import dataset_specs, parse_args, schedule_of, schedule_values
+    from nnunet_ssl.benchmark.splits import fold_of
+    args = parse_args(["--profile", "cpu", "--datasets", "acdc", "--work-dir", str(tmp_path)])
+    ds = dataset_specs(args)["acdc"]
+    schedule, long = schedule_of(args, ds), Run("acdc", ARMS["scratch-2x"], 1, 2)
+    assert run_settings(schedule, long) == schedule.replace("num_epochs=100,", "num_epochs=200,")
+    assert run_settings(schedule, Run("acdc", ARMS["scratch"], 1, 2)) == schedule
+    assert arm_schedule(long.arm, schedule_values(args, ds)) == dict(schedule_values(args, ds), num_epochs=200)
+    assert run_settings("", long) == "num_epochs=2000"  # the full profile sets no epochs: nnU-Net's 1000
+    assert ARMS["scratch-2x"].trainer == ARMS["scratch"].trainer and ARMS["scratch-2x"].pretrain is None
+    assert "scratch-2x" not in DEFAULT_ARMS and not ARMS["scratch-2x"].headline
+    assert fold_of(ds, 1, 2) == fold_of(ds, long.budget, long.seed)  # same labeled patients as scratch's seed 2
+    assert "scratch-2x" in str(training_output(tmp_path, type("S", (), {"downstream": "D", "plans": "P", "ds": ds})(),
+                                               long))  # its own nnUNet_results, beside scratch's
+
+
 def test_run_orders():
     """budget: the smallest budget of every dataset first; arm: an arm's runs together (one pre-training each);
     seeds in the order given."""
