@@ -245,6 +245,10 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
                   f"fifth of the epochs is less than {st.DICE_RISE_TOL} above that of the best earlier fifth (no new "
                   f"high beyond the plateau reached before).", ""]
         lines += convergence_table(runs[k])
+        if any(r["arm"] == "scratch-2x" for r in runs[k]):
+            lines += ["", "Schedule check: `scratch-2x` is stock nnU-Net with twice the epochs on scratch's label "
+                          "subsets; its row in the paired table above is the change of scratch's test Dice that a "
+                          "schedule twice as long brings."]
         if plots.convergence_plot([r for r in runs[k] if r["arm"] in SCRATCH_ARMS], out / f"{stem}_{k}_convergence.png"):
             lines += ["", f"![scratch pseudo Dice, {k}]({stem}_{k}_convergence.png)"]
         lines += ["", "### Pre-training", "",

@@ -320,6 +320,26 @@ def test_report_from_work_dir(fake_work, tmp_path):
     assert len(rows) == 2 * 2 * 3 * 2 and {r["class_name"] for r in rows} == {"Anterior", "Posterior"}
 
 
+def test_report_shows_the_schedule_check_apart_from_the_headline(fake_work, tmp_path):
+    """scratch-2x (stock nnU-Net, twice the epochs) is paired against scratch and drawn with it, never a headline
+    arm: the verdict still names mae as the best pre-trained arm."""
+    import shutil
+    hip = fake_work / "hippocampus" / "arms"
+    run = hip / "scratch-2x" / "b1_s0"
+    shutil.copytree(hip / "scratch" / "b1_s0", run)
+    summary = json.loads((run / "summary.json").read_text())
+    for case in summary["metric_per_case"]:
+        for cls in case["metrics"].values():
+            cls["Dice"] += 0.02
+    (run / "summary.json").write_text(json.dumps(summary))
+    _write_log(hip / "scratch-2x" / "nnUNet_results" / "Dataset401_LowLabelHippocampus" /
+               "nnUNetTrainer_schedule__nnUNetPlans__3d_fullres" / "fold_0", 100, dice=lambda e: min(0.8, 0.1 * e))
+    text = rp.build_report(fake_work, "cpu", tmp_path / "out", record=tmp_path / "record").read_text()
+    assert "| 1 | scratch-2x | 3 (1 x 3) | +2.0 [+2.0, +2.0] |" in text
+    assert "| 1 | scratch-2x | 0 | evaluated | 100 |" in text and "Schedule check: `scratch-2x`" in text
+    assert "| hippocampus | 1 | mae |" in text  # the headline's best pre-trained arm
+
+
 def test_report_of_an_empty_work_dir(tmp_path):
     (tmp_path / "work" / "acdc").mkdir(parents=True)
     text = rp.build_report(tmp_path / "work", "smoke", tmp_path / "out").read_text()
