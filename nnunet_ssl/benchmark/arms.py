@@ -39,10 +39,9 @@ NNUNET_EPOCHS = 1000  # nnU-Net's epochs where a schedule names none (the full p
 def arm_schedule(arm: Arm, values: Dict[str, object]) -> Dict[str, object]:
     """The schedule's numbers (``num_epochs``, ...; ints or their text) for ``arm``: its ``epochs_factor`` times
     the epochs, everything else unchanged (same order)."""
-    if arm.epochs_factor == 1:
-        return dict(values)
     out = dict(values)
-    out["num_epochs"] = int(values.get("num_epochs", NNUNET_EPOCHS)) * arm.epochs_factor
+    if arm.epochs_factor != 1:
+        out["num_epochs"] = int(values.get("num_epochs", NNUNET_EPOCHS)) * arm.epochs_factor
     return out
 
 

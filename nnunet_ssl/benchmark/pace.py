@@ -37,8 +37,9 @@ from nnunet_ssl.settings import settings_items
 # instead of 10 validation iterations, no deep supervision), the other methods scaled from it by the cost benchmark's
 # per-iteration ratios (ACDC 2d: MAE 1.0, GMIM 1.08, PGL 1.47, IDEAL 1.32, ReFs 2.43), rounded up.
 EPOCH_COST: Dict[str, float] = {
-    "scratch": 1.0, "scratch-2x": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0, "refs": 1.0, "ideal-reinit2": 1.0,
-    "ideal-enclr": 1.0, "ideal-wholenet": 1.0, "mae-reinit1": 1.0, "mae-lpft": 1.0, "ideal-inside": 1.0,
+    "scratch": 1.0, "scratch-2x": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0, "refs": 1.0,
+    "ideal-reinit2": 1.0, "ideal-enclr": 1.0, "ideal-wholenet": 1.0, "mae-reinit1": 1.0, "mae-lpft": 1.0,
+    "ideal-inside": 1.0,
     "ideal-semi": 4.0, "semi-scratch": 4.0,
     "pretrain:mae": 0.6, "pretrain:gmim": 0.65, "pretrain:pgl": 0.85, "pretrain:ideal": 0.8, "pretrain:refs": 1.4,
     "pretrain:ideal-inside": 0.8,

@@ -249,7 +249,8 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
             lines += ["", "Schedule check: `scratch-2x` is stock nnU-Net with twice the epochs on scratch's label "
                           "subsets; its row in the paired table above is the change of scratch's test Dice that a "
                           "schedule twice as long brings."]
-        if plots.convergence_plot([r for r in runs[k] if r["arm"] in SCRATCH_ARMS], out / f"{stem}_{k}_convergence.png"):
+        scratch_runs = [r for r in runs[k] if r["arm"] in SCRATCH_ARMS]
+        if plots.convergence_plot(scratch_runs, out / f"{stem}_{k}_convergence.png"):
             lines += ["", f"![scratch pseudo Dice, {k}]({stem}_{k}_convergence.png)"]
         lines += ["", "### Pre-training", "",
                   f"On every non-test image of the dataset (labels unused). Flattened: the EMA validation loss moves "
