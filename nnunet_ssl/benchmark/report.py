@@ -84,6 +84,22 @@ def paired_table(paired: List[dict], key: str, names: Dict[int, str]) -> List[st
                    "Wilcoxon p", "better / pairs", "per class"], rows)
 
 
+def schedule_check_sentence(paired: List[dict], key: str) -> str:
+    """What ``scratch-2x`` (stock nnU-Net, twice the epochs, scratch's label subsets) says of the schedule, per
+    budget: its mean paired difference against scratch under the rule ``st.SCHEDULE_CHECK_POINTS``."""
+    text = ("Schedule check: `scratch-2x` is stock nnU-Net with twice the epochs on scratch's label subsets; its row "
+            "in the paired table above is the change of scratch's test Dice that a schedule twice as long brings.")
+    for r in sorted((r for r in paired if r["dataset"] == key and r["arm"] == "scratch-2x" and r["cls"] == st.FG),
+                    key=lambda r: r["budget"]):
+        longer = 100 * r["mean_diff"] >= st.SCHEDULE_CHECK_POINTS
+        text += (f" Budget {r['budget']} ({r['n_seeds']} seed{'' if r['n_seeds'] == 1 else 's'}): "
+                 f"{_pts(r['mean_diff'])} points, {'at least' if longer else 'below'} the "
+                 f"{st.SCHEDULE_CHECK_POINTS:g} that would lengthen the schedule: " +
+                 ("it is too short, every arm needs the longer one." if longer else
+                  "it is long enough, scratch's test Dice has converged."))
+    return text
+
+
 def convergence_table(runs: List[dict]) -> List[str]:
     rows = []
     for r in sorted(runs, key=lambda r: (r["budget"], _order(r["arm"]), r["seed"])):
@@ -246,9 +262,7 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
                   f"high beyond the plateau reached before).", ""]
         lines += convergence_table(runs[k])
         if any(r["arm"] == "scratch-2x" for r in runs[k]):
-            lines += ["", "Schedule check: `scratch-2x` is stock nnU-Net with twice the epochs on scratch's label "
-                          "subsets; its row in the paired table above is the change of scratch's test Dice that a "
-                          "schedule twice as long brings."]
+            lines += ["", schedule_check_sentence(paired, k)]
         scratch_runs = [r for r in runs[k] if r["arm"] in SCRATCH_ARMS]
         if plots.convergence_plot(scratch_runs, out / f"{stem}_{k}_convergence.png"):
             lines += ["", f"![scratch pseudo Dice, {k}]({stem}_{k}_convergence.png)"]

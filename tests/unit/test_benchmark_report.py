@@ -338,6 +338,20 @@ def test_report_shows_the_schedule_check_apart_from_the_headline(fake_work, tmp_
     assert "| 1 | scratch-2x | 3 (1 x 3) | +2.0 [+2.0, +2.0] |" in text
     assert "| 1 | scratch-2x | 0 | evaluated | 100 |" in text and "Schedule check: `scratch-2x`" in text
     assert "| hippocampus | 1 | mae |" in text  # the headline's best pre-trained arm
+    assert "Budget 1 (1 seed): +2.0 points, at least the 2 that would lengthen the schedule: it is too short" in text
+
+
+def test_schedule_check_verdict_follows_the_two_point_rule():
+    """Below 2 Dice points of mean paired gain from twice the epochs the schedule stands; at 2 or more it is too
+    short; each budget is judged on its own, other arms and datasets are ignored."""
+    def row(budget, diff, arm="scratch-2x", dataset="acdc", cls=st.FG, seeds=1):
+        return dict(dataset=dataset, arm=arm, budget=budget, cls=cls, mean_diff=diff, n_seeds=seeds)
+    paired = [row(3, 0.025, seeds=2), row(1, 0.010), row(1, 0.05, arm="ideal"), row(1, 0.09, dataset="hippocampus"),
+              row(1, 0.3, cls=1)]
+    text = rp.schedule_check_sentence(paired, "acdc")
+    assert "Budget 1 (1 seed): +1.0 points, below the 2 that would lengthen the schedule: it is long enough" in text
+    assert "Budget 3 (2 seeds): +2.5 points, at least the 2 that would lengthen the schedule: it is too short" in text
+    assert text.index("Budget 1") < text.index("Budget 3") and text.count("Budget") == 2
 
 
 def test_report_of_an_empty_work_dir(tmp_path):
