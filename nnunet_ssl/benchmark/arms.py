@@ -31,23 +31,38 @@ class Arm:
     headline: bool = True  # False: uses extra labels of the same task or is a diagnostic
     route: str = ""  # the fine-tuning route, as the report states it
     epochs_factor: int = 1  # the schedule's epochs times this (diagnostic: is the schedule long enough?)
+    # length check: the arm this one repeats with the fine-tuning (epochs_factor) or the pre-training
+    # (PRETRAIN_EPOCHS_FACTOR) twice as long; the report pairs them (is that length long enough?)
+    length_check: str = ""
 
 
 NNUNET_EPOCHS = 1000  # nnU-Net's epochs where a schedule names none (the full profile)
 
 
+def _times_epochs(values: Dict[str, object], factor: int) -> Dict[str, object]:
+    out = dict(values)
+    if factor != 1:
+        out["num_epochs"] = int(values.get("num_epochs", NNUNET_EPOCHS)) * factor
+    return out
+
+
 def arm_schedule(arm: Arm, values: Dict[str, object]) -> Dict[str, object]:
     """The schedule's numbers (``num_epochs``, ...; ints or their text) for ``arm``: its ``epochs_factor`` times
     the epochs, everything else unchanged (same order)."""
-    out = dict(values)
-    if arm.epochs_factor != 1:
-        out["num_epochs"] = int(values.get("num_epochs", NNUNET_EPOCHS)) * arm.epochs_factor
-    return out
+    return _times_epochs(values, arm.epochs_factor)
 
 
 PRETRAIN_TRAINERS: Dict[str, str] = {"mae": "MAETrainer", "gmim": "GMIMTrainer", "pgl": "PGLTrainer",
                                      "ideal": "IDEALTrainer", "refs": "ReFsTrainer",
-                                     "ideal-inside": "IDEALTrainer_insideViews"}
+                                     "ideal-inside": "IDEALTrainer_insideViews", "ideal-2x": "IDEALTrainer"}
+# pre-trainings longer than the profile's (its epochs times this): "ideal-2x" is IDEAL's twice as long
+PRETRAIN_EPOCHS_FACTOR: Dict[str, int] = {"ideal-2x": 2}
+
+
+def pretrain_schedule(method: str, values: Dict[str, object]) -> Dict[str, object]:
+    """The pre-training schedule's numbers for ``method``: the profile's ``values`` with the epochs times its
+    :data:`PRETRAIN_EPOCHS_FACTOR`."""
+    return _times_epochs(values, PRETRAIN_EPOCHS_FACTOR.get(method, 1))
 
 _WARM = "decoder-only warm-up, then whole net"
 _ENC = "encoder_lr_factor=0.1"
@@ -64,8 +79,12 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
         route="encoder; " + _WARM + " (reference = the other dataset's labels)"),
     # diagnostic of the schedule: stock nnU-Net with twice the epochs (same label subsets, iterations per epoch and
     # batch); paired against scratch, it says whether scratch's end point still moves with more training
-    Arm("scratch-2x", "nnUNetTrainer_schedule", None, headline=False, epochs_factor=2,
+    Arm("scratch-2x", "nnUNetTrainer_schedule", None, headline=False, epochs_factor=2, length_check="scratch",
         route="stock nnUNetTrainer from scratch, twice the epochs"),
+    # diagnostic of the pre-training length: ideal from an IDEAL pre-training twice as long; paired against ideal,
+    # it says whether a longer pre-training (a lower SSL loss) still changes the fine-tuned test Dice
+    Arm("ideal-pre2x", "SSLFinetuneTrainer_decoderWarmup", "ideal-2x", settings=_ENC, headline=False,
+        length_check="ideal", route="encoder + decoder; " + _LPFT + " (pre-trained twice as long)"),
     # diagnostics (not in the headline, not run by default): the same checkpoints with the first encoder stages
     # left at their random initialisation (pre-training collapses early-stage features; docs/benchmarks.md)
     Arm("ideal-reinit2", "SSLFinetuneTrainer", "ideal", settings="reinit_encoder_stages=2", headline=False,

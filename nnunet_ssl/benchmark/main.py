@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from nnunet_ssl.benchmark import common as bc
-from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS, arm_schedule
+from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS, arm_schedule, pretrain_schedule
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.pace import Estimate, Pace, parse_deadline
 from nnunet_ssl.benchmark.driver import (Run, Runner, do_run, prepare_dataset, run_is_done, run_pretraining,
@@ -146,8 +146,13 @@ def schedule_values(args, ds) -> Dict[str, int]:
     return dict(prof["finetune"]) if "finetune" in prof else ({} if args.profile == "full" else dict(ds.cpu_schedule))
 
 
+def pretrain_values(args, arm) -> Dict[str, int]:
+    """The schedule of ``arm``'s pre-training (the profile's, longer for a length check; {}: none, or nnU-Net's)."""
+    return pretrain_schedule(arm.pretrain, PROFILES[args.profile]["pretrain"]) if arm.pretrain else {}
+
+
 def estimate_of(pace: Pace, args, specs: Dict[str, BenchDataset], r: Run) -> Estimate:
-    pretrain = PROFILES[args.profile]["pretrain"]
+    pretrain = pretrain_values(args, r.arm)
     return pace.estimate_run(r.dataset, r.arm.name, r.budget, r.seed,
                              arm_schedule(r.arm, schedule_values(args, specs[r.dataset])),
                              r.arm.pretrain, settings_text(pretrain), pretrain)
@@ -259,21 +264,21 @@ def main(argv=None) -> int:
         setups[key] = prepare_dataset(work, specs[key], args.split_seed, args.num_processes,
                                       **dataset_options(args, specs, key, arms))
     if args.stage in ("runs", "all"):
-        pretrain_schedule = settings_text(prof["pretrain"])
         for r in todo:
             s = setups[r.dataset]
+            pre_schedule = settings_text(pretrain_values(args, r.arm))
             decision = deadline_decision(pace, args, specs, r) if args.deadline is not None else "run"
             if not decision:
                 continue
             if r.arm.pretrain:
-                run_pretraining(work, s, r.arm.pretrain, pretrain_schedule, runner, device, record)
+                run_pretraining(work, s, r.arm.pretrain, pre_schedule, runner, device, record)
                 if sync_record(work, record, [r.dataset], configurations, PRETRAIN_TRAINERS, args.record_weights) \
                         and args.commit_record:
                     commit_record(record, f"Benchmark record: {r.dataset} pre-training {r.arm.pretrain}")
             if decision == "pretrain":
                 bc.log(f"{r.name}: only its pre-training ran (the rest does not fit before --deadline)")
                 continue
-            do_run(work, s, r, schedule_of(args, s.ds), runner, device, prof["tta"], pretrain_schedule, record)
+            do_run(work, s, r, schedule_of(args, s.ds), runner, device, prof["tta"], pre_schedule, record)
             if sync_record(work, record, [r.dataset], configurations, PRETRAIN_TRAINERS, args.record_weights) \
                     and args.commit_record:
                 commit_record(record, f"Benchmark record: {r.name}")

@@ -84,20 +84,40 @@ def paired_table(paired: List[dict], key: str, names: Dict[int, str]) -> List[st
                    "Wilcoxon p", "better / pairs", "per class"], rows)
 
 
-def schedule_check_sentence(paired: List[dict], key: str) -> str:
-    """What ``scratch-2x`` (stock nnU-Net, twice the epochs, scratch's label subsets) says of the schedule, per
-    budget: its mean paired difference against scratch under the rule ``st.SCHEDULE_CHECK_POINTS``."""
-    text = ("Schedule check: `scratch-2x` is stock nnU-Net with twice the epochs on scratch's label subsets; its row "
-            "in the paired table above is the change of scratch's test Dice that a schedule twice as long brings.")
-    for r in sorted((r for r in paired if r["dataset"] == key and r["arm"] == "scratch-2x" and r["cls"] == st.FG),
+def length_check_sentence(paired: List[dict], key: str, arm: str) -> str:
+    """What the length check ``arm`` (:attr:`Arm.length_check`: the arm it repeats with the fine-tuning or the
+    pre-training twice as long) says, per budget: ``paired`` holds its rows against that arm (``st.paired_vs``);
+    a mean gain of ``st.SCHEDULE_CHECK_POINTS`` or more means the length is too short."""
+    a = ARMS[arm]
+    if a.epochs_factor != 1:
+        what, fix = "schedule", "every arm needs the longer one"
+        text = (f"Schedule check: `{arm}` is stock nnU-Net with twice the epochs on scratch's label subsets; its row "
+                f"in the paired table above is the change of scratch's test Dice that a schedule twice as long "
+                f"brings.")
+    else:
+        what, fix = "pre-training", "the method's pre-training needs the longer one"
+        text = (f"Pre-training length check: `{arm}` fine-tunes like `{a.length_check}`, from a pre-training twice "
+                f"as long; paired against `{a.length_check}` (same seeds and test cases).")
+    for r in sorted((r for r in paired if r["dataset"] == key and r["arm"] == arm and r["cls"] == st.FG),
                     key=lambda r: r["budget"]):
         longer = 100 * r["mean_diff"] >= st.SCHEDULE_CHECK_POINTS
         text += (f" Budget {r['budget']} ({r['n_seeds']} seed{'' if r['n_seeds'] == 1 else 's'}): "
-                 f"{_pts(r['mean_diff'])} points, {'at least' if longer else 'below'} the "
-                 f"{st.SCHEDULE_CHECK_POINTS:g} that would lengthen the schedule: " +
-                 ("it is too short, every arm needs the longer one." if longer else
-                  "it is long enough, scratch's test Dice has converged."))
+                 f"{_pts(r['mean_diff'])} points [{_pts(r['ci_low'])}, {_pts(r['ci_high'])}], "
+                 f"{'at least' if longer else 'below'} the {st.SCHEDULE_CHECK_POINTS:g} that would lengthen the "
+                 f"{what}: " + (f"it is too short, {fix}." if longer else "it is long enough."))
     return text
+
+
+def length_check_lines(rows: List[dict], labels: Dict[str, List[int]], key: str, arms: List[str]) -> List[str]:
+    """The sentences of the length checks among ``arms`` that ran on dataset ``key``, each paired against the arm
+    it repeats."""
+    out = []
+    for name in arms:
+        ref = ARMS[name].length_check
+        mine = [r for r in rows if r["dataset"] == key and r["arm"] in (name, ref)]
+        if ref and any(r["arm"] == name for r in mine):
+            out += ["", length_check_sentence(st.paired_vs(mine, labels, reference=ref), key, name)]
+    return out
 
 
 def convergence_table(runs: List[dict]) -> List[str]:
@@ -261,8 +281,7 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
                   f"fifth of the epochs is less than {st.DICE_RISE_TOL} above that of the best earlier fifth (no new "
                   f"high beyond the plateau reached before).", ""]
         lines += convergence_table(runs[k])
-        if any(r["arm"] == "scratch-2x" for r in runs[k]):
-            lines += ["", schedule_check_sentence(paired, k)]
+        lines += length_check_lines(rows, labels, k, [a for a in ARMS if ARMS[a].epochs_factor != 1])
         scratch_runs = [r for r in runs[k] if r["arm"] in SCRATCH_ARMS]
         if plots.convergence_plot(scratch_runs, out / f"{stem}_{k}_convergence.png"):
             lines += ["", f"![scratch pseudo Dice, {k}]({stem}_{k}_convergence.png)"]
@@ -270,6 +289,8 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
                   f"On every non-test image of the dataset (labels unused). Flattened: the EMA validation loss moves "
                   f"by < {100 * st.LOSS_FLAT_FRACTION:.0f} % of its whole-run range over the last fifth.", ""]
         lines += pretraining_table(pres[k])
+        lines += length_check_lines(rows, labels, k, [a for a in ARMS if ARMS[a].length_check and
+                                                      ARMS[a].epochs_factor == 1])
         if plots.pretraining_plot(pres[k], out / f"{stem}_{k}_pretraining.png"):
             lines += ["", f"![pre-training losses, {k}]({stem}_{k}_pretraining.png)"]
         lines += ["", "### Cost", ""] + cost_lines(runs[k], pres[k])
