@@ -87,7 +87,7 @@ def paired_table(paired: List[dict], key: str, names: Dict[int, str]) -> List[st
 def length_check_sentence(paired: List[dict], key: str, arm: str) -> str:
     """What the length check ``arm`` (:attr:`Arm.length_check`: the arm it repeats with the fine-tuning or the
     pre-training twice as long) says, per budget: ``paired`` holds its rows against that arm (``st.paired_vs``);
-    a mean gain of ``st.SCHEDULE_CHECK_POINTS`` or more means the length is too short."""
+    a mean gain of ``st.LENGTH_CHECK_POINTS`` or more means the length is too short."""
     a = ARMS[arm]
     if a.epochs_factor != 1:
         what, fix = "schedule", "every arm needs the longer one"
@@ -100,10 +100,10 @@ def length_check_sentence(paired: List[dict], key: str, arm: str) -> str:
                 f"as long; paired against `{a.length_check}` (same seeds and test cases).")
     for r in sorted((r for r in paired if r["dataset"] == key and r["arm"] == arm and r["cls"] == st.FG),
                     key=lambda r: r["budget"]):
-        longer = 100 * r["mean_diff"] >= st.SCHEDULE_CHECK_POINTS
+        longer = 100 * r["mean_diff"] >= st.LENGTH_CHECK_POINTS
         text += (f" Budget {r['budget']} ({r['n_seeds']} seed{'' if r['n_seeds'] == 1 else 's'}): "
                  f"{_pts(r['mean_diff'])} points [{_pts(r['ci_low'])}, {_pts(r['ci_high'])}], "
-                 f"{'at least' if longer else 'below'} the {st.SCHEDULE_CHECK_POINTS:g} that would lengthen the "
+                 f"{'at least' if longer else 'below'} the {st.LENGTH_CHECK_POINTS:g} that would lengthen the "
                  f"{what}: " + (f"it is too short, {fix}." if longer else "it is long enough."))
     return text
 

@@ -33,8 +33,9 @@ ALPHA = 0.05
 MIN_SEEDS = 3
 DICE_RISE_TOL = 0.02  # converged: mean pseudo Dice of the last fifth < the best earlier fifth's + 2 Dice points
 LOSS_FLAT_FRACTION = 0.05  # SSL flattened: last fifth moves the EMA val loss < 5 % of its whole-run range
-SCHEDULE_CHECK_POINTS = 2.0  # twice the epochs lifting scratch's test Dice by this much (mean paired, Dice points)
-# means the schedule is too short for every arm (rule fixed in docs/benchmarks.md before the first check ran)
+LENGTH_CHECK_POINTS = 2.0  # a length check (twice the fine-tuning epochs or the pre-training) lifting the test Dice
+# of the arm it repeats by this much (mean paired, Dice points) calls that length too short (docs/benchmarks.md; fixed
+# before the first check ran)
 EMA_MOMENTUM = 0.9  # nnU-Net's ema_fg_dice: ema = 0.9 * ema + 0.1 * value, first value as is
 TAIL = 0.2  # "the last fifth of training"
 
