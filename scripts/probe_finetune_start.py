@@ -44,6 +44,10 @@ def parse_args(argv=None):
 
 
 def _center_crop_or_pad(x: np.ndarray, patch) -> np.ndarray:
+    """The centre ``patch`` of a case (channels first), zero-padded where the case is smaller; a 2d configuration
+    of a 3D case (one axis more than the patch) takes the case's middle slice first."""
+    if x.ndim == len(patch) + 2:
+        x = x[:, x.shape[1] // 2]
     out = np.zeros((x.shape[0], *patch), dtype=np.float32)
     src, dst = [], []
     for size, want in zip(x.shape[1:], patch):

@@ -30,6 +30,17 @@ def _network(plans, seed=0):
                                   deep_supervision=False)
 
 
+def test_a_2d_configuration_probes_the_middle_slice_of_3d_cases(probe_mod):
+    """ACDC's 2d plans on its stacks (C, Z, Y, X): the probe's batch holds each case's middle slice, centred."""
+    import numpy as np
+    case = np.zeros((1, 9, 30, 41), dtype=np.float32)
+    case[0, 4] = 1.0  # the middle slice
+    case[0, 4, 0, 0] = 5.0  # cropped away: the centre 20 x 21 of 30 x 41 starts at (5, 10)
+    out = probe_mod._center_crop_or_pad(case, (20, 21))
+    assert out.shape == (1, 20, 21) and out.min() == out.max() == 1.0
+    assert probe_mod._center_crop_or_pad(case, (12, 32, 32)).shape == (1, 12, 32, 32)  # 3d: padded as before
+
+
 def _close_last_decoder_stage(net):
     """What reconstruction pre-training did to MAE/GMIM decoders, exaggerated: norm scales ~0, shifts negative."""
     with torch.no_grad():
