@@ -6,7 +6,8 @@ key encoder = EMA of the query network); this trainer only names it. The semi-su
 IDEAL is :class:`~nnunet_ssl_trainers.ideal_semi.IDEALSemiSupervisedTrainer`.
 
 Variants: ``IDEALTrainer_tau02`` (temperature 0.2), ``IDEALTrainer_bottleneckOnly``, ``IDEALTrainer_cosineEMA``,
-``IDEALTrainer_insideViews`` (``view_placement=inside``).
+``IDEALTrainer_insideViews`` (``view_placement=inside``), ``IDEALTrainer_deepLevels`` (loss levels down to
+``decoder3``).
 Settings on top of the shared ones: ``temperature``, ``num_samples``, ``negative_exclusion_radius`` (float, case
 voxels), ``cross_case_negatives`` (bool).
 """
@@ -33,6 +34,13 @@ class IDEALTrainer_insideViews(IDEALTrainer):
     """Views placed inside the case like nnU-Net's patch sampler (PGL's and GMIM's placement), not centred
     anywhere in it."""
     view_placement = "inside"
+
+
+class IDEALTrainer_deepLevels(IDEALTrainer):
+    """Loss levels down to the third decoder stage (``bottleneck,decoder1,decoder2,decoder3``): on ACDC's 2d network
+    (5 downsamplings) that reaches 1/4 of the patch, as the default levels do on hippocampus' 3d one; the default's
+    1/32 and 1/16 left ACDC's early encoder stages collapsed (docs/benchmarks.md)."""
+    levels = "bottleneck,decoder1,decoder2,decoder3"
 
 
 class IDEALTrainer_cosineEMA(IDEALTrainer):

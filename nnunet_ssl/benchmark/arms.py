@@ -54,7 +54,8 @@ def arm_schedule(arm: Arm, values: Dict[str, object]) -> Dict[str, object]:
 
 PRETRAIN_TRAINERS: Dict[str, str] = {"mae": "MAETrainer", "gmim": "GMIMTrainer", "pgl": "PGLTrainer",
                                      "ideal": "IDEALTrainer", "refs": "ReFsTrainer",
-                                     "ideal-inside": "IDEALTrainer_insideViews", "ideal-2x": "IDEALTrainer"}
+                                     "ideal-inside": "IDEALTrainer_insideViews", "ideal-2x": "IDEALTrainer",
+                                     "ideal-deep": "IDEALTrainer_deepLevels"}
 # pre-trainings longer than the profile's (its epochs times this): "ideal-2x" is IDEAL's twice as long
 PRETRAIN_EPOCHS_FACTOR: Dict[str, int] = {"ideal-2x": 2}
 
@@ -106,6 +107,10 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     # since 2026-12-03; ``ideal`` centres them anywhere in the case, up to half a view of padding), same route
     Arm("ideal-inside", "SSLFinetuneTrainer_decoderWarmup", "ideal-inside", settings=_ENC, headline=False,
         route="encoder + decoder; " + _LPFT + " (views inside the case in pre-training)"),
+    # diagnostic of IDEAL's loss levels: pre-trained with levels down to decoder3 (1/4 of ACDC's 2d patch; the
+    # default's 1/32 and 1/16 collapsed ACDC's early encoder stages), same route
+    Arm("ideal-deep", "SSLFinetuneTrainer_decoderWarmup", "ideal-deep", settings=_ENC, headline=False,
+        route="encoder + decoder; " + _LPFT + " (pre-trained with levels down to decoder3)"),
     # diagnostic: IDEAL's two-decoder semi-supervised fine-tuning from a random start, which separates what the
     # unlabeled pool gives during fine-tuning from what IDEAL's pre-training gives (ideal-semi = both; a random
     # encoder needs no decoder-first warm-up or lower rate)

@@ -15,8 +15,8 @@ from nnunet_ssl.methods.teachers import cosine_momentum
 from nnunet_ssl.methods.aligned_views import AlignedViewsObjective
 from nnunet_ssl.methods.ideal import IDEALObjective
 from nnunet_ssl.methods.pgl import PGLObjective
-from nnunet_ssl_trainers.ideal import (IDEALTrainer, IDEALTrainer_bottleneckOnly, IDEALTrainer_insideViews,
-                                       IDEALTrainer_tau02)
+from nnunet_ssl_trainers.ideal import (IDEALTrainer, IDEALTrainer_bottleneckOnly, IDEALTrainer_deepLevels,
+                                       IDEALTrainer_insideViews, IDEALTrainer_tau02)
 from nnunet_ssl_trainers.pgl import PGLTrainer, PGLTrainer_bottleneckOnly, PGLTrainer_ema0996
 
 from aligned_views_trainers import PLAIN, RESENC, make_trainer, nnunet_folders, random_batch  # noqa: F401 (fixture)
@@ -79,6 +79,8 @@ def test_settings_and_variants(nnunet_folders, monkeypatch):
     assert make_trainer(PGLTrainer_bottleneckOnly).objective.level_names == ("bottleneck",)
     assert make_trainer(IDEALTrainer_tau02).objective.contrastive.temperature == 0.2
     assert make_trainer(IDEALTrainer_bottleneckOnly).objective.level_names == ("bottleneck",)
+    assert make_trainer(IDEALTrainer_deepLevels).objective.level_names == ("bottleneck", "decoder1", "decoder2",
+                                                                           "decoder3")
     assert issubclass(PGLObjective, AlignedViewsObjective) and issubclass(IDEALObjective, AlignedViewsObjective)
     assert PGLTrainer.objective_class is PGLObjective and IDEALTrainer.objective_class is IDEALObjective
 
