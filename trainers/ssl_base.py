@@ -74,6 +74,17 @@ class nnUNetSSLTrainer(CPUDistributedMixin, nnUNetTrainer):
         if objective is not None and "decoder_transfers" not in cls.__dict__:
             cls.decoder_transfers = objective.decoder_transfers
 
+    @classmethod
+    def method_defaults(cls) -> Dict[str, object]:
+        """The method's settings as this class trains without ``NNUNET_SSL_SETTINGS``, by name: the objective's and
+        the trainer's own (not the schedule's or the guard's), a variant's values where it sets them. They tell apart
+        two pre-trainings run with the same settings text by different code (e.g. ``IDEALTrainer`` before and after
+        a change of its default levels)."""
+        objective = cls.objective_class
+        own = set(cls.trainer_settings) - set(COMMON_SETTINGS) - set(GUARD_SETTINGS)
+        names = sorted(own | set(objective.settings if objective is not None else ()))
+        return {name: getattr(cls, name, getattr(objective, name, None)) for name in names}
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)

@@ -17,6 +17,7 @@ that start:
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -120,3 +121,10 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
 DEFAULT_ARMS = [name for name, arm in ARMS.items() if arm.headline]
 # the from-scratch stock arms (scratch and its schedule check): the report draws their pseudo-Dice curves
 SCRATCH_ARMS = [name for name, arm in ARMS.items() if arm.trainer == ARMS["scratch"].trainer and arm.pretrain is None]
+
+
+def method_defaults(method: str) -> dict:
+    """The settings the pre-training trainer of ``method`` runs with besides the schedule (its
+    ``method_defaults()``, as run.json stores them): recorded weights of other defaults are not re-used."""
+    from nnunet_ssl.benchmark.cost_trainers import trainer_class
+    return json.loads(json.dumps(trainer_class(PRETRAIN_TRAINERS[method]).method_defaults(), default=str))

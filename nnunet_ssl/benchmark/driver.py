@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from nnunet_ssl.benchmark import common as bc
-from nnunet_ssl.benchmark.arms import PRETRAIN_TRAINERS, Arm, arm_schedule
+from nnunet_ssl.benchmark.arms import PRETRAIN_TRAINERS, Arm, arm_schedule, method_defaults
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.record import recorded_weights
 from nnunet_ssl.benchmark.splits import Split, fold_of, make_split, nnunet_folds
@@ -167,7 +167,8 @@ def pretrained_start(work: Path, s: DatasetSetup, method: str, schedule: str, re
     ckpt = pretrain_checkpoint(work, s, method)
     if ckpt.is_file():
         return ckpt
-    return recorded_weights(record, Path(s.ds.key) / "pretrain" / method, schedule)
+    return recorded_weights(record, Path(s.ds.key) / "pretrain" / method, schedule, method_defaults(method))
+
 
 
 def run_pretraining(work: Path, s: DatasetSetup, method: str, schedule: str, runner: Runner, device: str,
@@ -191,7 +192,7 @@ def run_pretraining(work: Path, s: DatasetSetup, method: str, schedule: str, run
         raise UserInputError(f"pre-training {method} ended without {ckpt}; see {folder / 'train.log'}")
     info = bc.load_json(folder / "run.json") if (folder / "run.json").is_file() else {"seconds": 0.0}
     info.update(method=method, trainer=PRETRAIN_TRAINERS[method], settings=schedule,
-                seconds=info["seconds"] + secs)
+                method_defaults=method_defaults(method), seconds=info["seconds"] + secs)
     bc.write_json(info, folder / "run.json")
 
 

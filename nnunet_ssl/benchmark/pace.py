@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from nnunet_ssl.benchmark.arms import method_defaults
 from nnunet_ssl.benchmark.datasets import DATASETS
 from nnunet_ssl.benchmark.record import recorded_weights
 from nnunet_ssl.benchmark.run_logs import read_pretrainings, read_runs
@@ -245,7 +246,8 @@ class Pace:
         if pretrain:
             pres = {p["method"]: p for p in here_pres}
             done = (pretrain in pres and pres[pretrain]["finished"]) or \
-                recorded_weights(self.record, Path(key) / "pretrain" / pretrain, pretrain_settings) is not None
+                recorded_weights(self.record, Path(key) / "pretrain" / pretrain, pretrain_settings,
+                                 method_defaults(pretrain)) is not None
             if not done:
                 pschedule = pretrain_schedule or {}
                 pre_args = dict(pretrain=pretrain, pretrain_epochs=pschedule.get("num_epochs", 1000),

@@ -16,8 +16,9 @@ Pre-trained weights (tens of MB each on the default plans) are recorded only for
 (``--record-weights``), as ``pretrain/<method>/pretrained_weights_fp16.pth``: the checkpoint without optimizer,
 logging and SSL heads, its network weights in half precision (fine-tuning casts them back), only the encoder's
 where the method's decoder is not transferred. A fine-tuning run
-starts from the work directory's checkpoint, else from the recorded weights of the same pre-training settings,
-else the driver re-runs the pre-training.
+starts from the work directory's checkpoint, else from the recorded weights of the same pre-training settings and
+method defaults (``run.json``'s ``method_defaults``: the trainer's hyperparameters as the code set them), else the
+driver re-runs the pre-training.
 """
 from __future__ import annotations
 
@@ -136,14 +137,24 @@ def record_weights(checkpoint_file: Path, folder: Path) -> Path:
     return folder / WEIGHTS_FILE
 
 
-def recorded_weights(record: Optional[Path], rel: Path, settings: str) -> Optional[Path]:
-    """The recorded weights of pre-training ``rel`` if they were trained with ``settings``."""
+def recorded_weights(record: Optional[Path], rel: Path, settings: str,
+                     method_defaults: Optional[dict] = None) -> Optional[Path]:
+    """The recorded weights of pre-training ``rel`` if they were trained with ``settings`` and, where both the record
+    and the caller name them, with the same ``method_defaults`` (the trainer's ``method_defaults()`` as JSON; a
+    record written before they were recorded matches on ``settings`` alone)."""
     if record is None:
         return None
     folder = record / rel
     info = bc.load_json(folder / "run.json") if (folder / "run.json").is_file() else {}
     weights = folder / WEIGHTS_FILE
-    return weights if weights.is_file() and info.get("finished") and info.get("settings") == settings else None
+    if not (weights.is_file() and info.get("finished") and info.get("settings") == settings):
+        return None
+    if method_defaults is not None and "method_defaults" in info and info["method_defaults"] != method_defaults:
+        changed = sorted(k for k in set(info["method_defaults"]) | set(method_defaults)
+                         if info["method_defaults"].get(k) != method_defaults.get(k))
+        bc.log(f"{folder}: recorded weights not used: pre-trained with other method defaults ({', '.join(changed)})")
+        return None
+    return weights
 
 
 def trainer_folder(results: Path, trainer: str, configuration: str, fold) -> Optional[Path]:

@@ -2,6 +2,7 @@
 when the machine (and its work directory) is gone."""
 import json
 import shutil
+from pathlib import Path
 
 from test_benchmark_report import _summary, _write_log, fake_work  # noqa: F401 (fixture)
 
@@ -209,3 +210,26 @@ def test_commit_takes_the_record_folder_alone(tmp_path):
     assert git("show", "--name-only", "--format=").split() == ["docs/runs/hippocampus/run.json"]
     assert "A  other.txt" in git("status", "--porcelain")  # still staged, not committed
     assert rec.commit(record, "nothing new") and git("log", "--format=%s").count("\n") == 1
+
+
+def test_recorded_weights_of_other_method_defaults_are_not_reused(tmp_path):
+    """A pre-training recorded with the same settings text but other method defaults (e.g. IDEAL before a change of
+    its default levels) is not where fine-tuning starts; one recorded before defaults were recorded still is."""
+    from nnunet_ssl.benchmark.arms import method_defaults
+    rel = Path("acdc") / "pretrain" / "ideal"
+    folder = tmp_path / rel
+    folder.mkdir(parents=True)
+    (folder / rec.WEIGHTS_FILE).write_bytes(b"weights")
+    current = method_defaults("ideal")
+    assert current["levels"] == "bottleneck,decoder1" and current["temperature"] == 0.1
+    deep = method_defaults("ideal-deep")
+    assert deep["levels"] == "bottleneck,decoder1,decoder2,decoder3" and deep != current
+
+    def write(**info):
+        (folder / "run.json").write_text(json.dumps(dict(settings="num_epochs=100", finished=True, **info)))
+    write(method_defaults=current)
+    assert rec.recorded_weights(tmp_path, rel, "num_epochs=100", current) == folder / rec.WEIGHTS_FILE
+    write(method_defaults=deep)
+    assert rec.recorded_weights(tmp_path, rel, "num_epochs=100", current) is None
+    write()  # recorded before the defaults were
+    assert rec.recorded_weights(tmp_path, rel, "num_epochs=100", current) == folder / rec.WEIGHTS_FILE
