@@ -17,6 +17,9 @@ loss (:meth:`~AlignedViewsObjective.level_loss`):
 * **levels** (setting ``levels``): ``bottleneck``; ``decoderK`` = output of the K-th decoder stage above the
   bottleneck (before the segmentation layer; ``decoder1`` is the first one); ``encoderK`` = the encoder stage
   output K stages below the bottleneck (same resolution as ``decoderK``). Default ``bottleneck,decoder1``;
+  ``auto`` = the bottleneck and every decoder stage up to the first whose cells lie at most
+  :data:`AUTO_FINEST_STRIDE` input voxels apart (:func:`auto_levels`): ``bottleneck,decoder1`` on a 3d network of 3
+  downsamplings (hippocampus), ``bottleneck,decoder1,decoder2,decoder3`` on a 2d one of 5 (ACDC);
 * **alignment**: per level, the heads' outputs of both views are resampled onto one grid of the views' overlap
   box with :func:`nnunet_ssl.methods.alignment.align_views` (flips undone; :func:`aligned_pair`), grid size = the
   level's feature-map size (setting ``align_size`` > 0: that many cells per axis instead). The level's cells are
@@ -50,7 +53,7 @@ from nnunet_ssl.methods.views import PLACEMENTS
 from nnunet_ssl.settings import Setting
 from nnunet_ssl.weights.network_parts import capture_output, decoder_features, unwrap
 
-__all__ = ["AlignedViewsObjective", "aligned_pair", "parse_levels", "level_spec", "level_channels",
+__all__ = ["AlignedViewsObjective", "aligned_pair", "auto_levels", "parse_levels", "level_spec", "level_channels",
            "level_cell_geometry", "overlap_mask"]
 
 # Our choice: "border" (RoIAlign-like clamping outside the feature map's outermost cell centres) rather than zero
@@ -58,6 +61,11 @@ __all__ = ["AlignedViewsObjective", "aligned_pair", "parse_levels", "level_spec"
 ALIGN_PADDING = "border"
 
 _LEVEL_RE = re.compile(r"^(bottleneck|encoder(\d+)|decoder(\d+))$")
+AUTO_LEVELS = "auto"
+# our choice for levels=auto: the finest level's cell spacing in input voxels (1/4 of the input resolution, where
+# the default levels end on hippocampus' 3d network; on ACDC's 2d network they end at 1/16 and left the early
+# encoder stages collapsed: docs/benchmarks.md)
+AUTO_FINEST_STRIDE = 4
 
 
 def parse_levels(text) -> Tuple[str, ...]:
@@ -74,12 +82,35 @@ def parse_levels(text) -> Tuple[str, ...]:
         if not _LEVEL_RE.match(n) or n in ("encoder0", "decoder0"):
             raise UserInputError(f"levels: '{n}' is not a level name. Use 'bottleneck', 'decoderK' (K-th decoder "
                                  f"stage above the bottleneck, K >= 1) or 'encoderK' (encoder stage K below the "
-                                 f"bottleneck), e.g. NNUNET_SSL_SETTINGS=levels=bottleneck+decoder1.")
+                                 f"bottleneck), e.g. NNUNET_SSL_SETTINGS=levels=bottleneck+decoder1, or levels=auto "
+                                 f"alone (down to 1/{AUTO_FINEST_STRIDE} of the input resolution).")
         if n not in out:
             out.append(n)
     if not out:
         raise UserInputError("levels is empty: name at least one level, e.g. levels=bottleneck+decoder1.")
     return tuple(out)
+
+
+def auto_levels(network: nn.Module, finest_stride: float = AUTO_FINEST_STRIDE) -> Tuple[str, ...]:
+    """``levels=auto``: the bottleneck, then ``decoder1``, ``decoder2``, ... up to the first level whose cells lie at
+    most ``finest_stride`` input voxels apart along every axis (the network's last decoder stage if none does)."""
+    net = unwrap(network)
+    names = ["bottleneck"]
+    finest = encoder_cell_geometry(net)[-1]
+    for k, cells in enumerate(decoder_cell_geometry(net), start=1):
+        if max(finest.stride) <= finest_stride:
+            break
+        names.append(f"decoder{k}")
+        finest = cells
+    return tuple(names)
+
+
+def resolve_levels(text, network: nn.Module) -> Tuple[str, ...]:
+    """The level names of a ``levels`` setting on ``network``: :func:`auto_levels` for ``auto``, else
+    :func:`parse_levels`."""
+    if isinstance(text, str) and text.strip() == AUTO_LEVELS:
+        return auto_levels(network)
+    return parse_levels(text)
 
 
 def level_spec(level: str, num_stages: int) -> Tuple[str, int]:
@@ -151,7 +182,7 @@ class AlignedViewsObjective(Objective):
     def __init__(self, network, info, **kwargs):
         super().__init__(network, info, **kwargs)
         net = self.network
-        self.level_names = parse_levels(self.levels)
+        self.level_names = resolve_levels(self.levels, net)
         for name in ("ema_base", "ema_final"):
             if getattr(self, name) is not None and not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise UserInputError(f"{name} must lie in [0, 1], got {getattr(self, name)}.")

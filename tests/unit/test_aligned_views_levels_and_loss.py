@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nnunet_ssl.errors import UserInputError
-from nnunet_ssl.methods.aligned_views import level_channels, level_spec, parse_levels
+from nnunet_ssl.methods.aligned_views import auto_levels, level_channels, level_spec, parse_levels
 from nnunet_ssl_trainers.ideal import IDEALTrainer
 from nnunet_ssl_trainers.pgl import PGLTrainer
 
@@ -32,6 +32,32 @@ def test_parse_levels_and_specs():
     assert level_spec("decoder3", 4) == ("decoder", 2)
     with pytest.raises(UserInputError, match="does not exist"):
         level_spec("decoder4", 4)
+
+
+@pytest.mark.parametrize("strides, expected", [
+    # hippocampus 3d_fullres (nnU-Net's plans): the default levels, down to 1/4
+    ([[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]], ("bottleneck", "decoder1")),
+    # ACDC 2d: five downsamplings, bottleneck at 1/32, decoder3 at 1/4
+    ([[1, 1], [2, 2], [2, 2], [2, 2], [2, 2], [2, 2]], ("bottleneck", "decoder1", "decoder2", "decoder3")),
+    # ACDC 3d_fullres (anisotropic): in-plane 1/32 at the bottleneck, the coarsest axis decides
+    ([[1, 1, 1], [1, 2, 2], [1, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]],
+     ("bottleneck", "decoder1", "decoder2", "decoder3")),
+    # a shallow network whose bottleneck is already at 1/4: the bottleneck alone
+    ([[1, 1], [2, 2], [2, 2]], ("bottleneck",)),
+])
+def test_auto_levels_reach_a_quarter_of_the_input_resolution(strides, expected):
+    from real_networks import PLAIN as PLAIN_CLASS, architecture, build
+    net = build(architecture(PLAIN_CLASS, strides))
+    assert auto_levels(net) == expected
+    assert auto_levels(net, finest_stride=1)[-1] == f"decoder{len(strides) - 1}"  # down to full resolution
+
+
+def test_levels_auto_resolves_on_the_trainers_network(nnunet_folders, monkeypatch):
+    trainer = make_trainer(IDEALTrainer, settings="levels=auto", monkeypatch=monkeypatch)
+    assert trainer.objective.level_names == auto_levels(trainer.network)
+    assert "loss_bottleneck" in trainer.objective.all_curve_keys()
+    with pytest.raises(UserInputError, match="levels=auto"):
+        parse_levels("bottleneck,auto")  # auto stands alone
 
 
 def test_level_that_the_network_lacks_is_refused(nnunet_folders, monkeypatch, capsys):
