@@ -170,7 +170,6 @@ def pretrained_start(work: Path, s: DatasetSetup, method: str, schedule: str, re
     return recorded_weights(record, Path(s.ds.key) / "pretrain" / method, schedule, method_defaults(method))
 
 
-
 def run_pretraining(work: Path, s: DatasetSetup, method: str, schedule: str, runner: Runner, device: str,
                     record: Optional[Path] = None) -> None:
     ckpt = pretrain_checkpoint(work, s, method)
