@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Dict, Optional
 
 
@@ -126,5 +127,11 @@ SCRATCH_ARMS = [name for name, arm in ARMS.items() if arm.trainer == ARMS["scrat
 def method_defaults(method: str) -> dict:
     """The settings the pre-training trainer of ``method`` runs with besides the schedule (its
     ``method_defaults()``, as run.json stores them): recorded weights of other defaults are not re-used."""
+    return json.loads(_method_defaults_json(method))
+
+
+@lru_cache(maxsize=None)
+def _method_defaults_json(method: str) -> str:
+    # nnU-Net's trainer lookup walks its trainer modules: once per method, not once per run the pace estimates
     from nnunet_ssl.benchmark.cost_trainers import trainer_class
-    return json.loads(json.dumps(trainer_class(PRETRAIN_TRAINERS[method]).method_defaults(), default=str))
+    return json.dumps(trainer_class(PRETRAIN_TRAINERS[method]).method_defaults(), default=str)
