@@ -30,7 +30,7 @@ TRAINER_NAMES = (
     "GMIMTrainer", "GMIMTrainer_noHierarchy", "GMIMTrainer_noSiamese", "GMIMTrainer_sharedCrop",
     "IDEALSemiSupervisedTrainer", "IDEALSemiSupervisedTrainer_decoderWarmup",
     "IDEALTrainer", "IDEALTrainer_bottleneckOnly", "IDEALTrainer_cosineEMA", "IDEALTrainer_deepLevels",
-    "IDEALTrainer_insideViews",
+    "IDEALTrainer_insideViews", "IDEALTrainer_shallowLevels",
     "IDEALTrainer_tau02",
     "MAETrainer",
     "PGLTrainer", "PGLTrainer_bottleneckOnly", "PGLTrainer_ema0996", "PGLTrainer_encoderOnly",

@@ -7,7 +7,8 @@ IDEAL is :class:`~nnunet_ssl_trainers.ideal_semi.IDEALSemiSupervisedTrainer`.
 
 Variants: ``IDEALTrainer_tau02`` (temperature 0.2), ``IDEALTrainer_bottleneckOnly``, ``IDEALTrainer_cosineEMA``,
 ``IDEALTrainer_insideViews`` (``view_placement=inside``), ``IDEALTrainer_deepLevels`` (loss levels down to
-``decoder3``).
+``decoder3`` on any plans), ``IDEALTrainer_shallowLevels`` (``bottleneck,decoder1`` on any plans: the default until
+2026-12-05).
 Settings on top of the shared ones: ``temperature``, ``num_samples``, ``negative_exclusion_radius`` (float, case
 voxels), ``cross_case_negatives`` (bool).
 """
@@ -37,10 +38,16 @@ class IDEALTrainer_insideViews(IDEALTrainer):
 
 
 class IDEALTrainer_deepLevels(IDEALTrainer):
-    """Loss levels down to the third decoder stage (``bottleneck,decoder1,decoder2,decoder3``): on ACDC's 2d network
-    (5 downsamplings) that reaches 1/4 of the patch, as the default levels do on hippocampus' 3d one; the default's
-    1/32 and 1/16 left ACDC's early encoder stages collapsed (docs/benchmarks.md)."""
+    """Loss levels down to the third decoder stage (``bottleneck,decoder1,decoder2,decoder3``) on any plans: on
+    ACDC's 2d network (5 downsamplings) the same levels as the default ``auto``."""
     levels = "bottleneck,decoder1,decoder2,decoder3"
+
+
+class IDEALTrainer_shallowLevels(IDEALTrainer):
+    """Loss levels ``bottleneck,decoder1`` on any plans (the default until 2026-12-05; ``auto`` resolves to them on
+    hippocampus' 3d network). On ACDC's 2d network they lie at 1/32 and 1/16 of the patch and left the early encoder
+    stages collapsed (docs/benchmarks.md)."""
+    levels = "bottleneck,decoder1"
 
 
 class IDEALTrainer_cosineEMA(IDEALTrainer):

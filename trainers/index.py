@@ -4,7 +4,7 @@ from nnunet_ssl_trainers.finetune import (SSLFinetuneTrainer, SSLFinetuneTrainer
                                           SSLFinetuneTrainer_decoderWarmupSlowEncoder, SSLScratchTrainer)
 from nnunet_ssl_trainers.ideal import (IDEALTrainer, IDEALTrainer_bottleneckOnly,  # noqa: F401
                                        IDEALTrainer_cosineEMA, IDEALTrainer_deepLevels, IDEALTrainer_insideViews,
-                                       IDEALTrainer_tau02)
+                                       IDEALTrainer_shallowLevels, IDEALTrainer_tau02)
 from nnunet_ssl_trainers.ideal_semi import (IDEALSemiSupervisedTrainer,  # noqa: F401
                                             IDEALSemiSupervisedTrainer_decoderWarmup)
 from nnunet_ssl_trainers.masked_modeling import (GMIMTrainer, GMIMTrainer_noHierarchy,  # noqa: F401

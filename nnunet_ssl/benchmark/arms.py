@@ -8,8 +8,9 @@ that start:
 * MAE, GMIM and ReFs (on MAE) checkpoints carry a decoder trained to reconstruct the input, which fine-tuning does
   not transfer: the random decoder warms up alone first (``SSLFinetuneTrainer_decoderWarmup``), which removed
   their losses against scratch in earlier CPU runs;
-* PGL and IDEAL transfer encoder and decoder, but their losses train only the encoder and the first decoder stage:
-  the later decoder stages and the output layer start untrained, so the decoder warms up alone on the frozen
+* PGL and IDEAL transfer encoder and decoder, but their losses train only the encoder and the decoder stages down
+  to their finest loss level (1/4 of the input resolution): the later decoder stages and the output layer start
+  untrained, so the decoder warms up alone on the frozen
   encoder too, and the whole net then trains with the encoder at 0.1x the learning rate (linear probe, then
   fine-tune): a frozen-feature probe and the validation pseudo Dice chose it (docs/benchmarks.md);
 * ``ideal-semi``: IDEAL's own two-decoder semi-supervised fine-tuning on the labeled subset plus the unlabeled pool,
@@ -57,7 +58,7 @@ def arm_schedule(arm: Arm, values: Dict[str, object]) -> Dict[str, object]:
 PRETRAIN_TRAINERS: Dict[str, str] = {"mae": "MAETrainer", "gmim": "GMIMTrainer", "pgl": "PGLTrainer",
                                      "ideal": "IDEALTrainer", "refs": "ReFsTrainer",
                                      "ideal-inside": "IDEALTrainer_insideViews", "ideal-2x": "IDEALTrainer",
-                                     "ideal-deep": "IDEALTrainer_deepLevels"}
+                                     "ideal-shallow": "IDEALTrainer_shallowLevels"}
 # pre-trainings longer than the profile's (its epochs times this): "ideal-2x" is IDEAL's twice as long
 PRETRAIN_EPOCHS_FACTOR: Dict[str, int] = {"ideal-2x": 2}
 
@@ -109,10 +110,11 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     # since 2026-12-03; ``ideal`` centres them anywhere in the case, up to half a view of padding), same route
     Arm("ideal-inside", "SSLFinetuneTrainer_decoderWarmup", "ideal-inside", settings=_ENC, headline=False,
         route="encoder + decoder; " + _LPFT + " (views inside the case in pre-training)"),
-    # diagnostic of IDEAL's loss levels: pre-trained with levels down to decoder3 (1/4 of ACDC's 2d patch; the
-    # default's 1/32 and 1/16 collapsed ACDC's early encoder stages), same route
-    Arm("ideal-deep", "SSLFinetuneTrainer_decoderWarmup", "ideal-deep", settings=_ENC, headline=False,
-        route="encoder + decoder; " + _LPFT + " (pre-trained with levels down to decoder3)"),
+    # diagnostic of IDEAL's loss levels: pre-trained with bottleneck,decoder1 on any plans (IDEAL's default until
+    # 2026-12-05; on ACDC's 2d network 1/32 and 1/16 of the patch, which collapsed the early encoder stages), same
+    # route; on hippocampus' 3d network levels=auto resolves to the same levels
+    Arm("ideal-shallow", "SSLFinetuneTrainer_decoderWarmup", "ideal-shallow", settings=_ENC, headline=False,
+        route="encoder + decoder; " + _LPFT + " (pre-trained with levels bottleneck,decoder1)"),
     # diagnostic: IDEAL's two-decoder semi-supervised fine-tuning from a random start, which separates what the
     # unlabeled pool gives during fine-tuning from what IDEAL's pre-training gives (ideal-semi = both; a random
     # encoder needs no decoder-first warm-up or lower rate)

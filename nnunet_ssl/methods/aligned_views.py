@@ -16,10 +16,12 @@ loss (:meth:`~AlignedViewsObjective.level_loss`):
   trainer's one step counter (so ``--c`` resumes the schedule; the teachers are in the checkpoint);
 * **levels** (setting ``levels``): ``bottleneck``; ``decoderK`` = output of the K-th decoder stage above the
   bottleneck (before the segmentation layer; ``decoder1`` is the first one); ``encoderK`` = the encoder stage
-  output K stages below the bottleneck (same resolution as ``decoderK``). Default ``bottleneck,decoder1``;
-  ``auto`` = the bottleneck and every decoder stage up to the first whose cells lie at most
-  :data:`AUTO_FINEST_STRIDE` input voxels apart (:func:`auto_levels`): ``bottleneck,decoder1`` on a 3d network of 3
-  downsamplings (hippocampus), ``bottleneck,decoder1,decoder2,decoder3`` on a 2d one of 5 (ACDC);
+  output K stages below the bottleneck (same resolution as ``decoderK``). Default ``auto`` = the bottleneck and
+  every decoder stage up to the first whose cells lie at most :data:`AUTO_FINEST_STRIDE` input voxels apart
+  (:func:`auto_levels`): ``bottleneck,decoder1`` on a 3d network of 3 downsamplings (hippocampus),
+  ``bottleneck,decoder1,decoder2,decoder3`` on a 2d one of 5 (ACDC). Until 2026-12-05 the default was
+  ``bottleneck,decoder1`` on every network, which on ACDC's 2d one (1/32 and 1/16 of the patch) collapsed the
+  early encoder stages and lost 14 Dice points to stock nnU-Net after fine-tuning (docs/benchmarks.md);
 * **alignment**: per level, the heads' outputs of both views are resampled onto one grid of the views' overlap
   box with :func:`nnunet_ssl.methods.alignment.align_views` (flips undone; :func:`aligned_pair`), grid size = the
   level's feature-map size (setting ``align_size`` > 0: that many cells per axis instead). The level's cells are
@@ -62,9 +64,9 @@ ALIGN_PADDING = "border"
 
 _LEVEL_RE = re.compile(r"^(bottleneck|encoder(\d+)|decoder(\d+))$")
 AUTO_LEVELS = "auto"
-# our choice for levels=auto: the finest level's cell spacing in input voxels (1/4 of the input resolution, where
-# the default levels end on hippocampus' 3d network; on ACDC's 2d network they end at 1/16 and left the early
-# encoder stages collapsed: docs/benchmarks.md)
+# our choice for levels=auto (the default): the finest level's cell spacing in input voxels (1/4 of the input
+# resolution, where the former default bottleneck,decoder1 ends on hippocampus' 3d network; on ACDC's 2d network it
+# ended at 1/16 and left the early encoder stages collapsed: docs/benchmarks.md)
 AUTO_FINEST_STRIDE = 4
 
 
@@ -174,7 +176,7 @@ class AlignedViewsObjective(Objective):
     curve_keys = ("ema_momentum", "overlapping_samples")  # plus loss_<level>, see all_curve_keys
     ema_base = 0.99
     ema_final = 1.0          # None = constant momentum ema_base
-    levels = "bottleneck,decoder1"
+    levels = AUTO_LEVELS     # our choice: down to 1/AUTO_FINEST_STRIDE of the input resolution on any plans
     projector_dim = 128      # our choice (no paper gives head widths for nnU-Net backbones)
     projector_hidden = 256   # our choice
     align_size = 0           # 0 = align on the level's own feature-map size

@@ -5,7 +5,8 @@ Semi-Supervised Medical Image Segmentation", ICASSP 2023, arXiv 2210.15075) on n
 head is a 1x1 convolution so the projection stays dense.
 
 **choice** (METHODS.md): views, alignment, levels from
-:class:`~nnunet_ssl.methods.aligned_views.AlignedViewsObjective` (``bottleneck`` and ``decoder1`` by default);
+:class:`~nnunet_ssl.methods.aligned_views.AlignedViewsObjective` (``auto`` by default: the bottleneck and the
+decoder stages down to 1/4 of the input resolution);
 key encoder = EMA of the query network with constant momentum 0.99 (``ema_final`` = None; set ``ema_final=1.0``
 or use ``IDEALTrainer_cosineEMA`` for BYOL's 0.99 -> 1 schedule); per level a 1x1-conv
 :class:`~nnunet_ssl.methods.heads.DenseProjector` (no predictor); loss per level

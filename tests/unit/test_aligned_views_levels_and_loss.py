@@ -11,7 +11,7 @@ import torch
 
 from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.methods.aligned_views import auto_levels, level_channels, level_spec, parse_levels
-from nnunet_ssl_trainers.ideal import IDEALTrainer
+from nnunet_ssl_trainers.ideal import IDEALTrainer, IDEALTrainer_shallowLevels
 from nnunet_ssl_trainers.pgl import PGLTrainer
 
 from aligned_views_trainers import (GEOMETRY, PLAIN, RESENC, make_trainer, nnunet_folders,  # noqa: F401 (fixture)
@@ -55,6 +55,12 @@ def test_auto_levels_reach_a_quarter_of_the_input_resolution(strides, expected):
 def test_levels_auto_resolves_on_the_trainers_network(nnunet_folders, monkeypatch):
     trainer = make_trainer(IDEALTrainer, settings="levels=auto", monkeypatch=monkeypatch)
     assert trainer.objective.level_names == auto_levels(trainer.network)
+    # auto is PGL's and IDEAL's default; the shallow variant keeps the former default on any network
+    assert IDEALTrainer.method_defaults()["levels"] == PGLTrainer.method_defaults()["levels"] == "auto"
+    monkeypatch.delenv("NNUNET_SSL_SETTINGS")
+    pgl = make_trainer(PGLTrainer, configuration="2d")  # no settings: the default
+    assert pgl.objective.level_names == auto_levels(pgl.network)
+    assert IDEALTrainer_shallowLevels.method_defaults()["levels"] == "bottleneck,decoder1"
     assert "loss_bottleneck" in trainer.objective.all_curve_keys()
     with pytest.raises(UserInputError, match="levels=auto"):
         parse_levels("bottleneck,auto")  # auto stands alone

@@ -221,15 +221,15 @@ def test_recorded_weights_of_other_method_defaults_are_not_reused(tmp_path):
     folder.mkdir(parents=True)
     (folder / rec.WEIGHTS_FILE).write_bytes(b"weights")
     current = method_defaults("ideal")
-    assert current["levels"] == "bottleneck,decoder1" and current["temperature"] == 0.1
-    deep = method_defaults("ideal-deep")
-    assert deep["levels"] == "bottleneck,decoder1,decoder2,decoder3" and deep != current
+    assert current["levels"] == "auto" and current["temperature"] == 0.1
+    shallow = method_defaults("ideal-shallow")  # IDEAL's default levels until 2026-12-05
+    assert shallow["levels"] == "bottleneck,decoder1" and shallow != current
 
     def write(**info):
         (folder / "run.json").write_text(json.dumps(dict(settings="num_epochs=100", finished=True, **info)))
     write(method_defaults=current)
     assert rec.recorded_weights(tmp_path, rel, "num_epochs=100", current) == folder / rec.WEIGHTS_FILE
-    write(method_defaults=deep)
+    write(method_defaults=shallow)
     assert rec.recorded_weights(tmp_path, rel, "num_epochs=100", current) is None
     write()  # recorded before the defaults were
     assert rec.recorded_weights(tmp_path, rel, "num_epochs=100", current) == folder / rec.WEIGHTS_FILE
