@@ -145,9 +145,10 @@ def pretraining_table(pres: List[dict]) -> List[str]:
                      len(c.get("train_loss", [])), _f(c["train_loss"][-1] if c.get("train_loss") else None, 4),
                      _f(c["val_loss"][-1] if c.get("val_loss") else None, 4), _f(rel), "yes" if flat else "no",
                      "-" if secs is None else bc.fmt_duration(secs), _median_epoch([c])])
+    notes = [f"- {p['method']}: {p['info']['ran_as']}" for p in pres if p["info"].get("ran_as")]
     return _table(["method", "trainer", "status", "epochs", "last train loss", "last val loss",
                    "EMA val loss change, last fifth / whole range", "flattened", "time (epochs x median epoch)",
-                   "median epoch"], rows)
+                   "median epoch"], rows) + ([""] + notes if rows and notes else [])
 
 
 def _epoch_times(curves: List[Dict[str, List[float]]]) -> List[float]:

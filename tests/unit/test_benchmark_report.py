@@ -281,7 +281,8 @@ def fake_work(tmp_path):
     folder = pre / "nnUNet_results" / "Dataset402_X" / "MAETrainer__nnUNetPlans__3d_fullres" / "fold_all"
     _write_log(folder, 100, val=lambda e: 1 / (1 + e), epoch_time=lambda e: 5.0 + e % 3)
     (folder / "checkpoint_final.pth").write_bytes(b"")
-    (pre / "run.json").write_text(json.dumps({"seconds": 60.0}))  # wall clock of the last, continuing, command only
+    # wall clock of the last, continuing, command only; ran_as: a pre-training relabelled after a change of defaults
+    (pre / "run.json").write_text(json.dumps({"seconds": 60.0, "ran_as": "MAETrainer_old, the same settings"}))
     (work / "commands.sh").write_text(  # a fine-tuning that names the pre-training comes after it
         f"nnUNet_results={pre}/nnUNet_results nnUNetv2_train X\n"
         f"nnUNet_results={hip}/arms/mae/nnUNet_results NNUNET_SSL_PRETRAINED={pre}/c.pth nnUNetv2_train Y\n")
@@ -310,6 +311,7 @@ def test_report_from_work_dir(fake_work, tmp_path):
     assert "| 1 | scratch | 0 | evaluated | 50 | 0.800 | 0.795 | 0.800 -> 0.800 | +0.000 | yes |" in text
     assert "| 2 | scratch | 0 | training | 0 | - | - | - | - | (running) |" in text  # not judged while training
     assert "| mae | MAETrainer | finished | 100 |" in text and "| yes | 10m00s | 6s |" in text
+    assert "\n- mae: MAETrainer_old, the same settings\n" in text
     # training = epochs x median epoch (50 x 30 s, 50 x 31 s; the paused epoch and the wall clock of 100 s ignored)
     assert "| scratch | 2 | 25m50s | 31s | 12s | 51m14s |" in text
     assert "Pre-training: 10m00s;" in text  # 100 epochs x 6 s, not the 60 s of wall clock in run.json
