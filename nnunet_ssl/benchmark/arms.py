@@ -10,9 +10,9 @@ that start:
   their losses against scratch in earlier CPU runs;
 * PGL and IDEAL transfer encoder and decoder, but their losses train only the encoder and the decoder stages down
   to their finest loss level (1/4 of the input resolution): the later decoder stages and the output layer start
-  untrained, so the decoder warms up alone on the frozen
-  encoder too, and the whole net then trains with the encoder at 0.1x the learning rate (linear probe, then
-  fine-tune): a frozen-feature probe and the validation pseudo Dice chose it (docs/benchmarks.md);
+  untrained, so the decoder warms up alone on the frozen encoder too, and the whole net then trains with the
+  encoder at 0.1x the learning rate (linear probe, then fine-tune): a frozen-feature probe and the validation
+  pseudo Dice chose it (docs/benchmarks.md);
 * ``ideal-semi``: IDEAL's own two-decoder semi-supervised fine-tuning on the labeled subset plus the unlabeled pool,
   with the same decoder-first warm-up and encoder rate.
 """

@@ -45,8 +45,9 @@ _TRANSFER_DETAIL = re.compile(r"^ {2}(loaded|adapted|skipped|unused) +\S")
 def recommended_finetune_trainer(method: str) -> str:
     """The fine-tuning trainer the project recommends for checkpoints of ``method``: MAE, GMIM and ReFs (on MAE)
     leave the decoder random, so they fine-tune with ``SSLFinetuneTrainer_decoderWarmup``; IDEAL and PGL train the
-    encoder and the decoder stages down to 1/4 of the input resolution only, so their decoder warms up alone too and the encoder then trains at
-    0.1x (``SSLFinetuneTrainer_decoderWarmupSlowEncoder``); anything else with ``SSLFinetuneTrainer``."""
+    encoder and the decoder stages down to 1/4 of the input resolution only, so their decoder warms up alone too
+    and the encoder then trains at 0.1x (``SSLFinetuneTrainer_decoderWarmupSlowEncoder``); anything else with
+    ``SSLFinetuneTrainer``."""
     name = method.lower()
     trainer = METHOD_TRAINERS.get(name, method)
     if name in RECONSTRUCTION_METHODS or trainer.startswith(("MAE", "GMIM", "ReFs")):

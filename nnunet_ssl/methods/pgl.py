@@ -8,7 +8,8 @@ predictor, target branch = EMA (BYOL style).
 
 **choice** (docs/methods.md): views, alignment, levels and EMA schedule from
 :class:`~nnunet_ssl.methods.aligned_views.AlignedViewsObjective` (levels ``auto`` by default: the
-bottleneck and the decoder stages down to 1/4 of the input resolution; momentum 0.99 -> 1.0 cosine); per level :class:`~nnunet_ssl.methods.heads.DenseProjector` +
+bottleneck and the decoder stages down to 1/4 of the input resolution; momentum 0.99 -> 1.0 cosine); per level
+:class:`~nnunet_ssl.methods.heads.DenseProjector` +
 :class:`~nnunet_ssl.methods.heads.DensePredictor` (1x1 convs, 256 hidden, 128 out); loss per level
 ``0.5 * (L(p1, z2) + L(p2, z1))`` with ``L`` = mean over the aligned voxels of ``2 - 2 cos``
 (:func:`~nnunet_ssl.methods.objectives.symmetric_local_consistency`), averaged over levels.
