@@ -38,13 +38,14 @@ from nnunet_ssl.settings import settings_items
 # instead of 10 validation iterations, no deep supervision), the other methods scaled from it by the cost benchmark's
 # per-iteration ratios (ACDC 2d: MAE 1.0, GMIM 1.08, PGL 1.47, IDEAL 1.32, ReFs 2.43), rounded up; IDEAL with levels
 # down to decoder3 (its default levels=auto on ACDC's 2d plans) took 52 s per ACDC pre-training epoch against stock's
-# 49 s (1.1 kept for every IDEAL pre-training with auto levels; 0.8 for the shallow levels).
+# 49 s (1.1 kept for every IDEAL pre-training with auto levels and for PGL's, which costs as much per iteration
+# since levels=auto; 0.8 for IDEAL's shallow levels).
 EPOCH_COST: Dict[str, float] = {
     "scratch": 1.0, "scratch-2x": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0, "refs": 1.0,
     "ideal-reinit2": 1.0, "ideal-enclr": 1.0, "ideal-wholenet": 1.0, "mae-reinit1": 1.0, "mae-lpft": 1.0,
     "ideal-inside": 1.0, "ideal-pre2x": 1.0, "ideal-shallow": 1.0,
     "ideal-semi": 4.0, "semi-scratch": 4.0,
-    "pretrain:mae": 0.6, "pretrain:gmim": 0.65, "pretrain:pgl": 0.85, "pretrain:ideal": 1.1, "pretrain:refs": 1.4,
+    "pretrain:mae": 0.6, "pretrain:gmim": 0.65, "pretrain:pgl": 1.1, "pretrain:ideal": 1.1, "pretrain:refs": 1.4,
     "pretrain:ideal-inside": 1.1, "pretrain:ideal-2x": 1.1, "pretrain:ideal-shallow": 0.8,
 }
 _FINAL_VALIDATION_EPOCHS = 2  # nnU-Net's final validation and start-up, in epochs of the same run (rough)

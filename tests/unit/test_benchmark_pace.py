@@ -240,7 +240,7 @@ def test_paces_compare_per_training_step_across_epoch_lengths(tmp_path):
     assert step == pytest.approx(30.0 / 20 * EPOCH_COST["scratch"] / EPOCH_COST["pretrain:ideal"])
     est = pace.estimate("acdc", "scratch", num_epochs=100, save_every=5, iterations=40)
     assert est.seconds == pytest.approx((100 + 2) * step * 40)
-    assert "100 epochs x 75 s" in est.detail
+    assert f"100 epochs x {step * 40:.0f} s" in est.detail  # 40 steps of the pre-training's, not 20
     # the log names 40 iterations although run.json's settings say 20: the log wins (it is what trained)
     _run(work, "scratch", "nnUNetTrainer_schedule", 0, 100, 80.0, key="acdc", cfg="2d", iterations=40)
     assert pace.step_seconds("acdc", "scratch")[0] == pytest.approx(2.0)
