@@ -18,8 +18,8 @@ One step::
   full weight in that phase rewards the two decoders for agreeing on background (measured: README, benchmarks).
 * Labeled and unlabeled batches go through the network in ONE forward (concatenated along the batch axis; nnU-Net's
   instance norm keeps samples independent), then the outputs are split again.
-* With ``w == 0`` (or no unlabeled batch) the unlabeled batch is not used at all: the step is exactly the
-  supervised step.
+* With ``w == 0`` (``consistency_weight=0``, or no unlabeled batch) the unlabeled batch is not used at all: the
+  step is exactly the supervised step. The ramp itself starts at ``exp(-5)`` = 0.0067, not at 0.
 """
 import math
 from typing import Callable, Dict, Optional, Sequence, Tuple, Union
@@ -40,7 +40,8 @@ def default_rampup_epochs(num_epochs: int, iterations_per_epoch: int,
     """Ramp-up length in epochs: ``max(num_epochs // 10, ceil(min_iterations / iterations_per_epoch))``, capped at
     ``num_epochs // 2``, at least 1.
 
-    nnU-Net's 1000 x 250 schedule: 100 epochs (the 10 %); 40 x 50: 20 (the cap); 16 x 50: 8 (the cap)."""
+    nnU-Net's 1000 epochs x 250 iterations: 100 epochs (the 10 %); 40 epochs x 50 iterations: 20 (the cap);
+    16 x 50: 8 (the cap)."""
     if num_epochs < 1 or iterations_per_epoch < 1:
         raise ValueError(f"num_epochs={num_epochs} and iterations_per_epoch={iterations_per_epoch} must be >= 1")
     floor = math.ceil(min_iterations / iterations_per_epoch)
