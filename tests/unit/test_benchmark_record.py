@@ -27,7 +27,8 @@ def test_sync_copies_evaluated_runs_and_finished_pretrainings_once(fake_work, tm
     assert (run / "summary.json").read_bytes() == (fake_work / "hippocampus/arms/mae/b1_s0/summary.json").read_bytes()
     assert not (record / "hippocampus" / "arms" / "scratch" / "b2_s0").exists()  # still training: not recorded
     pre = record / "hippocampus" / "pretrain" / "mae"
-    assert json.loads((pre / "run.json").read_text()) == {"seconds": 60.0, "finished": True}
+    assert json.loads((pre / "run.json").read_text()) == {"seconds": 60.0, "ran_as": "MAETrainer_old, the same settings",
+                                                          "finished": True}
     assert json.loads((record / "hippocampus" / "split.json").read_text())["test_groups"][0] == "hippocampus_001"
     assert "nnUNetv2_train X" in (record / "commands.sh").read_text()
     assert _sync(fake_work, record) == 0  # nothing new
