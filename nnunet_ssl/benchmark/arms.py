@@ -115,8 +115,9 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     # route; on hippocampus' 3d network levels=auto resolves to the same levels
     Arm("ideal-shallow", "SSLFinetuneTrainer_decoderWarmup", "ideal-shallow", settings=_ENC, headline=False,
         route="encoder + decoder; " + _LPFT + " (pre-trained with levels bottleneck,decoder1)"),
-    # route check of ideal-semi, chosen like MAE's (on validation pseudo Dice of the same seed, before the other
-    # seeds run): after the same decoder-first warm-up the whole net trains at nnU-Net's rate, as in the paper; the
+    # diagnostic of ideal-semi's route (run after ideal-semi's seeds: an ACDC run of either takes about 4.5 h on 2
+    # cores, so ideal-semi keeps IDEAL's route, fixed before it ran): after the same decoder-first warm-up the whole
+    # net trains at nnU-Net's rate, as in the paper; the
     # encoder's 0.1x was chosen for supervised fine-tuning from one labeled case, where nothing else regularises the
     # encoder, while here the unlabeled pool reaches the network mainly through it
     Arm("ideal-semi-fullenc", "IDEALSemiSupervisedTrainer_decoderWarmup", "ideal", uses_unlabeled=True,
