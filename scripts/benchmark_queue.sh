@@ -18,7 +18,8 @@ PYTHON="${PYTHON:-python}"
 [ -f "$QUEUE" ] || { echo "error: queue file $QUEUE not found" >&2; exit 2; }
 # DEADLINE=HH:MM (or +MIN): a first pass starts only the runs estimated to finish before it (--deadline: epoch times
 # of nnU-Net's logs on this machine, else in the record), so a session or job with a time limit spends it on runs
-# that finish; then a second pass without it starts what is left in queue order (a run the stop interrupts continues
+# that finish, and continues the runs stopped in the work dir whatever they still need (with --c, from their last
+# checkpoint); then a second pass without it starts what is left in queue order (a run the stop interrupts continues
 # with --c if the machine survives).
 run_queue() {  # $1: extra driver arguments of this pass
   local n=0 line rc

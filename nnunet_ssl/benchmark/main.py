@@ -159,10 +159,20 @@ def estimate_of(pace: Pace, args, specs: Dict[str, BenchDataset], r: Run) -> Est
 
 
 def deadline_decision(pace: Pace, args, specs: Dict[str, BenchDataset], r: Run) -> str:
-    """What of run ``r`` can finish before ``--deadline``: ``run`` (all of it), ``pretrain`` (only the pre-training
-    it needs first, whose checkpoint, and recorded weights, outlive the session), or ``""`` (nothing)."""
+    """What of run ``r`` to start before ``--deadline``: ``run`` (all of it: it can finish before the deadline, or
+    it is a stopped run of this work directory that continues from its checkpoint), ``pretrain`` (only the
+    pre-training it needs first, whose checkpoint, and recorded weights, outlive the session), or ``""`` (nothing).
+
+    A stopped run continues even when it cannot finish: its checkpoints stay on this machine, which the next
+    session usually gets back, so a run longer than any session (IDEAL semi-supervised on ACDC) finishes over
+    several; starting other runs first would only leave it waiting."""
     est, left = estimate_of(pace, args, specs, r), args.deadline - time.time()
     if est.fits(left):
+        return "run"
+    if est.resumes_at > 0:
+        bc.log(f"{r.name}: continues from epoch {est.resumes_at} although it needs about "
+               f"{bc.fmt_duration(est.seconds)} ({est.detail}), {bc.fmt_duration(max(0.0, left))} left before "
+               f"--deadline: its checkpoints stay on this machine for the next session")
         return "run"
     pre = est.pretrain_seconds
     bc.log(f"{r.name}: not started: needs about {bc.fmt_duration(est.seconds)} ({est.detail}), "

@@ -77,6 +77,7 @@ class Estimate:
     seconds: Optional[float]  # None: no epoch time of this dataset known
     detail: str  # how it was reached, for the log
     pretrain_seconds: Optional[float] = None  # the part of ``seconds`` its pre-training needs (None: none to run)
+    resumes_at: int = 0  # the epoch a stopped run continues from (``--c``, this machine's checkpoint); 0: none
 
     def fits(self, seconds_left: float) -> bool:
         return self.seconds is None or self.seconds <= seconds_left
@@ -215,6 +216,7 @@ class Pace:
         if per_step is None:
             return Estimate(None, how)
         per_epoch = per_step * iterations
+        resumes_at = resume_epoch(completed, save_every) if completed < num_epochs else 0
         left = num_epochs - resume_epoch(completed, save_every)
         total = (left + _FINAL_VALIDATION_EPOCHS) * per_epoch + self.overhead_seconds(key, runs)
         parts = [f"{left} epochs x {per_epoch:.0f} s ({how})"]
@@ -226,8 +228,8 @@ class Pace:
             pre_left = pretrain_epochs - resume_epoch(pretrain_completed, pretrain_save_every)
             pre_total = (pre_left + 1) * pre_epoch
             parts.append(f"pre-training {pretrain}: {pre_left} epochs x {pre_epoch:.0f} s ({pre_how})")
-            return Estimate(total + pre_total, "; ".join(parts), pre_total)
-        return Estimate(total, "; ".join(parts))
+            return Estimate(total + pre_total, "; ".join(parts), pre_total, resumes_at)
+        return Estimate(total, "; ".join(parts), resumes_at=resumes_at)
 
     def estimate_run(self, key: str, arm: str, budget: int, seed: int, schedule: Dict[str, int],
                      pretrain: Optional[str] = None, pretrain_settings: str = "",

@@ -99,6 +99,7 @@ def test_estimate_counts_progress_pretraining_and_prediction(tmp_path):
     _run(work, "scratch", "nnUNetTrainer_schedule", 1, 23, 10.0, evaluated=False)
     part = pace.estimate_run("hippocampus", "scratch", 1, 1, schedule)
     assert part.seconds == pytest.approx((30 + 2) * 10.0 + 60.0)
+    assert (part.resumes_at, full.resumes_at) == (20, 0)
     # an arm whose pre-training has not run adds it; a finished one in the work dir does not
     pre = {"num_epochs": 100, "save_every": 5, "num_iterations_per_epoch": 20}
     with_pre = pace.estimate_run("hippocampus", "mae", 1, 2, schedule, "mae", "s", pre)
@@ -145,6 +146,28 @@ def test_driver_deadline_starts_nothing_that_cannot_finish(tmp_path):
     _run(record, "scratch", "nnUNetTrainer_schedule", 1, 50, 100.0)  # every run recorded: nothing to do, said so
     done = _driver(work, record, "--deadline", "+30")
     assert done.returncode == 0 and "nothing to do" in done.stdout and "nothing started" not in done.stdout
+
+
+def test_deadline_continues_a_stopped_run_that_cannot_finish(tmp_path, capsys):
+    """A run stopped on this machine with a checkpoint continues under a --deadline it cannot meet (a run longer
+    than a session finishes over several on the same machine); one that has not started, or has no checkpoint yet,
+    does not start."""
+    import argparse
+    from nnunet_ssl.benchmark.arms import ARMS
+    from nnunet_ssl.benchmark.driver import Run
+    from nnunet_ssl.benchmark.main import dataset_specs, deadline_decision
+    work, record = tmp_path / "work", tmp_path / "record"
+    _run(record, "scratch", "nnUNetTrainer_schedule", 0, 50, 100.0)  # 100 s per epoch: a run needs about 1h27m
+    args = argparse.Namespace(profile="cpu", deadline=time.time() + 1800)
+    specs, pace = dataset_specs(args), Pace(work, record)
+    run = Run("hippocampus", ARMS["scratch"], 1, 1)
+    assert deadline_decision(pace, args, specs, run) == ""
+    assert "not started: needs about" in capsys.readouterr().out
+    _run(work, "scratch", "nnUNetTrainer_schedule", 1, 4, 100.0, evaluated=False)  # 4 epochs: no checkpoint yet
+    assert deadline_decision(pace, args, specs, run) == ""
+    _run(work, "scratch", "nnUNetTrainer_schedule", 1, 12, 100.0, evaluated=False)  # checkpoint of epoch 10
+    assert deadline_decision(pace, args, specs, run) == "run"
+    assert "hippocampus/scratch/b1_s1: continues from epoch 10 although it needs about" in capsys.readouterr().out
 
 
 def test_queue_runs_deadline_pass_then_the_rest(tmp_path):
