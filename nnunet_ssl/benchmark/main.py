@@ -165,7 +165,8 @@ def deadline_decision(pace: Pace, args, specs: Dict[str, BenchDataset], r: Run) 
 
     A stopped run continues even when it cannot finish: its checkpoints stay on this machine, which the next
     session usually gets back, so a run longer than any session (IDEAL semi-supervised on ACDC) finishes over
-    several; starting other runs first would only leave it waiting."""
+    several; starting other runs first would only leave it waiting. The same holds for a stopped pre-training
+    (``pretrain``: it continues, the fine-tuning waits for a later pass)."""
     est, left = estimate_of(pace, args, specs, r), args.deadline - time.time()
     if est.fits(left):
         return "run"
@@ -175,6 +176,11 @@ def deadline_decision(pace: Pace, args, specs: Dict[str, BenchDataset], r: Run) 
                f"--deadline: its checkpoints stay on this machine for the next session")
         return "run"
     pre = est.pretrain_seconds
+    if pre is not None and pre > left and est.pretrain_resumes_at > 0:
+        bc.log(f"{r.name}: its pre-training continues from epoch {est.pretrain_resumes_at} although it needs about "
+               f"{bc.fmt_duration(pre)}, {bc.fmt_duration(max(0.0, left))} left before --deadline: its checkpoints "
+               f"stay on this machine for the next session")
+        return "pretrain"
     bc.log(f"{r.name}: not started: needs about {bc.fmt_duration(est.seconds)} ({est.detail}), "
            f"{bc.fmt_duration(max(0.0, left))} left before --deadline"
            + (f"; its pre-training alone (about {bc.fmt_duration(pre)}) fits" if pre is not None and pre <= left

@@ -78,6 +78,7 @@ class Estimate:
     detail: str  # how it was reached, for the log
     pretrain_seconds: Optional[float] = None  # the part of ``seconds`` its pre-training needs (None: none to run)
     resumes_at: int = 0  # the epoch a stopped run continues from (``--c``, this machine's checkpoint); 0: none
+    pretrain_resumes_at: int = 0  # the same for the pre-training it needs first
 
     def fits(self, seconds_left: float) -> bool:
         return self.seconds is None or self.seconds <= seconds_left
@@ -225,10 +226,11 @@ class Pace:
             if pre_step is None:
                 return Estimate(None, f"pre-training {pretrain}: {pre_how}")
             pre_epoch = pre_step * pretrain_iterations
-            pre_left = pretrain_epochs - resume_epoch(pretrain_completed, pretrain_save_every)
+            pre_resumes_at = resume_epoch(pretrain_completed, pretrain_save_every)
+            pre_left = pretrain_epochs - pre_resumes_at
             pre_total = (pre_left + 1) * pre_epoch
             parts.append(f"pre-training {pretrain}: {pre_left} epochs x {pre_epoch:.0f} s ({pre_how})")
-            return Estimate(total + pre_total, "; ".join(parts), pre_total, resumes_at)
+            return Estimate(total + pre_total, "; ".join(parts), pre_total, resumes_at, pre_resumes_at)
         return Estimate(total, "; ".join(parts), resumes_at=resumes_at)
 
     def estimate_run(self, key: str, arm: str, budget: int, seed: int, schedule: Dict[str, int],

@@ -168,6 +168,13 @@ def test_deadline_continues_a_stopped_run_that_cannot_finish(tmp_path, capsys):
     _run(work, "scratch", "nnUNetTrainer_schedule", 1, 12, 100.0, evaluated=False)  # checkpoint of epoch 10
     assert deadline_decision(pace, args, specs, run) == "run"
     assert "hippocampus/scratch/b1_s1: continues from epoch 10 although it needs about" in capsys.readouterr().out
+    # a stopped pre-training (GMIM's: 100 epochs of 20 iterations; here 30 s per epoch, 7 logged) continues alone
+    gmim = Run("hippocampus", ARMS["gmim"], 1, 0)
+    _pretraining(work, "gmim", "GMIMTrainer", 4, 30.0, finished=False)
+    assert deadline_decision(pace, args, specs, gmim) == ""
+    _pretraining(work, "gmim", "GMIMTrainer", 7, 30.0, finished=False)
+    assert deadline_decision(pace, args, specs, gmim) == "pretrain"
+    assert "its pre-training continues from epoch 5 although it needs about" in capsys.readouterr().out
 
 
 def test_queue_runs_deadline_pass_then_the_rest(tmp_path):
