@@ -29,7 +29,8 @@ EXPECTED_MINUTES = "about 10-17"
 #: encoder stages the demo's fine-tuning keeps at their random initialisation, per method, as measured on the demo's
 #: data (docs/benchmarks.md, "Why pre-training lost"): MAE stage 0 reset 0.84 / 0.82 / 0.81 mean Dice against
 #: 0.73 / 0.71 / 0.73 fully transferred (scratch 0.77 / 0.78 / 0.82); IDEAL stages 0-1 reset 0.74 / 0.77 against
-#: 0.49 / 0.21
+#: 0.49 / 0.21; with 2 of the 8 labeled cases (label_budget=2, seeds 0 and 1; 2026-12-05) fully transferred IDEAL
+#: (its route, the encoder at 0.1x for 150 iterations) scored 0.41 / 0.36 against scratch's 0.67 / 0.76
 REINIT_STAGES = {"mae": 1, "ideal": 2}
 N_TRAIN, N_TEST, N_UNLABELED = 8, 12, 48
 
