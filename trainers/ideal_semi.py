@@ -20,8 +20,9 @@ weight, default 1.0), ``consistency_rampup_epochs`` (default
 :func:`~nnunet_ssl.methods.semi_supervised.default_rampup_epochs`: 10 % of ``num_epochs``, at least the first 2000
 iterations' epochs, at most half), ``cps_confidence_threshold``
 (default 0.9: only voxels where the teaching decoder's softmax maximum is >= 0.9 teach; 0.0 = every voxel),
-``unlabeled_batch_size`` (default: the labeled batch size). The defaults are our
-choice; the paper does not give them. Label training only (no regions), no cascade.
+``unlabeled_batch_size`` (default: the labeled batch size), ``cps_dice`` (default off: each pseudo-label term is
+cross-entropy only; on: cross-entropy plus nnU-Net's soft Dice without background, as nnU-Net's own loss treats a
+label). The defaults are our choice; the paper does not give them. Label training only (no regions), no cascade.
 """
 import os
 from typing import List
@@ -75,7 +76,7 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
     tunable_settings = dict(SSLFinetuneTrainer.tunable_settings, consistency_weight=Setting(float, min=0),
                             consistency_rampup_epochs=Setting(int, min=0),
                             cps_confidence_threshold=Setting(float, min=0, max=1),
-                            unlabeled_batch_size=Setting(int, min=1), **GUARD_SETTINGS)
+                            unlabeled_batch_size=Setting(int, min=1), cps_dice=Setting(bool), **GUARD_SETTINGS)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -84,6 +85,7 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
         self.consistency_rampup_epochs = None  # -> default_rampup_epochs(...) in initialize
         self.cps_confidence_threshold = 0.9  # 0.0 merged the two hippocampus classes (README, benchmarks item 8)
         self.unlabeled_batch_size = None  # -> the labeled batch size
+        self.cps_dice = False  # pseudo-labels teach with CE only; True: CE + nnU-Net's soft Dice (cps_dice_loss)
         self.cps_loss = None
         self.unlabeled_pool = None
         self.dataloader_unlabeled = None
@@ -130,10 +132,21 @@ class IDEALSemiSupervisedTrainer(SSLFinetuneTrainer):
                 raise UserInputError(f"unlabeled_batch_size={self.unlabeled_batch_size} must be >= 1.")
         except UserInputError as e:
             exit_on_user_error(e)
-        self.cps_loss = CrossPseudoSupervisionLoss(self.cps_confidence_threshold)
+        self.cps_loss = CrossPseudoSupervisionLoss(self.cps_confidence_threshold,
+                                                   dice=self.cps_dice_loss() if self.cps_dice else None)
         self.print_to_log_file(
             f"IDEAL semi-supervised: consistency_weight={self.consistency_weight}, ramp-up over "
-            f"{self.consistency_rampup_epochs} epoch(s), cps_confidence_threshold={self.cps_confidence_threshold}")
+            f"{self.consistency_rampup_epochs} epoch(s), cps_confidence_threshold={self.cps_confidence_threshold}, "
+            f"cps_dice={self.cps_dice}")
+
+    def cps_dice_loss(self):
+        """nnU-Net's soft Dice as its ``_build_loss`` sets it up for labels (no background, the plans' batch Dice,
+        smooth 1e-5), for the pseudo-label terms (``cps_dice``)."""
+        from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+        from nnunetv2.utilities.helpers import softmax_helper_dim1
+        return MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1,
+                                           batch_dice=self.configuration_manager.batch_dice, do_bg=False,
+                                           smooth=1e-5, ddp=self.is_ddp)
 
     def unlabeled_sources(self) -> List[PoolSource]:
         sources = []

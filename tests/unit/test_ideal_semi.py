@@ -273,8 +273,12 @@ def test_no_unlabeled_pool_is_a_clear_error(env):
 def test_consistency_defaults_and_overrides(env):
     trainer = _ideal(env, "label_budget=3,num_epochs=16,num_iterations_per_epoch=50")
     assert trainer.cps_loss.confidence_threshold == 0.9 and trainer.consistency_rampup_epochs == 8
-    trainer = _ideal(env, "label_budget=3,cps_confidence_threshold=0.0,consistency_rampup_epochs=3")
+    assert trainer.cps_loss.dice is None  # pseudo-labels teach with CE only unless cps_dice is set
+    trainer = _ideal(env, "label_budget=3,cps_confidence_threshold=0.0,consistency_rampup_epochs=3,cps_dice=true")
     assert trainer.cps_loss.confidence_threshold == 0.0 and trainer.consistency_rampup_epochs == 3
+    dice = trainer.cps_loss.dice  # nnU-Net's soft Dice as its own loss uses it: no background, the plans' batch Dice
+    assert type(dice).__name__ == "MemoryEfficientSoftDiceLoss" and not dice.do_bg
+    assert dice.batch_dice == trainer.configuration_manager.batch_dice
 
 
 def test_budget_rest_pool_and_train_step(env):
@@ -296,6 +300,9 @@ def test_budget_rest_pool_and_train_step(env):
     out = trainer.train_step(next(dl_tr))
     assert np.isfinite(out["loss"]) and np.isfinite(out["cps_loss"]) and out["consistency_weight"] == 1.0
     assert out["loss"] == pytest.approx(out["sup_loss"] + out["cps_loss"], rel=1e-5)
+    trainer.cps_loss = CrossPseudoSupervisionLoss(0.0, dice=trainer.cps_dice_loss())  # cps_dice on 3d deep supervision
+    out = trainer.train_step(next(dl_tr))
+    assert np.isfinite(out["cps_loss"]) and out["loss"] == pytest.approx(out["sup_loss"] + out["cps_loss"], rel=1e-5)
     trainer.consistency_weight = 0.0
     out = trainer.train_step(next(dl_tr))
     assert math.isnan(out["cps_loss"]) and out["loss"] == pytest.approx(out["sup_loss"])

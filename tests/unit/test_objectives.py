@@ -346,6 +346,37 @@ def test_cps_confidence_threshold_keeps_confident_voxels_of_other_decoder():
     assert out.item() == 0.0 and torch.count_nonzero(la_g.grad) == 0
 
 
+def test_cps_dice_adds_nnunet_soft_dice_against_the_kept_pseudo_labels():
+    """cps_dice: each term is CE + nnU-Net's soft Dice (no background, batch Dice) against the other decoder's
+    argmax on the kept voxels, written out here by hand; gradients still reach only each decoder's own term."""
+    from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+    from nnunetv2.utilities.helpers import softmax_helper_dim1
+    torch.manual_seed(15)
+    la, lb = 2 * torch.randn(2, 3, 6, 6), 2 * torch.randn(2, 3, 6, 6)
+    thr = 0.6
+    dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=True, do_bg=False, smooth=1e-5,
+                                       ddp=False)
+
+    def by_hand(logits, labels, keep):
+        p, k = logits.softmax(1)[:, 1:], keep[:, None].float()
+        y = F.one_hot(labels, 3).permute(0, 3, 1, 2)[:, 1:].float()
+        inter, pred, gt = (p * y * k).sum((0, 2, 3)), (p * k).sum((0, 2, 3)), (y * k).sum((0, 2, 3))
+        ce = F.cross_entropy(logits, labels, reduction="none")[keep].mean()
+        return ce - ((2 * inter + 1e-5) / (pred + gt + 1e-5)).mean()
+
+    conf_a, ya = la.softmax(1).max(1)
+    conf_b, yb = lb.softmax(1).max(1)
+    expected = by_hand(la, yb, conf_b >= thr) + by_hand(lb, ya, conf_a >= thr)
+    with_dice = CrossPseudoSupervisionLoss(confidence_threshold=thr, dice=dice)
+    assert with_dice(la, lb).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert with_dice(la, lb).item() < CrossPseudoSupervisionLoss(confidence_threshold=thr)(la, lb).item()
+    la_g = la.clone().requires_grad_(True)
+    with_dice(la_g, lb).backward()
+    la_ref = la.clone().requires_grad_(True)
+    by_hand(la_ref, yb, conf_b >= thr).backward()
+    assert torch.allclose(la_g.grad, la_ref.grad, atol=1e-6)
+
+
 def test_cps_deep_supervision_lists():
     torch.manual_seed(14)
     la = [torch.randn(2, 3, 8, 8), torch.randn(2, 3, 4, 4), torch.randn(2, 3, 2, 2)]

@@ -13,6 +13,12 @@ softmax probability is ``>= confidence_threshold`` are kept. The module's defaul
 ``IDEALSemiSupervisedTrainer`` passes 0.9 (**choice**, measured: README). Each CE term
 is averaged over its kept voxels; a term with no kept voxel is 0 (with a zero gradient path).
 
+Optionally (``dice``: a callable ``dice(logits, labels (B, 1, *spatial), loss_mask (B, 1, *spatial))``, e.g. nnU-Net's
+``MemoryEfficientSoftDiceLoss`` without background) each term also adds that Dice loss against the same kept
+pseudo-labels, so a pseudo-label teaches like nnU-Net's Dice + CE teaches a label: CE alone averages over the kept
+voxels, mostly background where the structures are small, while Dice weighs each class alike (the ACDC
+cross-pseudo-supervision baselines of the semi-supervised literature supervise pseudo-labels with Dice).
+
 Deep supervision: nnU-Net networks return a list of logits (full resolution first) when deep supervision is on.
 ``forward`` accepts such lists for both decoders: with ``weights=None`` only the first (full-resolution) entry is
 used; otherwise the result is ``sum_s weights[s] * loss(la[s], lb[s])`` (scales with weight 0 are skipped, the
@@ -25,7 +31,7 @@ Example::
     loss_u = cps(decoder_a_logits, decoder_b_logits)                    # tensors (B, K, *spatial)
     loss_u = cps(outs_a, outs_b, weights=trainer_ds_weights)            # deep-supervision lists
 """
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -49,14 +55,21 @@ class CrossPseudoSupervisionLoss(nn.Module):
     equally long lists of them (deep supervision, see module docstring). Returns a scalar.
     """
 
-    def __init__(self, confidence_threshold: float = 0.0):
+    def __init__(self, confidence_threshold: float = 0.0, dice: Optional[Callable[..., torch.Tensor]] = None):
         super().__init__()
         if not 0.0 <= confidence_threshold <= 1.0:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
         self.confidence_threshold = float(confidence_threshold)
+        self.dice = dice
 
     def extra_repr(self) -> str:
-        return f"confidence_threshold={self.confidence_threshold}"
+        return f"confidence_threshold={self.confidence_threshold}, dice={self.dice is not None}"
+
+    def _term(self, logits: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        loss = _masked_ce(logits, labels, keep)
+        if self.dice is not None:
+            loss = loss + self.dice(logits.float(), labels[:, None], keep[:, None].to(torch.float32))
+        return loss
 
     def _single(self, la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
         if la.shape != lb.shape:
@@ -68,7 +81,7 @@ class CrossPseudoSupervisionLoss(nn.Module):
             conf_b, label_b = torch.softmax(lb.detach().float(), dim=1).max(dim=1)
             keep_for_a = conf_b >= self.confidence_threshold  # voxels where b is confident enough to teach a
             keep_for_b = conf_a >= self.confidence_threshold
-        return _masked_ce(la, label_b, keep_for_a) + _masked_ce(lb, label_a, keep_for_b)
+        return self._term(la, label_b, keep_for_a) + self._term(lb, label_a, keep_for_b)
 
     def forward(self, la: Logits, lb: Logits, weights: Optional[Sequence[float]] = None) -> torch.Tensor:
         a_is_list = isinstance(la, (list, tuple))
