@@ -217,8 +217,9 @@ class Pace:
         if per_step is None:
             return Estimate(None, how)
         per_epoch = per_step * iterations
-        resumes_at = resume_epoch(completed, save_every) if completed < num_epochs else 0
-        left = num_epochs - resume_epoch(completed, save_every)
+        start = resume_epoch(completed, save_every)
+        resumes_at = start if completed < num_epochs else 0
+        left = num_epochs - start
         total = (left + _FINAL_VALIDATION_EPOCHS) * per_epoch + self.overhead_seconds(key, runs)
         parts = [f"{left} epochs x {per_epoch:.0f} s ({how})"]
         if pretrain:
