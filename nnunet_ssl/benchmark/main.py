@@ -163,9 +163,10 @@ def deadline_decision(pace: Pace, args, specs: Dict[str, BenchDataset], r: Run) 
     it is a stopped run of this work directory that continues from its checkpoint), ``pretrain`` (only the
     pre-training it needs first, whose checkpoint, and recorded weights, outlive the session), or ``""`` (nothing).
 
-    A stopped run continues even when it cannot finish: its checkpoints stay on this machine, which the next
-    session usually gets back, so a run longer than any session (IDEAL semi-supervised on ACDC) finishes over
-    several; starting other runs first would only leave it waiting. The same holds for a stopped pre-training
+    A stopped run continues even when it cannot finish: its checkpoints stay on this machine, and where the next
+    session gets the machine back a run longer than any session (IDEAL semi-supervised on ACDC) finishes over
+    several; starting other runs first would only leave it waiting. (Not guaranteed: the sessions of 2026-12-05 and
+    2026-12-06 each got a new machine, and such a run was lost with the old one.) The same holds for a stopped pre-training
     (``pretrain``: it continues, the fine-tuning waits for a later pass)."""
     est, left = estimate_of(pace, args, specs, r), args.deadline - time.time()
     if est.fits(left):
