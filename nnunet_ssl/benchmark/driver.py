@@ -14,6 +14,7 @@ disk; an interrupted training continues with nnU-Net's ``--c``. Layout of a work
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import time
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from nnunet_ssl.benchmark import common as bc
-from nnunet_ssl.benchmark.arms import PRETRAIN_TRAINERS, Arm, arm_schedule, method_defaults
+from nnunet_ssl.benchmark.arms import ARMS, PRETRAIN_TRAINERS, Arm, arm_schedule, method_defaults
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.record import recorded_weights
 from nnunet_ssl.benchmark.splits import Split, fold_of, make_split, nnunet_folds
@@ -205,6 +206,15 @@ class Run:
     @property
     def name(self) -> str:
         return f"{self.dataset}/{self.arm.name}/b{self.budget}_s{self.seed}"
+
+
+def run_of_name(name: str) -> Run:
+    """The run named ``dataset/arm/b<budget>_s<seed>`` (:attr:`Run.name`); :class:`UserInputError` otherwise."""
+    m = re.fullmatch(r"([^/]+)/([^/]+)/b(\d+)_s(\d+)", name.strip())
+    if not m or m.group(2) not in ARMS or m.group(1) not in DATASETS:
+        raise UserInputError(f"{name!r} names no run: expected dataset/arm/b<budget>_s<seed> (e.g. acdc/mae/b1_s0), "
+                             f"dataset one of {', '.join(DATASETS)}, arm one of {', '.join(ARMS)}")
+    return Run(m.group(1), ARMS[m.group(2)], int(m.group(3)), int(m.group(4)))
 
 
 def run_folder(work: Path, run: Run) -> Path:

@@ -14,8 +14,8 @@ from nnunet_ssl.benchmark import common as bc
 from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS, arm_schedule, pretrain_schedule
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.pace import Estimate, Pace, parse_deadline
-from nnunet_ssl.benchmark.driver import (Run, Runner, do_run, prepare_dataset, run_is_done, run_pretraining,
-                                         settings_text, stale_runs)
+from nnunet_ssl.benchmark.driver import (Run, Runner, do_run, prepare_dataset, run_is_done, run_of_name,
+                                         run_pretraining, settings_text, stale_runs)
 from nnunet_ssl.benchmark.record import commit as commit_record
 from nnunet_ssl.benchmark.record import default_record_dir
 from nnunet_ssl.benchmark.record import sync as sync_record
@@ -88,12 +88,20 @@ def parse_args(argv=None):
                    help="start only runs whose estimated remaining time (nnU-Net's epoch times on this machine, else "
                         "in the record) ends before this local time (or this many minutes from now); the others are "
                         "listed as not started. For sessions or cluster jobs with a time limit")
+    p.add_argument("--after", nargs="+", default=[], metavar="RUN",
+                   help="start nothing until these runs (dataset/arm/b<budget>_s<seed>, e.g. acdc/mae-lpft/b1_s0) "
+                        "are evaluated, in the work dir or the record: for a queue line that a result decides "
+                        "(a route check), so that no time limit starts it first")
     p.add_argument("--dry-run", action="store_true", help="print the plan (with estimated times), run nothing")
     args = p.parse_args(argv)
     try:
         args.deadline = parse_deadline(args.deadline) if args.deadline else None
     except ValueError:
         p.error(f"--deadline {args.deadline!r}: expected HH:MM (local time), +MIN (minutes from now) or a Unix time")
+    try:
+        args.after = [run_of_name(n) for n in args.after]
+    except UserInputError as e:
+        p.error(f"--after: {e}")
     args.work_dir = args.work_dir or WORK_DIRS.get(args.profile, "./low_label_work/stock")
     args.record_dir = Path(args.record_dir or default_record_dir(args.out, args.profile)).expanduser().resolve()
     if args.seeds is None:
@@ -165,9 +173,9 @@ def deadline_decision(pace: Pace, args, specs: Dict[str, BenchDataset], r: Run) 
 
     A stopped run continues even when it cannot finish: its checkpoints stay on this machine, and where the next
     session gets the machine back a run longer than any session (IDEAL semi-supervised on ACDC) finishes over
-    several; starting other runs first would only leave it waiting. (Not guaranteed: the sessions of 2026-12-05 and
-    2026-12-06 each got a new machine, and such a run was lost with the old one.) The same holds for a stopped pre-training
-    (``pretrain``: it continues, the fine-tuning waits for a later pass)."""
+    several; starting other runs first would only leave it waiting. (Not guaranteed: three sessions in a row got a
+    new machine, and such a run was lost with the old one.) The same holds for a stopped pre-training (``pretrain``:
+    it continues, the fine-tuning waits for a later pass)."""
     est, left = estimate_of(pace, args, specs, r), args.deadline - time.time()
     if est.fits(left):
         return "run"
@@ -249,6 +257,10 @@ def main(argv=None) -> int:
         print(f"  {r.name}: {r.arm.trainer}" + (f" from {r.arm.pretrain}" if r.arm.pretrain else "")
               + (f"; about {bc.fmt_duration(est.seconds)} still to do ({est.detail})"
                  if est is not None and est.seconds is not None else ""))
+    waiting = [r.name for r in args.after if not run_is_done(work, r, record)]
+    if waiting and args.stage != "report" and todo:
+        bc.log(f"nothing started: waits for {', '.join(waiting)} (--after: not evaluated yet)")
+        return 0
     if args.dry_run:
         return 0
     if args.deadline is not None and args.stage != "report" and todo:  # checked again before each run starts

@@ -4,6 +4,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from test_benchmark_report import _summary, _write_log, fake_work  # noqa: F401 (fixture)
 
 from nnunet_ssl.benchmark import record as rec
@@ -234,3 +236,34 @@ def test_recorded_weights_of_other_method_defaults_are_not_reused(tmp_path):
     assert rec.recorded_weights(tmp_path, rel, "num_epochs=100", current) is None
     write()  # recorded before the defaults were
     assert rec.recorded_weights(tmp_path, rel, "num_epochs=100", current) == folder / rec.WEIGHTS_FILE
+
+
+def test_after_holds_a_queue_line_until_the_runs_it_names_are_evaluated(tmp_path, capsys):
+    """--after: a line that a result decides (a route check) starts nothing while a named run is not evaluated, in
+    the work dir or the record, whatever a time limit would allow; a name that is no run is a usage error."""
+    from nnunet_ssl.benchmark.driver import run_settings
+    from nnunet_ssl.benchmark.main import dataset_specs, main, parse_args, schedule_of
+    record, work = tmp_path / "record", tmp_path / "work"
+    cli = ["--profile", "cpu", "--datasets", "acdc", "--arms", "ideal", "--budgets", "1", "--seeds", "0",
+           "--work-dir", str(work), "--record-dir", str(record), "--stage", "runs", "--deadline", "+600",
+           "--after", "acdc/mae-lpft/b1_s0", "hippocampus/mae-lpft/b1_s0"]
+    assert main(cli) == 0
+    out = capsys.readouterr().out
+    assert "waits for acdc/mae-lpft/b1_s0, hippocampus/mae-lpft/b1_s0" in out and not work.exists()
+    schedule = schedule_of(parse_args(cli), dataset_specs(parse_args(cli))["acdc"])
+    acdc_case, hippocampus_case = "acdc_patient001_frame01", "hippocampus_001"
+    for key, arm, case in (("acdc", "mae-lpft", acdc_case), ("hippocampus", "mae-lpft", hippocampus_case),
+                           ("acdc", "ideal", acdc_case)):
+        folder = record / key / "arms" / arm / "b1_s0"
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps(_summary({case: {1: 0.5}})))
+        (folder / "run.json").write_text(json.dumps({"settings": run_settings(schedule, Run(key, ARMS[arm], 1, 0))}))
+        if arm == "mae-lpft" and key == "acdc":  # one of the two evaluated: still waiting, for the other only
+            assert main(cli) == 0
+            out = capsys.readouterr().out
+            assert "waits for hippocampus/mae-lpft/b1_s0 " in out and "acdc/mae-lpft" not in out.split("waits")[1]
+    assert main(cli) == 0  # both evaluated: the line goes on (here: its one run is recorded, nothing to do)
+    assert "waits" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parse_args(cli[:-2] + ["acdc/nosucharm/b1_s0"])
+    assert "names no run" in capsys.readouterr().err
