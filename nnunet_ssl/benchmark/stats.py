@@ -174,11 +174,14 @@ def paired_vs(rows: List[dict], labels: Dict[str, Sequence[int]], reference: str
 
 
 def headline(paired: List[dict], smallest_budget: Dict[str, int], pretrained_arms: Sequence[str],
-             min_gain: float = MIN_GAIN, alpha: float = ALPHA, min_seeds: int = MIN_SEEDS) -> dict:
+             min_gain: float = MIN_GAIN, alpha: float = ALPHA, min_seeds: int = MIN_SEEDS,
+             rule_arms: Optional[Sequence[str]] = None) -> dict:
     """The issue's rule per dataset of ``smallest_budget``: at that budget the best pre-trained arm (largest mean
     foreground difference) beats scratch by >= ``min_gain`` with Wilcoxon p < ``alpha`` over >= ``min_seeds``
-    seeds, and no arm is significantly below scratch (mean difference < 0, p < alpha) at any budget.
-    Returns {"passed": bool, "datasets": {ds: {"passed", "best", "reasons"}}}."""
+    seeds, and no arm of ``rule_arms`` (None: every arm) is significantly below scratch (mean difference < 0,
+    p < alpha) at any budget; an arm outside ``rule_arms`` that is (a diagnostic) is listed under "diagnostics_below"
+    and decides nothing.
+    Returns {"passed": bool, "datasets": {ds: {"passed", "best", "reasons", "diagnostics_below"}}}."""
     fg = [r for r in paired if r["cls"] == FG]
     result = {}
     for ds, budget in smallest_budget.items():
@@ -197,9 +200,11 @@ def headline(paired: List[dict], smallest_budget: Dict[str, int], pretrained_arm
                 reasons.append(f"best arm {best['arm']}: {best['n_seeds']} seed(s) < {min_seeds}")
         below = [r for r in fg if r["dataset"] == ds and r["mean_diff"] < 0 and r["p"] is not None
                  and r["p"] < alpha]
+        counted = [r for r in below if rule_arms is None or r["arm"] in rule_arms]
         reasons += [f"{r['arm']} significantly below scratch at budget {r['budget']} "
-                    f"({100 * r['mean_diff']:+.1f}, p {fmt_p(r['p'])})" for r in below]
-        result[ds] = {"passed": not reasons, "best": best, "reasons": reasons}
+                    f"({100 * r['mean_diff']:+.1f}, p {fmt_p(r['p'])})" for r in counted]
+        result[ds] = {"passed": not reasons, "best": best, "reasons": reasons,
+                      "diagnostics_below": [r for r in below if r not in counted]}
     return {"passed": bool(result) and all(v["passed"] for v in result.values()), "datasets": result}
 
 

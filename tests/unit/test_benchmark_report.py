@@ -149,6 +149,16 @@ def test_headline_rule():
     assert not st.headline(ok, {}, ["mae"])["passed"]
 
 
+def test_headline_rule_lists_a_diagnostic_below_scratch_without_failing_on_it():
+    rows = [_p("h", "mae", 1, 0.05, 0.001), _p("h", "mae-lpft", 1, -0.04, 0.01), _p("h", "pgl", 1, -0.03, 0.2)]
+    v = st.headline(rows, {"h": 1}, ["mae"], rule_arms=["mae", "pgl"])
+    assert v["passed"] and v["datasets"]["h"]["reasons"] == []
+    assert [r["arm"] for r in v["datasets"]["h"]["diagnostics_below"]] == ["mae-lpft"]  # pgl: not significant
+    v = st.headline(rows, {"h": 1}, ["mae"], rule_arms=["mae", "pgl", "mae-lpft"])
+    assert not v["passed"] and "mae-lpft significantly below" in v["datasets"]["h"]["reasons"][0]
+    assert v["datasets"]["h"]["diagnostics_below"] == []
+
+
 def test_ema_is_nnunets_logger():
     from nnunetv2.training.logging.nnunet_logger import MetaLogger
     values = [0.0, 0.2, 0.5, 0.45, 0.7]
