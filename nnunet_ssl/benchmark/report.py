@@ -52,6 +52,11 @@ def _pts(x) -> str:
     return "-" if x is None or math.isnan(x) else f"{100 * x:+.1f}"
 
 
+def _diff_ci(r: dict) -> str:
+    """A paired row's mean difference with its 95 % interval, in Dice points: "+5.3 [+3.7, +6.9]"."""
+    return f"{_pts(r['mean_diff'])} [{_pts(r['ci_low'])}, {_pts(r['ci_high'])}]"
+
+
 def _table(header: List[str], rows: List[List]) -> List[str]:
     """A Markdown table (a note instead when there are no rows)."""
     if not rows:
@@ -78,7 +83,7 @@ def paired_table(paired: List[dict], key: str, names: Dict[int, str]) -> List[st
         cls = ", ".join(f"{names[lb]} {_pts(per_class[(r['arm'], r['budget'], lb)]['mean_diff'])}"
                         for lb in sorted(names) if (r["arm"], r["budget"], lb) in per_class)
         rows.append([r["budget"], r["arm"], f"{r['n_pairs']} ({r['n_seeds']} x {r['n_cases']})",
-                     f"{_pts(r['mean_diff'])} [{_pts(r['ci_low'])}, {_pts(r['ci_high'])}]", st.fmt_p(r["p"]),
+                     _diff_ci(r), st.fmt_p(r["p"]),
                      f"{r['better']} / {r['n_pairs']}", cls])
     return _table(["budget", "arm", "pairs (seeds x cases)", "mean difference, Dice points [95 % CI]",
                    "Wilcoxon p", "better / pairs", "per class"], rows)
@@ -257,13 +262,13 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
     for k, v in verdict["datasets"].items():
         b = v["best"]
         head.append([k, min(DATASETS[k].budgets), b["arm"] if b else "-",
-                     f"{_pts(b['mean_diff'])} [{_pts(b['ci_low'])}, {_pts(b['ci_high'])}]" if b else "-",
+                     _diff_ci(b) if b else "-",
                      st.fmt_p(b["p"]) if b else "-", b["n_seeds"] if b else "-",
                      "met" if v["passed"] else "not met: " + "; ".join(v["reasons"])])
     lines += _table(["dataset", "smallest budget", "best pre-trained arm", "difference [95 % CI]", "p", "seeds",
                      "verdict"], head)
-    diag = [f"{r['arm']} on {k} at budget {r['budget']}: {_pts(r['mean_diff'])} [{_pts(r['ci_low'])}, "
-            f"{_pts(r['ci_high'])}], p {st.fmt_p(r['p'])} ({ARMS[r['arm']].route if r['arm'] in ARMS else '-'})"
+    diag = [f"{r['arm']} on {k} at budget {r['budget']}: {_diff_ci(r)}, p {st.fmt_p(r['p'])} "
+            f"({ARMS[r['arm']].route if r['arm'] in ARMS else '-'})"
             for k, v in verdict["datasets"].items() for r in v["diagnostics_below"]]
     if diag:
         lines += ["", "Diagnostic arms significantly below scratch (outside the rule; see each dataset's paired "

@@ -200,11 +200,12 @@ def headline(paired: List[dict], smallest_budget: Dict[str, int], pretrained_arm
                 reasons.append(f"best arm {best['arm']}: {best['n_seeds']} seed(s) < {min_seeds}")
         below = [r for r in fg if r["dataset"] == ds and r["mean_diff"] < 0 and r["p"] is not None
                  and r["p"] < alpha]
-        counted = [r for r in below if rule_arms is None or r["arm"] in rule_arms]
+        counts = [rule_arms is None or r["arm"] in rule_arms for r in below]
+        counted = [r for r, c in zip(below, counts) if c]
         reasons += [f"{r['arm']} significantly below scratch at budget {r['budget']} "
                     f"({100 * r['mean_diff']:+.1f}, p {fmt_p(r['p'])})" for r in counted]
         result[ds] = {"passed": not reasons, "best": best, "reasons": reasons,
-                      "diagnostics_below": [r for r in below if r not in counted]}
+                      "diagnostics_below": [r for r, c in zip(below, counts) if not c]}
     return {"passed": bool(result) and all(v["passed"] for v in result.values()), "datasets": result}
 
 
