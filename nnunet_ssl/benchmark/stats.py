@@ -31,6 +31,7 @@ BOOT_SEED = 0
 MIN_GAIN = 0.03  # headline: best pre-trained arm >= scratch + 3 Dice points
 ALPHA = 0.05
 MIN_SEEDS = 3
+N_BEST = 2  # the other budgets run scratch and this many best arms of the smallest budget
 DICE_RISE_TOL = 0.02  # converged: mean pseudo Dice of the last fifth < the best earlier fifth's + 2 Dice points
 LOSS_FLAT_FRACTION = 0.05  # SSL flattened: last fifth moves the EMA val loss < 5 % of its whole-run range
 LENGTH_CHECK_POINTS = 2.0  # a length check (twice the fine-tuning epochs or the pre-training) lifting the test Dice
@@ -175,13 +176,16 @@ def paired_vs(rows: List[dict], labels: Dict[str, Sequence[int]], reference: str
 
 def headline(paired: List[dict], smallest_budget: Dict[str, int], pretrained_arms: Sequence[str],
              min_gain: float = MIN_GAIN, alpha: float = ALPHA, min_seeds: int = MIN_SEEDS,
-             rule_arms: Optional[Sequence[str]] = None) -> dict:
+             rule_arms: Optional[Sequence[str]] = None, budgets: Optional[Dict[str, Sequence[int]]] = None,
+             n_best: int = N_BEST) -> dict:
     """The issue's rule per dataset of ``smallest_budget``: at that budget the best pre-trained arm (largest mean
     foreground difference) beats scratch by >= ``min_gain`` with Wilcoxon p < ``alpha`` over >= ``min_seeds``
     seeds, and no arm of ``rule_arms`` (None: every arm) is significantly below scratch (mean difference < 0,
     p < alpha) at any budget; an arm outside ``rule_arms`` that is (a diagnostic) is listed under "diagnostics_below"
-    and decides nothing.
-    Returns {"passed": bool, "datasets": {ds: {"passed", "best", "reasons", "diagnostics_below"}}}."""
+    and decides nothing. With ``budgets`` (every budget of each dataset) the rule also waits for its runs
+    (:func:`still_to_run`): an arm not yet run cannot be said to be not below scratch.
+    Returns {"passed": bool, "complete": bool, "datasets": {ds: {"passed", "best", "reasons", "diagnostics_below",
+    "to_run"}}}."""
     fg = [r for r in paired if r["cls"] == FG]
     result = {}
     for ds, budget in smallest_budget.items():
@@ -204,9 +208,27 @@ def headline(paired: List[dict], smallest_budget: Dict[str, int], pretrained_arm
         counted = [r for r, c in zip(below, counts) if c]
         reasons += [f"{r['arm']} significantly below scratch at budget {r['budget']} "
                     f"({100 * r['mean_diff']:+.1f}, p {fmt_p(r['p'])})" for r in counted]
-        result[ds] = {"passed": not reasons, "best": best, "reasons": reasons,
+        to_run = still_to_run(fg, ds, list(budgets[ds]), pretrained_arms, min_seeds, n_best) if budgets else []
+        result[ds] = {"passed": not reasons and not to_run, "best": best, "reasons": reasons, "to_run": to_run,
                       "diagnostics_below": [r for r, c in zip(below, counts) if not c]}
-    return {"passed": bool(result) and all(v["passed"] for v in result.values()), "datasets": result}
+    return {"passed": bool(result) and all(v["passed"] for v in result.values()),
+            "complete": all(not v["to_run"] for v in result.values()), "datasets": result}
+
+
+def still_to_run(paired: List[dict], dataset: str, budgets: List[int], pretrained_arms: Sequence[str],
+                 min_seeds: int = MIN_SEEDS, n_best: int = N_BEST) -> List[Tuple[int, str, int]]:
+    """The runs the headline rule still needs on ``dataset``: every arm of ``pretrained_arms`` at the smallest of
+    ``budgets``, and the ``n_best`` best of them there (largest mean foreground difference) at every other budget,
+    each paired with scratch on >= ``min_seeds`` seeds (a pair needs scratch's run too, so scratch is covered).
+    Returns (budget, arm, seeds paired so far) of each arm short of them, smallest budget first."""
+    seeds = {(r["arm"], r["budget"]): r["n_seeds"] for r in paired if r["dataset"] == dataset and r["cls"] == FG}
+    smallest = min(budgets)
+    ranked = sorted((r for r in paired if r["dataset"] == dataset and r["cls"] == FG and r["budget"] == smallest
+                     and r["arm"] in pretrained_arms), key=lambda r: -r["mean_diff"])
+    best = [r["arm"] for r in ranked[:n_best]]
+    need = [(smallest, a) for a in pretrained_arms] + [(b, a) for b in sorted(budgets) if b != smallest
+                                                       for a in best]
+    return [(b, a, seeds.get((a, b), 0)) for b, a in need if seeds.get((a, b), 0) < min_seeds]
 
 
 def fmt_p(p: Optional[float]) -> str:

@@ -149,6 +149,22 @@ def test_headline_rule():
     assert not st.headline(ok, {}, ["mae"])["passed"]
 
 
+def test_headline_rule_waits_for_every_headline_arm_and_the_best_two_at_the_other_budgets():
+    rows = [_p("h", "mae", 1, 0.05, 0.001), _p("h", "pgl", 1, 0.01, 0.5, seeds=2), _p("h", "ideal", 1, 0.02, 0.2),
+            _p("h", "mae", 5, 0.03, 0.01), _p("h", "ideal", 5, 0.0, 0.9, seeds=1)]
+    arms = ["mae", "pgl", "gmim", "ideal"]
+    assert st.headline(rows, {"h": 1}, arms)["passed"]  # without budgets: the rule as before
+    v = st.headline(rows, {"h": 1}, arms, budgets={"h": [1, 2, 5]})
+    assert not v["passed"] and not v["complete"] and v["datasets"]["h"]["reasons"] == []
+    # pgl short of 3 seeds, gmim never run; the two best at budget 1 (mae, ideal) at budgets 2 and 5
+    assert v["datasets"]["h"]["to_run"] == [(1, "pgl", 2), (1, "gmim", 0), (2, "mae", 0), (2, "ideal", 0),
+                                            (5, "ideal", 1)]
+    done = [_p("h", a, b, 0.01, 0.5) for a in arms for b in (1, 2, 5) if (a, b) != ("mae", 1)]
+    v = st.headline([rows[0]] + done, {"h": 1}, arms, budgets={"h": [1, 2, 5]})
+    assert v["passed"] and v["complete"] and v["datasets"]["h"]["to_run"] == []
+    assert st.still_to_run([], "h", [1, 3], ["mae"]) == [(1, "mae", 0)]  # nothing run: the best are unknown yet
+
+
 def test_headline_rule_lists_a_diagnostic_below_scratch_without_failing_on_it():
     rows = [_p("h", "mae", 1, 0.05, 0.001), _p("h", "mae-lpft", 1, -0.04, 0.01), _p("h", "pgl", 1, -0.03, 0.2)]
     v = st.headline(rows, {"h": 1}, ["mae"], rule_arms=["mae", "pgl"])
