@@ -10,6 +10,7 @@ import pytest
 
 from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS
 from nnunet_ssl.benchmark.datasets import DATASETS
+from nnunet_ssl.benchmark.driver import Run
 from nnunet_ssl.benchmark.main import make_runs, parse_args
 
 QUEUE = Path(__file__).resolve().parents[2] / "scripts" / "benchmark_queue_cpu.txt"
@@ -54,6 +55,6 @@ def test_queue_covers_the_headline(tmp_path):
     made = set()
     for _, tokens in _lines():
         made |= {r.name for r in make_runs(_parse(tmp_path, tokens))}
-    needed = {f"{key}/{arm}/b{min(ds.budgets)}_s{seed}" for key, ds in DATASETS.items() for arm in DEFAULT_ARMS
-              for seed in (0, 1, 2)}
+    needed = {Run(key, ARMS[arm], min(ds.budgets), seed).name for key, ds in DATASETS.items()
+              for arm in DEFAULT_ARMS for seed in (0, 1, 2)}
     assert not needed - made, f"{QUEUE.name} never runs {sorted(needed - made)}"
