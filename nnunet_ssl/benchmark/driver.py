@@ -204,8 +204,13 @@ class Run:
     seed: int
 
     @property
+    def slot(self) -> str:
+        """``b<budget>_s<seed>``: the run's folder under its arm, and the last part of its name."""
+        return f"b{self.budget}_s{self.seed}"
+
+    @property
     def name(self) -> str:
-        return f"{self.dataset}/{self.arm.name}/b{self.budget}_s{self.seed}"
+        return f"{self.dataset}/{self.arm.name}/{self.slot}"
 
 
 def run_of_name(name: str) -> Run:
@@ -218,7 +223,7 @@ def run_of_name(name: str) -> Run:
 
 
 def run_folder(work: Path, run: Run) -> Path:
-    return work / run.dataset / "arms" / run.arm.name / f"b{run.budget}_s{run.seed}"
+    return work / run.dataset / "arms" / run.arm.name / run.slot
 
 
 def results_dir(work: Path, run: Run) -> Path:
