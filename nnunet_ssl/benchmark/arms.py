@@ -58,9 +58,9 @@ def arm_schedule(arm: Arm, values: Dict[str, object]) -> Dict[str, object]:
 PRETRAIN_TRAINERS: Dict[str, str] = {"mae": "MAETrainer", "gmim": "GMIMTrainer", "pgl": "PGLTrainer",
                                      "ideal": "IDEALTrainer", "refs": "ReFsTrainer",
                                      "ideal-inside": "IDEALTrainer_insideViews", "ideal-2x": "IDEALTrainer",
-                                     "ideal-shallow": "IDEALTrainer_shallowLevels"}
-# pre-trainings longer than the profile's (its epochs times this): "ideal-2x" is IDEAL's twice as long
-PRETRAIN_EPOCHS_FACTOR: Dict[str, int] = {"ideal-2x": 2}
+                                     "ideal-shallow": "IDEALTrainer_shallowLevels", "pgl-2x": "PGLTrainer"}
+# pre-trainings longer than the profile's (its epochs times this): "ideal-2x" is IDEAL's twice as long, "pgl-2x" PGL's
+PRETRAIN_EPOCHS_FACTOR: Dict[str, int] = {"ideal-2x": 2, "pgl-2x": 2}
 
 
 def pretrain_schedule(method: str, values: Dict[str, object]) -> Dict[str, object]:
@@ -89,6 +89,9 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     # it says whether a longer pre-training (a lower SSL loss) still changes the fine-tuned test Dice
     Arm("ideal-pre2x", "SSLFinetuneTrainer_decoderWarmup", "ideal-2x", settings=_ENC, headline=False,
         length_check="ideal", route="encoder + decoder; " + _LPFT + " (pre-trained twice as long)"),
+    # the same check for PGL (its EMA validation loss moved 13 % of its range over the last fifth on hippocampus)
+    Arm("pgl-pre2x", "SSLFinetuneTrainer_decoderWarmup", "pgl-2x", settings=_ENC, headline=False,
+        length_check="pgl", route="encoder + decoder; " + _LPFT + " (pre-trained twice as long)"),
     # diagnostics (not in the headline, not run by default): the same checkpoints with the first encoder stages
     # left at their random initialisation (pre-training collapses early-stage features; docs/benchmarks.md)
     Arm("ideal-reinit2", "SSLFinetuneTrainer", "ideal", settings="reinit_encoder_stages=2", headline=False,

@@ -195,25 +195,28 @@ def test_schedule_check_arm_trains_the_same_schedule_twice_as_long(tmp_path):
                                                long))  # its own nnUNet_results, beside scratch's
 
 
-def test_pre_training_length_check_pre_trains_twice_as_long_apart_from_the_method(tmp_path):
-    """ideal-pre2x: IDEAL's trainer and the ideal arm's fine-tuning, from its own pre-training (folder, checkpoint,
-    recorded weights) with twice the profile's epochs; ideal itself keeps the profile's; full profile: 2000."""
+@pytest.mark.parametrize("check, arm, trainer", [("ideal-pre2x", "ideal", "IDEALTrainer"),
+                                                  ("pgl-pre2x", "pgl", "PGLTrainer")])
+def test_pre_training_length_check_pre_trains_twice_as_long_apart_from_the_method(tmp_path, check, arm, trainer):
+    """ideal-pre2x (pgl-pre2x): IDEAL's (PGL's) trainer and the ideal (pgl) arm's fine-tuning, from its own
+    pre-training (folder, checkpoint, recorded weights) with twice the profile's epochs; the arm itself keeps the
+    profile's; full profile: 2000."""
     from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS
     from nnunet_ssl.benchmark.driver import pretrain_checkpoint, settings_text
     from nnunet_ssl.benchmark.main import dataset_specs, parse_args, pretrain_values
     args = parse_args(["--profile", "cpu", "--datasets", "hippocampus", "--work-dir", str(tmp_path)])
-    long, ideal = ARMS["ideal-pre2x"], ARMS["ideal"]
+    long, ideal = ARMS[check], ARMS[arm]
     assert pretrain_values(args, ideal)["num_epochs"] == 100 and pretrain_values(args, long)["num_epochs"] == 200
     assert dict(pretrain_values(args, long), num_epochs=100) == pretrain_values(args, ideal)  # nothing else differs
     assert pretrain_values(args, ARMS["scratch"]) == {}
     assert settings_text(pretrain_values(parse_args(["--profile", "full"]), long)) == "num_epochs=2000"
-    assert PRETRAIN_TRAINERS[long.pretrain] == PRETRAIN_TRAINERS[ideal.pretrain] == "IDEALTrainer"
-    assert (long.trainer, long.settings) == (ideal.trainer, ideal.settings) and long.length_check == "ideal"
-    assert "ideal-pre2x" not in DEFAULT_ARMS
+    assert PRETRAIN_TRAINERS[long.pretrain] == PRETRAIN_TRAINERS[ideal.pretrain] == trainer
+    assert (long.trainer, long.settings) == (ideal.trainer, ideal.settings) and long.length_check == arm
+    assert check not in DEFAULT_ARMS
     ds = dataset_specs(args)["hippocampus"]
     s = type("S", (), {"unlabeled": "U", "plans": "P", "ds": ds})()
     assert pretrain_checkpoint(tmp_path, s, long.pretrain) != pretrain_checkpoint(tmp_path, s, ideal.pretrain)
-    assert "ideal-2x" in str(pretrain_checkpoint(tmp_path, s, long.pretrain))
+    assert f"{arm}-2x" in str(pretrain_checkpoint(tmp_path, s, long.pretrain))
 
 
 def test_run_orders():
