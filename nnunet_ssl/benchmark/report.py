@@ -223,7 +223,8 @@ def example_commands(files: List[Path], key: str) -> List[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 def _verdict(v: dict) -> str:
-    """A dataset's verdict: met, not met (why), or the gain met and the runs the rule still needs."""
+    """A dataset's verdict: met, not met (why), or the gain met (or not shown yet) and the runs the rule still
+    needs."""
     to_run = {}
     for budget, arm, seeds in v["to_run"]:
         to_run.setdefault(budget, []).append(f"{arm} {seeds}")
@@ -231,6 +232,8 @@ def _verdict(v: dict) -> str:
                "; ".join(f"budget {b}: {', '.join(arms)}" for b, arms in to_run.items())) if to_run else ""
     if v["reasons"]:
         return "not met: " + "; ".join(v["reasons"]) + (f"; {missing}" if missing else "")
+    if v.get("gain_pending"):
+        return f"gain not shown yet; {missing}"
     return f"gain met; {missing}" if missing else "met"
 
 

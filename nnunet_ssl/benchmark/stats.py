@@ -184,32 +184,40 @@ def headline(paired: List[dict], smallest_budget: Dict[str, int], pretrained_arm
     p < alpha) at any budget; an arm outside ``rule_arms`` that is (a diagnostic) is listed under "diagnostics_below"
     and decides nothing. With ``budgets`` (every budget of each dataset) the rule also waits for its runs
     (:func:`still_to_run`): an arm not yet run cannot be said to be not below scratch.
-    Returns {"passed": bool, "complete": bool, "datasets": {ds: {"passed", "best", "reasons", "diagnostics_below",
-    "to_run"}}}."""
+    The best arm is the best of those with >= ``min_seeds`` seeds (of all, while none has them); while it misses the
+    gain and an arm of the smallest budget still lacks seeds, the gain is pending ("gain_pending"), not a reason.
+    Returns {"passed": bool, "complete": bool, "datasets": {ds: {"passed", "best", "reasons", "gain_pending",
+    "diagnostics_below", "to_run"}}}."""
     fg = [r for r in paired if r["cls"] == FG]
     result = {}
     for ds, budget in smallest_budget.items():
-        reasons = []
+        to_run = still_to_run(fg, ds, list(budgets[ds]), pretrained_arms, min_seeds, n_best) if budgets else []
         cands = [r for r in fg if r["dataset"] == ds and r["budget"] == budget and r["arm"] in pretrained_arms]
-        best = max(cands, key=lambda r: r["mean_diff"], default=None)
+        # the best arm among those with every seed; an arm short of seeds cannot carry the gain yet
+        best = max([r for r in cands if r["n_seeds"] >= min_seeds] or cands, key=lambda r: r["mean_diff"],
+                   default=None)
+        gain = []
         if best is None:
-            reasons.append(f"no pre-trained arm paired with scratch at budget {budget}")
+            gain.append(f"no pre-trained arm paired with scratch at budget {budget}")
         else:
             if best["mean_diff"] < min_gain:
-                reasons.append(f"best arm {best['arm']}: {100 * best['mean_diff']:+.1f} Dice points "
-                               f"< {100 * min_gain:.0f}")
+                gain.append(f"best arm {best['arm']}: {100 * best['mean_diff']:+.1f} Dice points "
+                            f"< {100 * min_gain:.0f}")
             if best["p"] is None or best["p"] >= alpha:
-                reasons.append(f"best arm {best['arm']}: Wilcoxon p {fmt_p(best['p'])} >= {alpha}")
+                gain.append(f"best arm {best['arm']}: Wilcoxon p {fmt_p(best['p'])} >= {alpha}")
             if best["n_seeds"] < min_seeds:
-                reasons.append(f"best arm {best['arm']}: {best['n_seeds']} seed(s) < {min_seeds}")
+                gain.append(f"best arm {best['arm']}: {best['n_seeds']} seed(s) < {min_seeds}")
+        # not shown yet, rather than failed, while an arm of the smallest budget still lacks seeds (with budgets)
+        gain_pending = bool(gain) and any(b == budget for b, _, _ in to_run)
+        reasons = [] if gain_pending else gain
         below = [r for r in fg if r["dataset"] == ds and r["mean_diff"] < 0 and r["p"] is not None
                  and r["p"] < alpha]
         counts = [rule_arms is None or r["arm"] in rule_arms for r in below]
         counted = [r for r, c in zip(below, counts) if c]
         reasons += [f"{r['arm']} significantly below scratch at budget {r['budget']} "
                     f"({100 * r['mean_diff']:+.1f}, p {fmt_p(r['p'])})" for r in counted]
-        to_run = still_to_run(fg, ds, list(budgets[ds]), pretrained_arms, min_seeds, n_best) if budgets else []
         result[ds] = {"passed": not reasons and not to_run, "best": best, "reasons": reasons, "to_run": to_run,
+                      "gain_pending": gain_pending,
                       "diagnostics_below": [r for r, c in zip(below, counts) if not c]}
     return {"passed": bool(result) and all(v["passed"] for v in result.values()),
             "complete": all(not v["to_run"] for v in result.values()), "datasets": result}
