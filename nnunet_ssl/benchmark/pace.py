@@ -24,7 +24,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from nnunet_ssl.benchmark.arms import method_defaults
+from nnunet_ssl.benchmark.arms import ARMS, LONGER_PRETRAINING, method_defaults
 from nnunet_ssl.benchmark.datasets import DATASETS
 from nnunet_ssl.benchmark.record import recorded_weights
 from nnunet_ssl.benchmark.run_logs import read_pretrainings, read_runs
@@ -43,12 +43,14 @@ from nnunet_ssl.settings import settings_items
 EPOCH_COST: Dict[str, float] = {
     "scratch": 1.0, "scratch-2x": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0, "refs": 1.0,
     "ideal-reinit2": 1.0, "ideal-enclr": 1.0, "ideal-wholenet": 1.0, "mae-reinit1": 1.0, "mae-lpft": 1.0,
-    "ideal-inside": 1.0, "ideal-pre2x": 1.0, "ideal-shallow": 1.0, "pgl-pre2x": 1.0,
+    "ideal-inside": 1.0, "ideal-shallow": 1.0,
     "ideal-semi": 4.0, "semi-scratch": 4.0, "ideal-semi-fullenc": 4.0, "ideal-semi-dice": 4.0,
     "pretrain:mae": 0.6, "pretrain:gmim": 0.65, "pretrain:pgl": 1.1, "pretrain:ideal": 1.1, "pretrain:refs": 1.4,
-    "pretrain:ideal-inside": 1.1, "pretrain:ideal-2x": 1.1, "pretrain:ideal-shallow": 0.8,
-    "pretrain:pgl-2x": 1.1,
+    "pretrain:ideal-inside": 1.1, "pretrain:ideal-shallow": 0.8,
 }
+# a length check costs per epoch what the arm and the pre-training it repeats do
+EPOCH_COST.update({f"pretrain:{long}": EPOCH_COST[f"pretrain:{base}"] for long, base in LONGER_PRETRAINING.items()})
+EPOCH_COST.update({a.name: EPOCH_COST[a.length_check] for a in ARMS.values() if a.pretrain in LONGER_PRETRAINING})
 _FINAL_VALIDATION_EPOCHS = 2  # nnU-Net's final validation and start-up, in epochs of the same run (rough)
 NNUNET_ITERATIONS = 250  # nnU-Net's iterations per epoch: a run whose log and settings name none trained that many
 
