@@ -228,11 +228,12 @@ def still_to_run(paired: List[dict], dataset: str, budgets: List[int], pretraine
     """The runs the headline rule still needs on ``dataset``: every arm of ``pretrained_arms`` at the smallest of
     ``budgets``, and the ``n_best`` best of them there (largest mean foreground difference) at every other budget,
     each paired with scratch on >= ``min_seeds`` seeds (a pair needs scratch's run too, so scratch is covered).
+    As in :func:`headline`, an arm with every seed ranks before one still short of seeds, whatever its mean.
     Returns (budget, arm, seeds paired so far) of each arm short of them, smallest budget first."""
     seeds = {(r["arm"], r["budget"]): r["n_seeds"] for r in paired if r["dataset"] == dataset and r["cls"] == FG}
     smallest = min(budgets)
     ranked = sorted((r for r in paired if r["dataset"] == dataset and r["cls"] == FG and r["budget"] == smallest
-                     and r["arm"] in pretrained_arms), key=lambda r: -r["mean_diff"])
+                     and r["arm"] in pretrained_arms), key=lambda r: (r["n_seeds"] < min_seeds, -r["mean_diff"]))
     best = [r["arm"] for r in ranked[:n_best]]
     need = [(smallest, a) for a in pretrained_arms] + [(b, a) for b in sorted(budgets) if b != smallest
                                                        for a in best]

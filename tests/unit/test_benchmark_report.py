@@ -165,6 +165,14 @@ def test_headline_rule_waits_for_every_headline_arm_and_the_best_two_at_the_othe
     assert st.still_to_run([], "h", [1, 3], ["mae"]) == [(1, "mae", 0)]  # nothing run: the best are unknown yet
 
 
+def test_the_best_arms_of_the_larger_budgets_are_ranked_like_the_headline_arm_those_with_every_seed_first():
+    rows = [_p("h", "mae", 1, 0.03, 0.01), _p("h", "pgl", 1, 0.02, 0.05), _p("h", "gmim", 1, 0.08, 0.02, seeds=1)]
+    assert st.still_to_run(rows, "h", [1, 3], ["mae", "pgl", "gmim"]) == [(1, "gmim", 1), (3, "mae", 0),
+                                                                           (3, "pgl", 0)]
+    rows[2] = _p("h", "gmim", 1, 0.08, 0.02)  # its seeds run and it stays ahead: it joins the best two
+    assert st.still_to_run(rows, "h", [1, 3], ["mae", "pgl", "gmim"]) == [(3, "gmim", 0), (3, "mae", 0)]
+
+
 def test_headline_best_arm_needs_every_seed_and_a_missed_gain_waits_for_the_arms_short_of_seeds():
     """An arm ahead on one seed does not displace one with three (nor fail the rule for its seeds), and a gain
     the finished arms miss is pending, not failed, while an arm of the smallest budget still lacks seeds."""
