@@ -184,11 +184,15 @@ class Pace:
 
     def measured_ratios(self, key: str, name: str) -> Dict[str, tuple]:
         """Base arm -> (epoch time of ``name`` / epoch time of the base, where measured), both measured on another
-        dataset than ``key`` on the same machine (this one first). An arm's cost relative to another depends little
-        on the dataset (the cost benchmark: IDEAL semi-supervised 4.3x on hippocampus, 4.6x on ACDC), much less than
-        the :data:`EPOCH_COST` table's margin."""
+        dataset than ``key`` with the same configuration, on the same machine (this one first). An arm's cost
+        relative to another depends on the network, not only on the method: PGL's pre-training cost 1.3x GMIM's on
+        hippocampus' 3d network and 1.8x on ACDC's 2d one (``levels=auto`` puts four loss levels there), and the
+        hippocampus ratio made the driver start an ACDC pre-training that needed 74 minutes where it had estimated
+        53; between configurations the :data:`EPOCH_COST` table (measured on ACDC's 2d network) is the better
+        guess."""
         ratios: Dict[str, tuple] = {}
-        for other in (k for k in DATASETS if k != key):
+        config = DATASETS[key].configuration
+        for other in (k for k in DATASETS if k != key and DATASETS[k].configuration == config):
             times = self._step_times(self.read(other))
             for source, _ in self.roots:
                 mine = {n: m for s, n, m in times if s == source}

@@ -240,9 +240,14 @@ def test_record_pace_is_scaled_by_this_machines_speed(tmp_path):
     assert _epoch(pace, "hippocampus", "scratch")[0] == 70.0
 
 
-def test_unknown_arm_is_scaled_by_its_ratio_measured_on_another_dataset(tmp_path):
-    """An arm never run on this dataset: scaled from one that was by the two arms' epoch-time ratio measured on the
-    other dataset (same machine), not by the EPOCH_COST table's margin; without such a pair, the table."""
+def test_unknown_arm_is_scaled_by_its_ratio_measured_on_another_dataset_of_the_same_configuration(tmp_path,
+                                                                                                   monkeypatch):
+    """An arm never run on this dataset: scaled from one that was by the two arms' epoch-time ratio measured on
+    another dataset of the same configuration (same machine), not by the EPOCH_COST table's margin; without such a
+    pair, or where the other dataset's network differs (ACDC 2d against hippocampus 3d_fullres), the table."""
+    from dataclasses import replace
+
+    from nnunet_ssl.benchmark import datasets
     work, record = tmp_path / "work", tmp_path / "record"
     _run(work, "scratch", "nnUNetTrainer_schedule", 0, 50, 60.0)  # hippocampus
     pace = Pace(work, record)
@@ -250,6 +255,14 @@ def test_unknown_arm_is_scaled_by_its_ratio_measured_on_another_dataset(tmp_path
     _run(work, "scratch", "nnUNetTrainer_schedule", 0, 100, 40.0, key="acdc", cfg="2d")
     _run(work, "ideal-semi", "IDEALSemiSupervisedTrainer_decoderWarmup", 0, 30, 104.0, evaluated=False, key="acdc",
          cfg="2d")
+    # the real datasets: ACDC's 2d ratio says nothing of hippocampus' 3d network
+    assert pace.measured_ratios("hippocampus", "ideal-semi") == {}
+    assert _epoch(pace, "hippocampus", "ideal-semi")[0] == pytest.approx(60.0 * EPOCH_COST["ideal-semi"])
+    # had ACDC the same configuration, its ratio would count
+    monkeypatch.setitem(datasets.DATASETS, "acdc", replace(datasets.DATASETS["acdc"], configuration="3d_fullres"))
+    _run(work, "scratch", "nnUNetTrainer_schedule", 0, 100, 40.0, key="acdc")
+    _run(work, "ideal-semi", "IDEALSemiSupervisedTrainer_decoderWarmup", 0, 30, 104.0, evaluated=False, key="acdc")
+    pace = Pace(work, record)
     s, how = _epoch(pace, "hippocampus", "ideal-semi")
     assert s == pytest.approx(60.0 * 2.6) and "acdc" in how and "x 2.60" in how
     assert _epoch(pace, "acdc", "ideal-semi")[0] == 104.0  # its own epochs still win
