@@ -192,10 +192,8 @@ def headline(paired: List[dict], smallest_budget: Dict[str, int], pretrained_arm
     result = {}
     for ds, budget in smallest_budget.items():
         to_run = still_to_run(fg, ds, list(budgets[ds]), pretrained_arms, min_seeds, n_best) if budgets else []
-        cands = [r for r in fg if r["dataset"] == ds and r["budget"] == budget and r["arm"] in pretrained_arms]
-        # the best arm among those with every seed; an arm short of seeds cannot carry the gain yet
-        best = max([r for r in cands if r["n_seeds"] >= min_seeds] or cands, key=lambda r: r["mean_diff"],
-                   default=None)
+        ranked = rank_arms(fg, ds, budget, pretrained_arms, min_seeds)
+        best = ranked[0] if ranked else None
         gain = []
         if best is None:
             gain.append(f"no pre-trained arm paired with scratch at budget {budget}")
@@ -223,18 +221,26 @@ def headline(paired: List[dict], smallest_budget: Dict[str, int], pretrained_arm
             "complete": all(not v["to_run"] for v in result.values()), "datasets": result}
 
 
+def rank_arms(paired: List[dict], dataset: str, budget: int, arms: Sequence[str],
+              min_seeds: int = MIN_SEEDS) -> List[dict]:
+    """The foreground rows of ``arms`` on ``dataset`` at ``budget``, best first: those with >= ``min_seeds``
+    seeds before those still short of them (an arm ahead on fewer seeds cannot displace a settled one), each group
+    by mean difference against scratch, largest first (ties keep their order)."""
+    rows = [r for r in paired if r["dataset"] == dataset and r["cls"] == FG and r["budget"] == budget
+            and r["arm"] in arms]
+    return sorted(rows, key=lambda r: (r["n_seeds"] < min_seeds, -r["mean_diff"]))
+
+
 def still_to_run(paired: List[dict], dataset: str, budgets: List[int], pretrained_arms: Sequence[str],
                  min_seeds: int = MIN_SEEDS, n_best: int = N_BEST) -> List[Tuple[int, str, int]]:
     """The runs the headline rule still needs on ``dataset``: every arm of ``pretrained_arms`` at the smallest of
     ``budgets``, and the ``n_best`` best of them there (largest mean foreground difference) at every other budget,
     each paired with scratch on >= ``min_seeds`` seeds (a pair needs scratch's run too, so scratch is covered).
-    As in :func:`headline`, an arm with every seed ranks before one still short of seeds, whatever its mean.
+    The best are ranked as :func:`headline` ranks them (:func:`rank_arms`).
     Returns (budget, arm, seeds paired so far) of each arm short of them, smallest budget first."""
     seeds = {(r["arm"], r["budget"]): r["n_seeds"] for r in paired if r["dataset"] == dataset and r["cls"] == FG}
     smallest = min(budgets)
-    ranked = sorted((r for r in paired if r["dataset"] == dataset and r["cls"] == FG and r["budget"] == smallest
-                     and r["arm"] in pretrained_arms), key=lambda r: (r["n_seeds"] < min_seeds, -r["mean_diff"]))
-    best = [r["arm"] for r in ranked[:n_best]]
+    best = [r["arm"] for r in rank_arms(paired, dataset, smallest, pretrained_arms, min_seeds)[:n_best]]
     need = [(smallest, a) for a in pretrained_arms] + [(b, a) for b in sorted(budgets) if b != smallest
                                                        for a in best]
     return [(b, a, seeds.get((a, b), 0)) for b, a in need if seeds.get((a, b), 0) < min_seeds]
