@@ -58,12 +58,19 @@ def arm_schedule(arm: Arm, values: Dict[str, object]) -> Dict[str, object]:
 PRETRAIN_TRAINERS: Dict[str, str] = {"mae": "MAETrainer", "gmim": "GMIMTrainer", "pgl": "PGLTrainer",
                                      "ideal": "IDEALTrainer", "refs": "ReFsTrainer",
                                      "ideal-inside": "IDEALTrainer_insideViews",
-                                     "ideal-shallow": "IDEALTrainer_shallowLevels"}
+                                     "ideal-shallow": "IDEALTrainer_shallowLevels",
+                                     # ReFs diagnostics: without gradient matching; with PGL as its SSL objective
+                                     "refs-nomatch": "ReFsTrainer_noMatching", "refs-pgl": "ReFsTrainer_PGL"}
 # the length checks' pre-trainings: "<method>-2x" runs <method>'s trainer for twice the profile's epochs
 LONGER_PRETRAINING: Dict[str, str] = {"ideal-2x": "ideal", "pgl-2x": "pgl"}
 PRETRAIN_TRAINERS.update({long: PRETRAIN_TRAINERS[base] for long, base in LONGER_PRETRAINING.items()})
 # pre-trainings longer than the profile's (its epochs times this)
 PRETRAIN_EPOCHS_FACTOR: Dict[str, int] = {long: 2 for long in LONGER_PRETRAINING}
+
+
+def needs_reference(method: str) -> bool:
+    """Whether ``method``'s pre-training (a key of :data:`PRETRAIN_TRAINERS`) reads a ReFs reference dataset."""
+    return PRETRAIN_TRAINERS[method].startswith("ReFsTrainer")
 
 
 def pretrain_schedule(method: str, values: Dict[str, object]) -> Dict[str, object]:
@@ -129,6 +136,15 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     # route; on hippocampus' 3d network levels=auto resolves to the same levels
     Arm("ideal-shallow", "SSLFinetuneTrainer_decoderWarmup", "ideal-shallow", settings=_ENC, headline=False,
         route="encoder + decoder; " + _LPFT + " (pre-trained with levels bottleneck,decoder1)"),
+    # diagnostics of ReFs (on hippocampus its 3 seeds were level with stock and with MAE, its SSL objective, seed by
+    # seed, and the encoder-gradient cosine of the two tasks stayed near 0): refs-nomatch pre-trains on the same two
+    # tasks without gradient matching (does matching add anything?); refs-pgl puts PGL, the better SSL objective on
+    # hippocampus, inside ReFs (does the reference task add anything to a stronger objective? paired against pgl);
+    # refs-pgl's checkpoint carries PGL's encoder + decoder, so it takes PGL's route
+    Arm("refs-nomatch", "SSLFinetuneTrainer_decoderWarmup", "refs-nomatch", headline=False,
+        route="encoder; " + _WARM + " (pre-trained without gradient matching)"),
+    Arm("refs-pgl", "SSLFinetuneTrainer_decoderWarmup", "refs-pgl", settings=_ENC, headline=False,
+        route="encoder + decoder; " + _LPFT + " (ReFs with PGL as its SSL objective)"),
     # diagnostic of ideal-semi's route (run after ideal-semi's seeds: an ACDC run of either takes about 4.5 h on 2
     # cores, so ideal-semi keeps IDEAL's route, fixed before it ran): after the same decoder-first warm-up the whole
     # net trains at nnU-Net's rate, as in the paper; the

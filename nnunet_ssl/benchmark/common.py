@@ -5,8 +5,8 @@
 * labeled raw datasets made from a subset of the cases of a labeled nnU-Net raw dataset (default: the 200
   hippocampus cases in ``../shared/data/hippocampus``), written atomically and re-used when they already exist;
 * planning, ingestion of unlabeled images (:func:`nnunet_ssl.data.ingest.ingest_unlabeled`), ReFs reference datasets
-  (:func:`nnunet_ssl.data.reference.prepare_reference`) and tiny derived plans (:func:`nnunet_ssl.data.plans_tools.derive_plans`),
-  each skipped when its result is on disk.
+  (:func:`nnunet_ssl.data.reference.prepare_reference`) and tiny derived plans
+  (:func:`nnunet_ssl.data.plans_tools.derive_plans`), each skipped when its result is on disk.
 
 Every step prints what it does; user-fixable problems raise :class:`nnunet_ssl.errors.UserInputError`.
 """

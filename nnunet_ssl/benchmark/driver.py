@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from nnunet_ssl.benchmark import common as bc
-from nnunet_ssl.benchmark.arms import ARMS, PRETRAIN_TRAINERS, Arm, arm_schedule, method_defaults
+from nnunet_ssl.benchmark.arms import ARMS, PRETRAIN_TRAINERS, Arm, arm_schedule, method_defaults, needs_reference
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.record import recorded_weights
 from nnunet_ssl.benchmark.splits import Split, fold_of, make_split, nnunet_folds
@@ -183,7 +183,7 @@ def run_pretraining(work: Path, s: DatasetSetup, method: str, schedule: str, run
     folder.mkdir(parents=True, exist_ok=True)
     cont = continue_args(ckpt.parent)
     env = {"nnUNet_results": str(folder / "nnUNet_results"), "NNUNET_SSL_SETTINGS": schedule}
-    if method == "refs":
+    if needs_reference(method):
         env["NNUNET_SSL_REFERENCE_DATASET"] = s.reference
     bc.log(f"{s.ds.key}: pre-training {method} ({PRETRAIN_TRAINERS[method]})" + (" (continuing)" if cont else ""))
     secs = runner("nnUNetv2_train", [s.unlabeled, s.ds.configuration, "all", "-tr", PRETRAIN_TRAINERS[method],

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Dict, List
 
 from nnunet_ssl.benchmark import common as bc
-from nnunet_ssl.benchmark.arms import ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS, arm_schedule, pretrain_schedule
+from nnunet_ssl.benchmark.arms import (ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS, arm_schedule, needs_reference,
+                                       pretrain_schedule)
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.pace import Estimate, Pace, parse_deadline
 from nnunet_ssl.benchmark.driver import (Run, Runner, do_run, prepare_dataset, run_is_done, run_of_name,
@@ -143,7 +144,7 @@ def dataset_options(args, specs: Dict[str, BenchDataset], key: str, arms) -> dic
     and of its reference dataset (each by its own split), tiny plans."""
     ds = specs[key]
     return dict(need_unlabeled=any(a.pretrain or a.uses_unlabeled for a in arms),
-                need_reference=any(a.pretrain == "refs" for a in arms),
+                need_reference=any(a.pretrain and needs_reference(a.pretrain) for a in arms),
                 max_groups=max_groups_of(args, ds), tiny=PROFILES[args.profile].get("tiny"),
                 reference_spec=specs[ds.reference], reference_max_groups=max_groups_of(args, specs[ds.reference]))
 

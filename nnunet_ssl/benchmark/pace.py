@@ -39,14 +39,17 @@ from nnunet_ssl.settings import settings_items
 # per-iteration ratios (ACDC 2d: MAE 1.0, GMIM 1.08, PGL 1.47, IDEAL 1.32, ReFs 2.43), rounded up; IDEAL with levels
 # down to decoder3 (its default levels=auto on ACDC's 2d plans) took 52 s per ACDC pre-training epoch against stock's
 # 49 s (1.1 kept for every IDEAL pre-training with auto levels and for PGL's, which costs as much per iteration
-# since levels=auto; 0.8 for IDEAL's shallow levels).
+# since levels=auto; 0.8 for IDEAL's shallow levels). ReFs without matching runs the same two forward/backward passes
+# per step as fish (1.3: no clone, no cosine steps); ReFs on PGL: PGL's 1.1 plus the reference task's 0.8 (fish on
+# MAE 1.4 against MAE's 0.6).
 EPOCH_COST: Dict[str, float] = {
     "scratch": 1.0, "scratch-2x": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0, "refs": 1.0,
     "ideal-reinit2": 1.0, "ideal-enclr": 1.0, "ideal-wholenet": 1.0, "mae-reinit1": 1.0, "mae-lpft": 1.0,
-    "ideal-inside": 1.0, "ideal-shallow": 1.0,
+    "ideal-inside": 1.0, "ideal-shallow": 1.0, "refs-nomatch": 1.0, "refs-pgl": 1.0,
     "ideal-semi": 4.0, "semi-scratch": 4.0, "ideal-semi-fullenc": 4.0, "ideal-semi-dice": 4.0,
     "pretrain:mae": 0.6, "pretrain:gmim": 0.65, "pretrain:pgl": 1.1, "pretrain:ideal": 1.1, "pretrain:refs": 1.4,
-    "pretrain:ideal-inside": 1.1, "pretrain:ideal-shallow": 0.8,
+    "pretrain:ideal-inside": 1.1, "pretrain:ideal-shallow": 0.8, "pretrain:refs-nomatch": 1.3,
+    "pretrain:refs-pgl": 1.9,
 }
 # a length check costs per epoch what the arm and the pre-training it repeats do
 EPOCH_COST.update({f"pretrain:{long}": EPOCH_COST[f"pretrain:{base}"] for long, base in LONGER_PRETRAINING.items()})

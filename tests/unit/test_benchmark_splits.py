@@ -109,6 +109,18 @@ def test_smoke_reference_dataset_gets_groups_for_its_own_split(key):
     assert opts["max_groups"] != opts["reference_max_groups"]
 
 
+
+@pytest.mark.parametrize("arm,needs", [("refs", True), ("refs-nomatch", True), ("refs-pgl", True), ("pgl", False),
+                                       ("ideal-semi", False), ("scratch", False)])
+def test_reference_dataset_only_for_refs_pretrainings(arm, needs):
+    """Every arm pre-trained by a ReFs trainer (the default, the diagnostics without matching or on PGL) gets the
+    reference dataset prepared; the other arms do not."""
+    from nnunet_ssl.benchmark.arms import ARMS
+    from nnunet_ssl.benchmark.main import dataset_options, dataset_specs, parse_args
+    args = parse_args(["--profile", "smoke", "--budgets", "1", "--arms", arm])
+    opts = dataset_options(args, dataset_specs(args), "hippocampus", [ARMS[arm]])
+    assert opts["need_reference"] is needs
+
 def test_arm_environments(tmp_path):
     """What each kind of arm starts from: scratch nothing, pre-trained arms their method's checkpoint (refused when
     it is missing, never on --c), semi-supervised arms the unlabeled pool; semi-scratch the pool without weights."""
