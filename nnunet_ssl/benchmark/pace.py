@@ -8,13 +8,14 @@ recorded weights) + the epochs its training still has to do (a stopped run conti
 Paces are kept per training step (an epoch's time over its training iterations: the log's ``NNUNET_SSL_SETTINGS
 applied`` line, else the run's settings, else nnU-Net's 250), so schedules with other epoch lengths compare (ACDC
 fine-tunes 40 iterations per epoch, pre-trainings 20); an estimate multiplies by the run's own iterations per epoch.
-Seconds per step, first found wins: the median of the same dataset and arm (pre-training: method) in the work
-directory's logs (this machine), then in the record's (the machine that recorded them); else another arm of the
-dataset scaled by the two arms' ratio measured on another dataset (:meth:`Pace.measured_ratios`), else by
-:data:`EPOCH_COST` (cost relative to stock nnU-Net's). No epoch time of the dataset anywhere: unknown (``None``), and
-the driver runs it. The record's times come from other machines: when this machine has run something that the
-record also holds from elsewhere (same dataset, same kind: fine-tuning or pre-training), they are scaled by this
-machine's speed against the record's (:meth:`Pace.speed_factor`).
+Seconds per step, first found wins: the median of the same dataset and arm (pre-training: method; the fine-tuning
+arms that train the stock network share one median over all their epochs) in the work directory's logs (this
+machine), then in the record's (the machine that recorded them); else another arm of the dataset scaled by the two
+arms' ratio measured on another dataset (:meth:`Pace.measured_ratios`), else by :data:`EPOCH_COST` (cost relative to
+stock nnU-Net's). No epoch time of the dataset anywhere: unknown (``None``), and the driver runs it. The record's
+times come from other machines: when this machine has run something that the record also holds from elsewhere (same
+dataset, same kind: fine-tuning or pre-training), they are scaled by this machine's speed against the record's
+(:meth:`Pace.speed_factor`).
 """
 from __future__ import annotations
 
@@ -54,6 +55,18 @@ EPOCH_COST: Dict[str, float] = {
 # a length check costs per epoch what the arm and the pre-training it repeats do
 EPOCH_COST.update({f"pretrain:{long}": EPOCH_COST[f"pretrain:{base}"] for long, base in LONGER_PRETRAINING.items()})
 EPOCH_COST.update({a.name: EPOCH_COST[a.length_check] for a in ARMS.values() if a.pretrain in LONGER_PRETRAINING})
+
+
+def stock_cost(name: str) -> bool:
+    """Whether arm ``name`` trains the stock network with stock losses (a fine-tuning arm costing what stock
+    nnU-Net's steps cost: :data:`EPOCH_COST` 1.0)."""
+    return not name.startswith("pretrain:") and EPOCH_COST.get(name) == EPOCH_COST["scratch"]
+
+
+def _whose(name: str) -> str:
+    return "the stock-cost arms'" if stock_cost(name) else f"{name}'s"
+
+
 _FINAL_VALIDATION_EPOCHS = 2  # nnU-Net's final validation and start-up, in epochs of the same run (rough)
 NNUNET_ITERATIONS = 250  # nnU-Net's iterations per epoch: a run whose log and settings name none trained that many
 
@@ -123,9 +136,17 @@ class Pace:
 
     @classmethod
     def _step_times(cls, runs: Runs) -> List[tuple]:
-        """(source, name, median seconds per step) per arm and per pre-training (``pretrain:<method>``)."""
-        return [(s, n, m) for (s, n), ts in cls._step_lists(runs).items()
-                if (m := _median([t for times in ts for t in times])) is not None]
+        """(source, name, median seconds per step) per arm and per pre-training (``pretrain:<method>``). The
+        fine-tuning arms that train the stock network with stock losses (:func:`stock_cost`) share one pace per
+        source: the median over all their epochs, so that one arm whose few runs shared the CPU (or ran on a
+        slower machine the record also holds) does not set its own estimates apart from the others'."""
+        lists = cls._step_lists(runs)
+        stock = {}
+        for (s, n), ts in lists.items():
+            if stock_cost(n):
+                stock.setdefault(s, []).extend(t for times in ts for t in times)
+        return [(s, n, m) for (s, n), ts in lists.items()
+                if (m := _median(stock[s] if stock_cost(n) else [t for times in ts for t in times])) is not None]
 
     def speed_factor(self, keys) -> tuple:
         """(this machine's step time / the record's, where from) over the datasets ``keys``, or (None, ""): the
@@ -163,7 +184,7 @@ class Pace:
             same = [m for s, n, m in known if s == source and n == name]
             other = [(n, m) for s, n, m in known if s == source and n in EPOCH_COST]
             if same:
-                found = same[0], f"{name}'s median step on {source}"
+                found = same[0], f"{_whose(name)} median step on {source}"
             elif other and name in EPOCH_COST:
                 kind = name.startswith("pretrain:")  # the same kind (fine-tuning / pre-training) first, scratch first
                 other = sorted(other, key=lambda nm: (nm[0].startswith("pretrain:") != kind, nm[0] != "scratch"))
@@ -171,12 +192,12 @@ class Pace:
                 for n, m in other:  # a ratio measured on another dataset beats the table's
                     if n in ratios:
                         ratio, where = ratios[n]
-                        found = m * ratio, f"{n}'s median step on {source} x {ratio:.2f} ({where})"
+                        found = m * ratio, f"{_whose(n)} median step on {source} x {ratio:.2f} ({where})"
                         break
                 else:
                     n, m = other[0]
                     found = m * EPOCH_COST[name] / EPOCH_COST[n], \
-                        f"{n}'s median step on {source} x {EPOCH_COST[name] / EPOCH_COST[n]:.1f}"
+                        f"{_whose(n)} median step on {source} x {EPOCH_COST[name] / EPOCH_COST[n]:.1f}"
             if found is not None and i > 0:  # the record's pace: scaled to this machine's where known
                 factor, how = self.speed_factor([k for k in DATASETS if k != key])
                 if factor is not None:
