@@ -140,13 +140,13 @@ class Pace:
         fine-tuning arms that train the stock network with stock losses (:func:`stock_cost`) share one pace per
         source: the median over all their epochs, so that one arm whose few runs shared the CPU (or ran on a
         slower machine the record also holds) does not set its own estimates apart from the others'."""
-        lists = cls._step_lists(runs)
-        stock = {}
-        for (s, n), ts in lists.items():
+        steps = {key: [t for times in ts for t in times] for key, ts in cls._step_lists(runs).items()}
+        stock: Dict[str, List[float]] = {}
+        for (s, n), ts in steps.items():
             if stock_cost(n):
-                stock.setdefault(s, []).extend(t for times in ts for t in times)
-        return [(s, n, m) for (s, n), ts in lists.items()
-                if (m := _median(stock[s] if stock_cost(n) else [t for times in ts for t in times])) is not None]
+                stock.setdefault(s, []).extend(ts)
+        return [(s, n, m) for (s, n), ts in steps.items()
+                if (m := _median(stock[s] if stock_cost(n) else ts)) is not None]
 
     def speed_factor(self, keys) -> tuple:
         """(this machine's step time / the record's, where from) over the datasets ``keys``, or (None, ""): the
