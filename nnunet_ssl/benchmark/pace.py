@@ -134,40 +134,48 @@ class Pace:
                     [t / (i if i == i and i > 0 else default) for t, i in zip(times, iterations) if t == t])
         return lists
 
-    @classmethod
-    def _step_times(cls, runs: Runs) -> List[tuple]:
-        """(source, name, median seconds per step) per arm and per pre-training (``pretrain:<method>``). The
-        fine-tuning arms that train the stock network with stock losses (:func:`stock_cost`) share one pace per
-        source: the median over all their epochs, so that one arm whose few runs shared the CPU (or ran on a
-        slower machine the record also holds) does not set its own estimates apart from the others'."""
-        steps = {key: [t for times in ts for t in times] for key, ts in cls._step_lists(runs).items()}
+    @staticmethod
+    def _medians(lists: Dict[tuple, List[List[float]]]) -> Dict[tuple, float]:
+        """(source, name) -> median seconds per step of :meth:`_step_lists`' runs. The fine-tuning arms that train
+        the stock network with stock losses (:func:`stock_cost`) share one pace per source: the median over all
+        their epochs, so that one arm whose few runs shared the CPU (or ran on a slower machine the record also
+        holds) does not set its own estimates apart from the others'."""
+        steps = {key: [t for times in ts for t in times] for key, ts in lists.items()}
         stock: Dict[str, List[float]] = {}
         for (s, n), ts in steps.items():
             if stock_cost(n):
                 stock.setdefault(s, []).extend(ts)
-        return [(s, n, m) for (s, n), ts in steps.items()
-                if (m := _median(stock[s] if stock_cost(n) else ts)) is not None]
+        return {(s, n): m for (s, n), ts in steps.items()
+                if (m := _median(stock[s] if stock_cost(n) else ts)) is not None}
+
+    @classmethod
+    def _step_times(cls, runs: Runs) -> List[tuple]:
+        """(source, name, median seconds per step) per arm and per pre-training (``pretrain:<method>``), the
+        stock-cost arms pooled (:meth:`_medians`)."""
+        return [(s, n, m) for (s, n), m in cls._medians(cls._step_lists(runs)).items()]
 
     def speed_factor(self, keys) -> tuple:
         """(this machine's step time / the record's, where from) over the datasets ``keys``, or (None, ""): the
-        median ratio over pairs of an arm this machine ran and one the record holds from another machine (a
-        recorded run with the same step times as one of this work directory is a copy of it and does not count),
-        of the same dataset and kind (fine-tuning or pre-training), each normalised by :data:`EPOCH_COST`."""
+        median ratio over pairs of a pace of this machine and one of the record from another machine (a recorded
+        run with the same step times as one of this work directory is a copy of it and does not count), of the
+        same dataset and kind (fine-tuning or pre-training), each normalised by :data:`EPOCH_COST`. The paces are
+        the ones estimates use: the stock-cost arms pooled per source into one (an arm's own median paired with
+        the record's pooled pace would scale that pace by a ratio nobody measured)."""
         if len(self.roots) < 2:
             return None, ""
         here_name, record_name = self.roots[0][0], self.roots[1][0]
         ratios, where = [], set()
         for key in keys:
             lists = self._step_lists(self.read(key))
-            here = {n: ts for (s, n), ts in lists.items() if s == here_name}
-            copies = [t for ts in here.values() for t in ts]
-            for (s, m), ts in lists.items():
-                if s != record_name or m not in EPOCH_COST:
-                    continue
-                rec = _median([t for times in ts if times not in copies for t in times])
-                for n, hts in here.items():
-                    mine = _median([t for times in hts for t in times])
-                    if rec and mine and n in EPOCH_COST and n.startswith("pretrain:") == m.startswith("pretrain:"):
+            copies = [times for (s, _), ts in lists.items() if s == here_name for times in ts]
+            lists = {(s, n): [times for times in ts if s != record_name or times not in copies]
+                     for (s, n), ts in lists.items() if n in EPOCH_COST}
+            paces: Dict[str, Dict[str, float]] = {here_name: {}, record_name: {}}
+            for (s, n), m in self._medians(lists).items():  # the stock-cost arms: one entry, "scratch"
+                paces[s]["scratch" if stock_cost(n) else n] = m
+            for m, rec in paces[record_name].items():
+                for n, mine in paces[here_name].items():
+                    if rec and mine and n.startswith("pretrain:") == m.startswith("pretrain:"):
                         ratios.append((mine / EPOCH_COST[n]) / (rec / EPOCH_COST[m]))
                         where.add(key)
         factor = _median(ratios)

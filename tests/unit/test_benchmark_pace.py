@@ -257,6 +257,23 @@ def test_record_pace_is_scaled_by_this_machines_speed(tmp_path):
     assert _epoch(pace, "hippocampus", "scratch")[0] == 70.0
 
 
+def test_speed_factor_pairs_the_pooled_stock_paces(tmp_path):
+    """The estimates pool the stock-cost fine-tuning arms into one pace per source; the speed factor compares those
+    pooled paces too. Here the record's stock-cost arms ran at 60 s (3 scratch runs) and 30 s (1 MAE run), pooled
+    60; this machine ran MAE at 15: the factor is 0.25 (so the record's pooled 60 becomes this machine's 15), where
+    pairing MAE's own medians would have said 0.5."""
+    work, record = tmp_path / "work", tmp_path / "record"
+    for seed in range(3):
+        _run(record, "scratch", "nnUNetTrainer_schedule", seed, 50, 60.0, key="acdc", cfg="2d")
+    _run(record, "mae", "SSLFinetuneTrainer_decoderWarmup", 0, 50, 30.0, key="acdc", cfg="2d")
+    _run(work, "mae", "SSLFinetuneTrainer_decoderWarmup", 1, 50, 15.0, key="acdc", cfg="2d")
+    pace = Pace(work, record)
+    factor, how = pace.speed_factor(["acdc"])
+    assert factor == pytest.approx(0.25) and "acdc" in how
+    _run(record, "scratch", "nnUNetTrainer_schedule", 0, 50, 40.0)  # hippocampus, the old machine only
+    assert _epoch(pace, "hippocampus", "gmim")[0] == pytest.approx(10.0)  # the record's pooled 40 x 0.25
+
+
 def test_unknown_arm_is_scaled_by_its_ratio_measured_on_another_dataset_of_the_same_configuration(tmp_path,
                                                                                                    monkeypatch):
     """An arm never run on this dataset: scaled from one that was by the two arms' epoch-time ratio measured on
