@@ -1,0 +1,91 @@
+"""The demo's data at other label budgets: pre-trained against scratch with N of the 8 labeled synthetic cases.
+
+    python scripts/demo_label_budget.py [--dir DIR] [--budgets 1 2 8] [--seeds 0 1 2] [--method mae]
+
+Runs ``nnunet_ssl demo``'s workflow (same synthetic dataset, pre-training, route and schedule) once per label budget
+and label seed, all sharing one pre-training, and prints pretrained and scratch mean test Dice per run and per
+budget. Resumable: finished runs are kept in DIR/results.jsonl and skipped when run again. About 3 minutes of 2 CPU
+cores per run, plus one pre-training (about 3 minutes). Results: docs/benchmarks.md, "The demo at other label
+budgets".
+"""
+import argparse
+import json
+import os
+import statistics
+
+from nnunet_ssl.cli import demo
+from nnunet_ssl.cli.workflow import WorkflowConfig, run_workflow
+from nnunet_ssl.data.synthetic import make_synthetic_dataset
+
+
+def _folders(directory: str) -> str:
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[var] = os.path.join(directory, var)
+        os.makedirs(os.environ[var], exist_ok=True)
+    os.environ.setdefault("nnUNet_n_proc_DA", "2")
+    raw = os.environ["nnUNet_raw"]
+    folder = os.path.join(raw, f"Dataset{demo.DEMO_ID:03d}_SynthOrgans")
+    if not os.path.isfile(os.path.join(folder, "dataset.json")):
+        make_synthetic_dataset(raw, demo.DEMO_ID, "SynthOrgans", n_train=demo.N_TRAIN, n_test=demo.N_TEST,
+                               n_unlabeled=demo.N_UNLABELED, shape=(32, 32, 32), seed=0)
+    return folder
+
+
+def run_one(directory: str, folder: str, method: str, budget: int, seed: int) -> dict:
+    reinit = demo.REINIT_STAGES.get(method, 0)
+    extra = {"reinit_encoder_stages": reinit} if reinit else {}
+    if budget < demo.N_TRAIN:
+        extra.update(label_budget=budget, label_seed=seed)
+    cfg = WorkflowConfig(
+        downstream=str(demo.DEMO_ID), unlabeled_folder=os.path.join(os.environ["nnUNet_raw"],
+                                                                    "SynthOrgans_unlabeled_images"),
+        ssl_dataset_id=demo.DEMO_SSL_ID, method=method, configuration="3d_fullres", fold="all",
+        test_images=os.path.join(folder, "imagesTs"), test_labels=os.path.join(folder, "labelsTs"),
+        tiny_plans=True, tiny_max_features=16, pretrain_settings=demo._settings(10, 20, val_iters=1),
+        finetune_settings=demo._settings(10, 15, val_iters=1, final_validation=False, **extra),
+        device="cpu", num_processes=2, disable_tta=True,
+        work_dir=os.path.join(directory, f"report_{method}_b{budget}_s{seed}"))
+    arms = run_workflow(cfg)["arms"]
+    return {a: arms[a].get("mean_dice") for a in arms}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dir", default="demo_label_budget", help="work folder (default: ./demo_label_budget)")
+    p.add_argument("--budgets", type=int, nargs="+", default=[1, 2], help="labeled cases (8: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="label seeds (one run each)")
+    p.add_argument("--method", default=demo.DEFAULT_METHOD)
+    args = p.parse_args(argv)
+    directory = os.path.abspath(args.dir)
+    folder = _folders(directory)
+    out = os.path.join(directory, "results.jsonl")
+    done = {}
+    if os.path.isfile(out):
+        with open(out) as f:
+            done = {r["key"]: r for r in map(json.loads, f)}
+    for budget in args.budgets:
+        for seed in args.seeds if budget < demo.N_TRAIN else args.seeds[:1]:
+            key = f"{args.method}_b{budget}_s{seed}"
+            if key not in done:
+                print(f"== {key}: pre-trained and scratch with {budget} labeled case(s), label seed {seed}",
+                      flush=True)
+                done[key] = {"key": key, "budget": budget, "seed": seed,
+                             **run_one(directory, folder, args.method, budget, seed)}
+                with open(out, "a") as f:
+                    f.write(json.dumps(done[key]) + "\n")
+    print(f"\n{'budget':>6} {'seed':>4} {'pretrained':>10} {'scratch':>8} {'diff':>7}")
+    for budget in args.budgets:
+        rows = [r for r in done.values() if r["budget"] == budget and r["key"].startswith(args.method + "_")]
+        for r in sorted(rows, key=lambda r: r["seed"]):
+            print(f"{budget:>6} {r['seed']:>4} {r['pretrained']:>10.3f} {r['scratch']:>8.3f} "
+                  f"{r['pretrained'] - r['scratch']:>+7.3f}")
+        if rows:
+            diffs = [r["pretrained"] - r["scratch"] for r in rows]
+            print(f"{budget:>6} mean {statistics.mean(r['pretrained'] for r in rows):>10.3f} "
+                  f"{statistics.mean(r['scratch'] for r in rows):>8.3f} {statistics.mean(diffs):>+7.3f}  "
+                  f"pretrained ahead in {sum(d > 0 for d in diffs)} of {len(diffs)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
