@@ -35,8 +35,25 @@ def test_default_is_mae_with_the_decoder_warmup_route_and_a_caption(tmp_path, mo
     assert cfg.finetune_route == "SSLFinetuneTrainer_decoderWarmup"
     assert "load_decoder" not in cfg.finetune_settings  # the checkpoint's recommendation decides
     assert "reinit_encoder_stages=1" in cfg.finetune_settings  # MAE collapses stage 0 on the demo's data
+    assert "label_budget=1,label_seed=0" in cfg.finetune_settings  # few labels: what the plugin is for
+    assert "fine-tuned on 1 labeled case (of the 8 the dataset has: label_budget=1)" in out
     assert "What this shows" in out and "+0.100" in out and "does not measure" in out
     assert "What this shows" in (tmp_path / "d" / "report" / "workflow_summary.md").read_text()
+
+
+def test_label_budget_option(tmp_path, monkeypatch, capsys):
+    cfg, out = _run(tmp_path, monkeypatch, capsys, "--label-budget", "0")
+    assert "label_budget" not in cfg.finetune_settings and "fine-tuned on 8 labeled cases with" in out
+    cfg, out = _run(tmp_path, monkeypatch, capsys, "--label-budget", "3", "--seed", "2")
+    assert "label_budget=3,label_seed=2" in cfg.finetune_settings and "3 labeled cases (of the 8" in out
+    for bad in ("-1", "9", "two"):
+        try:
+            main.main(["demo", "--dir", str(tmp_path / "d"), "--label-budget", bad])
+        except SystemExit as e:
+            assert e.code == 2
+        else:
+            raise AssertionError(f"label budget {bad} was accepted")
+        assert "expected a number of labeled cases from 0 to 8" in capsys.readouterr().err
 
 
 def test_other_methods_get_their_route(tmp_path, monkeypatch, capsys):
