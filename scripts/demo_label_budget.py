@@ -14,7 +14,7 @@ import os
 import statistics
 
 from nnunet_ssl.cli import demo
-from nnunet_ssl.cli.workflow import WorkflowConfig, run_workflow
+from nnunet_ssl.cli.workflow import run_workflow
 from nnunet_ssl.data.synthetic import make_synthetic_dataset
 
 
@@ -31,20 +31,13 @@ def _folders(directory: str) -> str:
     return folder
 
 
-def run_one(directory: str, folder: str, method: str, budget: int, seed: int) -> dict:
+def run_one(directory: str, method: str, budget: int, seed: int) -> dict:
     reinit = demo.REINIT_STAGES.get(method, 0)
     extra = {"reinit_encoder_stages": reinit} if reinit else {}
     if budget < demo.N_TRAIN:
         extra.update(label_budget=budget, label_seed=seed)
-    cfg = WorkflowConfig(
-        downstream=str(demo.DEMO_ID), unlabeled_folder=os.path.join(os.environ["nnUNet_raw"],
-                                                                    "SynthOrgans_unlabeled_images"),
-        ssl_dataset_id=demo.DEMO_SSL_ID, method=method, configuration="3d_fullres", fold="all",
-        test_images=os.path.join(folder, "imagesTs"), test_labels=os.path.join(folder, "labelsTs"),
-        tiny_plans=True, tiny_max_features=16, pretrain_settings=demo._settings(10, 20, val_iters=1),
-        finetune_settings=demo._settings(10, 15, val_iters=1, final_validation=False, **extra),
-        device="cpu", num_processes=2, disable_tta=True,
-        work_dir=os.path.join(directory, f"report_{method}_b{budget}_s{seed}"))
+    cfg = demo.workflow_config(method, "cpu", 10, 10, extra,
+                               work_dir=os.path.join(directory, f"report_{method}_b{budget}_s{seed}"))
     arms = run_workflow(cfg)["arms"]
     return {a: arms[a].get("mean_dice") for a in arms}
 
@@ -57,7 +50,7 @@ def main(argv=None) -> int:
     p.add_argument("--method", default=demo.DEFAULT_METHOD)
     args = p.parse_args(argv)
     directory = os.path.abspath(args.dir)
-    folder = _folders(directory)
+    _folders(directory)
     out = os.path.join(directory, "results.jsonl")
     done = {}
     if os.path.isfile(out):
@@ -70,7 +63,7 @@ def main(argv=None) -> int:
                 print(f"== {key}: pre-trained and scratch with {budget} labeled case(s), label seed {seed}",
                       flush=True)
                 done[key] = {"key": key, "budget": budget, "seed": seed,
-                             **run_one(directory, folder, args.method, budget, seed)}
+                             **run_one(directory, args.method, budget, seed)}
                 with open(out, "a") as f:
                     f.write(json.dumps(done[key]) + "\n")
     print(f"\n{'budget':>6} {'seed':>4} {'pretrained':>10} {'scratch':>8} {'diff':>7}")

@@ -83,6 +83,22 @@ def _settings(epochs: int, iters: int, val_iters: int = 2, **extra) -> str:
     return ",".join(f"{k}={v}" for k, v in values.items())
 
 
+def workflow_config(method: str, device: str, epochs_pre: int, epochs_ft: int, extra: dict,
+                    finetune_trainer: str = None, work_dir: str = None) -> WorkflowConfig:
+    """The demo's workflow (its nnU-Net folders set in the environment): ``extra``: fine-tuning settings added to
+    the schedule (``reinit_encoder_stages``, ``label_budget``, ...)."""
+    raw = os.environ["nnUNet_raw"]
+    folder = os.path.join(raw, f"Dataset{DEMO_ID:03d}_SynthOrgans")
+    return WorkflowConfig(
+        downstream=str(DEMO_ID), unlabeled_folder=os.path.join(raw, "SynthOrgans_unlabeled_images"),
+        ssl_dataset_id=DEMO_SSL_ID, method=method, configuration="3d_fullres", fold="all",
+        test_images=os.path.join(folder, "imagesTs"), test_labels=os.path.join(folder, "labelsTs"), tiny_plans=True,
+        tiny_max_features=16, pretrain_settings=_settings(epochs_pre, 20, val_iters=1),
+        # the decoder follows the checkpoint's recommendation (MAE: left random, then warmed up alone)
+        finetune_settings=_settings(epochs_ft, 15, val_iters=1, final_validation=False, **extra),
+        device=device, num_processes=2, disable_tta=True, finetune_trainer=finetune_trainer, work_dir=work_dir)
+
+
 def run_demo(directory: str = "nnunet_ssl_demo", method: str = DEFAULT_METHOD, device: str = None,
              epochs_scale: float = 1.0, seed: int = 0, finetune_trainer: str = None,
              reinit_encoder_stages: int = None, label_budget: int = LABEL_BUDGET) -> dict:
@@ -98,12 +114,10 @@ def run_demo(directory: str = "nnunet_ssl_demo", method: str = DEFAULT_METHOD, d
         device = "cuda" if torch.cuda.is_available() else "cpu"
     raw = os.environ["nnUNet_raw"]
     paths_file = os.path.join(raw, f"Dataset{DEMO_ID:03d}_SynthOrgans", "dataset.json")
-    unlabeled = os.path.join(raw, "SynthOrgans_unlabeled_images")
     if not os.path.isfile(paths_file):
         print(f"Generating the synthetic dataset in {raw} ...", flush=True)
         make_synthetic_dataset(raw, DEMO_ID, "SynthOrgans", n_train=N_TRAIN, n_test=N_TEST, n_unlabeled=N_UNLABELED,
                                shape=(32, 32, 32), seed=seed)
-    folder = os.path.dirname(paths_file)
 
     def scaled(n):
         return max(1, int(round(n * epochs_scale)))
@@ -114,15 +128,8 @@ def run_demo(directory: str = "nnunet_ssl_demo", method: str = DEFAULT_METHOD, d
     labeled = label_budget if 0 < label_budget < N_TRAIN else N_TRAIN
     if labeled < N_TRAIN:  # both arms: the workflow's scratch arm keeps the schedule and the label budget
         extra.update(label_budget=labeled, label_seed=seed)
-    cfg = WorkflowConfig(
-        downstream=str(DEMO_ID), unlabeled_folder=unlabeled, ssl_dataset_id=DEMO_SSL_ID, method=method,
-        configuration="3d_fullres", fold="all", test_images=os.path.join(folder, "imagesTs"),
-        test_labels=os.path.join(folder, "labelsTs"), tiny_plans=True, tiny_max_features=16,
-        pretrain_settings=_settings(epochs_pre, 20, val_iters=1),
-        # the decoder follows the checkpoint's recommendation (MAE: left random, then warmed up alone)
-        finetune_settings=_settings(epochs_ft, 15, val_iters=1, final_validation=False, **extra),
-        device=device, num_processes=2, disable_tta=True, finetune_trainer=finetune_trainer,
-        work_dir=os.path.join(directory, "report"))
+    cfg = workflow_config(method, device, epochs_pre, epochs_ft, extra, finetune_trainer,
+                          os.path.join(directory, "report"))
     summary = run_workflow(cfg)
     text = caption(summary, epochs_pre, epochs_ft, reinit, labeled)
     print("\n" + text)
