@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_benchmark_report import _write_log
 
-from nnunet_ssl.benchmark.pace import EPOCH_COST, Pace, parse_deadline, resume_epoch
+from nnunet_ssl.benchmark.pace import EPOCH_COST, Pace, parse_deadline, resume_epoch, stock_cost
 
 REPO = Path(__file__).resolve().parents[2]
 HIP_RESULTS = "Dataset401_LowLabelHippocampus"
@@ -51,18 +51,32 @@ def test_every_arm_and_pretraining_has_a_cost():
 
 
 
-def test_pretraining_costs_match_the_recorded_acdc_paces():
-    """The table's pre-training entries are per-step ratios, as Pace keeps paces: wherever the record holds an ACDC
-    pre-training and stock nnU-Net's ACDC runs, the recorded ratio is within 20 % of the table's (the entries were
-    per-epoch ratios, about half as large, until 2026-12-07)."""
+def test_pretraining_costs_match_the_recorded_acdc_paces(tmp_path):
+    """The table's pre-training entries are per-step ratios, as Pace keeps paces: a recorded ACDC pre-training's step
+    against the stock-cost fine-tuning steps recorded on the same day (the record holds runs of several machines; a
+    session's runs share one) is within 20 % of the table's (the entries were per-epoch ratios, about half as large,
+    until 2026-12-07)."""
+    import re
+    import shutil
     record = REPO / "docs" / "benchmarks" / "low_label_cpu_runs"
     if not (record / "acdc").is_dir():
         pytest.skip(f"no recorded ACDC runs in {record}")
-    steps = {n: m for s, n, m in Pace._step_times(Pace(REPO / "no-work-dir", record).read("acdc"))}
-    checked = [n for n in steps if n.startswith("pretrain:") and n in EPOCH_COST]
-    assert "scratch" in steps and checked
-    for name in checked:
-        assert steps[name] / steps["scratch"] == pytest.approx(EPOCH_COST[name], rel=0.2), name
+    by_day = {}  # day -> the record's run and pre-training folders whose logs start that day
+    for log in (record / "acdc").glob("*/*/**/training_log_*.txt"):
+        day = re.match(r"training_log_(\d+_\d+_\d+)_", log.name).group(1)
+        by_day.setdefault(day, set()).add(log.parent)
+    checked = []
+    for day, folders in by_day.items():
+        copy = tmp_path / day
+        for folder in folders:
+            shutil.copytree(folder, copy / folder.relative_to(record))
+        steps = {n: m for s, n, m in Pace._step_times(Pace(tmp_path / "none", copy).read("acdc"))}
+        stock = [m for n, m in steps.items() if stock_cost(n)]  # pooled: one value
+        for name in (n for n in steps if n.startswith("pretrain:") and n in EPOCH_COST and stock):
+            checked.append(name)
+            assert steps[name] / stock[0] == pytest.approx(EPOCH_COST[name], rel=0.2), (name, day)
+    print("checked:", checked)
+    assert "pretrain:pgl" in checked or not (record / "acdc" / "pretrain" / "pgl").is_dir()
 
 def test_parse_deadline_forms():
     now = datetime(2026, 12, 2, 23, 0).timestamp()
