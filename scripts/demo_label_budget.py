@@ -15,27 +15,10 @@ import statistics
 
 from nnunet_ssl.cli import demo
 from nnunet_ssl.cli.workflow import run_workflow
-from nnunet_ssl.data.synthetic import make_synthetic_dataset
-
-
-def _folders(directory: str) -> str:
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[var] = os.path.join(directory, var)
-        os.makedirs(os.environ[var], exist_ok=True)
-    os.environ.setdefault("nnUNet_n_proc_DA", "2")
-    raw = os.environ["nnUNet_raw"]
-    folder = os.path.join(raw, f"Dataset{demo.DEMO_ID:03d}_SynthOrgans")
-    if not os.path.isfile(os.path.join(folder, "dataset.json")):
-        make_synthetic_dataset(raw, demo.DEMO_ID, "SynthOrgans", n_train=demo.N_TRAIN, n_test=demo.N_TEST,
-                               n_unlabeled=demo.N_UNLABELED, shape=(32, 32, 32), seed=0)
-    return folder
 
 
 def run_one(directory: str, method: str, budget: int, seed: int) -> dict:
-    reinit = demo.REINIT_STAGES.get(method, 0)
-    extra = {"reinit_encoder_stages": reinit} if reinit else {}
-    if budget < demo.N_TRAIN:
-        extra.update(label_budget=budget, label_seed=seed)
+    extra = demo.finetune_extra(demo.REINIT_STAGES.get(method, 0), budget, seed)
     cfg = demo.workflow_config(method, "cpu", 10, 10, extra,
                                work_dir=os.path.join(directory, f"report_{method}_b{budget}_s{seed}"))
     arms = run_workflow(cfg)["arms"]
@@ -50,7 +33,7 @@ def main(argv=None) -> int:
     p.add_argument("--method", default=demo.DEFAULT_METHOD)
     args = p.parse_args(argv)
     directory = os.path.abspath(args.dir)
-    _folders(directory)
+    demo.prepare(directory)
     out = os.path.join(directory, "results.jsonl")
     done = {}
     if os.path.isfile(out):

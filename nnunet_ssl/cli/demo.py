@@ -83,6 +83,28 @@ def _settings(epochs: int, iters: int, val_iters: int = 2, **extra) -> str:
     return ",".join(f"{k}={v}" for k, v in values.items())
 
 
+def prepare(directory: str, seed: int = 0) -> None:
+    """Point nnU-Net's folders at ``directory`` (created) and generate the synthetic dataset there unless present."""
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[var] = os.path.join(directory, var)
+        os.makedirs(os.environ[var], exist_ok=True)
+    os.environ.setdefault("nnUNet_n_proc_DA", "2")
+    raw = os.environ["nnUNet_raw"]
+    if not os.path.isfile(os.path.join(raw, f"Dataset{DEMO_ID:03d}_SynthOrgans", "dataset.json")):
+        print(f"Generating the synthetic dataset in {raw} ...", flush=True)
+        make_synthetic_dataset(raw, DEMO_ID, "SynthOrgans", n_train=N_TRAIN, n_test=N_TEST, n_unlabeled=N_UNLABELED,
+                               shape=(32, 32, 32), seed=seed)
+
+
+def finetune_extra(reinit: int, labeled: int, label_seed: int) -> dict:
+    """Fine-tuning settings beyond the schedule: stages kept random, and the label budget where below N_TRAIN (both
+    arms: the workflow's scratch arm keeps the schedule and the label budget)."""
+    extra = {"reinit_encoder_stages": reinit} if reinit else {}
+    if labeled < N_TRAIN:
+        extra.update(label_budget=labeled, label_seed=label_seed)
+    return extra
+
+
 def workflow_config(method: str, device: str, epochs_pre: int, epochs_ft: int, extra: dict,
                     finetune_trainer: str = None, work_dir: str = None) -> WorkflowConfig:
     """The demo's workflow (its nnU-Net folders set in the environment): ``extra``: fine-tuning settings added to
@@ -105,29 +127,18 @@ def run_demo(directory: str = "nnunet_ssl_demo", method: str = DEFAULT_METHOD, d
     """Run the demo in ``directory`` (nnU-Net folders inside); return the workflow summary. ``label_budget``:
     labeled cases fine-tuning uses (chosen with ``seed``; 0: all)."""
     directory = os.path.abspath(directory)
-    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[var] = os.path.join(directory, var)
-        os.makedirs(os.environ[var], exist_ok=True)
-    os.environ.setdefault("nnUNet_n_proc_DA", "2")
+    prepare(directory, seed)
     if device is None:
         import torch
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    raw = os.environ["nnUNet_raw"]
-    paths_file = os.path.join(raw, f"Dataset{DEMO_ID:03d}_SynthOrgans", "dataset.json")
-    if not os.path.isfile(paths_file):
-        print(f"Generating the synthetic dataset in {raw} ...", flush=True)
-        make_synthetic_dataset(raw, DEMO_ID, "SynthOrgans", n_train=N_TRAIN, n_test=N_TEST, n_unlabeled=N_UNLABELED,
-                               shape=(32, 32, 32), seed=seed)
 
     def scaled(n):
         return max(1, int(round(n * epochs_scale)))
 
     epochs_pre, epochs_ft = scaled(10), scaled(10)
     reinit = REINIT_STAGES.get(method.lower(), 0) if reinit_encoder_stages is None else reinit_encoder_stages
-    extra = {"reinit_encoder_stages": reinit} if reinit else {}
     labeled = label_budget if 0 < label_budget < N_TRAIN else N_TRAIN
-    if labeled < N_TRAIN:  # both arms: the workflow's scratch arm keeps the schedule and the label budget
-        extra.update(label_budget=labeled, label_seed=seed)
+    extra = finetune_extra(reinit, labeled, seed)
     cfg = workflow_config(method, device, epochs_pre, epochs_ft, extra, finetune_trainer,
                           os.path.join(directory, "report"))
     summary = run_workflow(cfg)
@@ -163,7 +174,8 @@ def add_demo_arguments(p):
     p.add_argument("-device", "--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--epochs-scale", type=float, default=1.0,
                    help="multiply every epoch count: more time, better numbers (default: 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset and of the labeled cases' choice (default: 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the synthetic dataset and of the labeled cases' choice (default: 0)")
 
 
 def run_demo_from_args(args) -> int:
