@@ -89,6 +89,7 @@ class SSLFinetuneTrainer(CPUDistributedMixin, nnUNetTrainer):
         self.final_validation = True  # False: skip nnU-Net's sliding-window validation of the fold (demo, benchmarks)
         self.transfer_report = None
         self._resumed = False
+        self._dropped_decoder_warmup = False
         self.fold_label_budget = FoldLabelBudget(self)
 
     def initialize(self):
@@ -99,10 +100,13 @@ class SSLFinetuneTrainer(CPUDistributedMixin, nnUNetTrainer):
         # keep nnU-Net's 5 % warm-up ratio for shortened schedules
         if "warmup_duration_whole_net" not in applied:
             self.warmup_duration_whole_net = max(1, min(self.warmup_duration_whole_net, self.num_epochs // 20))
+        self._dropped_decoder_warmup = False  # the class's decoder warm-up did not fit a short schedule
         if "warmup_duration_decoder" not in applied and 0 < self.num_epochs < 1000:
             # a class default (of 1000 epochs) keeps its share of a shorter schedule
+            self._dropped_decoder_warmup = self.warmup_duration_decoder > 0
             d = max(int(self.warmup_duration_decoder > 0), self.warmup_duration_decoder * self.num_epochs // 1000)
             self.warmup_duration_decoder = min(d, max(0, self.num_epochs - self.warmup_duration_whole_net - 1))
+            self._dropped_decoder_warmup &= self.warmup_duration_decoder == 0
         try:
             self._check_warmup()
         except UserInputError as e:
@@ -242,7 +246,12 @@ class SSLFinetuneTrainer(CPUDistributedMixin, nnUNetTrainer):
         self.transfer_report = report
         self.print_to_log_file(f"Pre-trained weights from {path}")
         self.print_to_log_file(f"Decoder: {why}")
-        if not load_decoder and self.warmup_duration_decoder == 0:
+        if not load_decoder and self._dropped_decoder_warmup:
+            self.print_to_log_file(
+                f"Note: the decoder starts random and this trainer's decoder-only warm-up does not fit a "
+                f"{self.num_epochs}-epoch schedule (it needs at least {self.warmup_duration_whole_net + 2} epochs): "
+                f"the whole net trains from the first epoch.")
+        elif not load_decoder and self.warmup_duration_decoder == 0:
             self.print_to_log_file(
                 "Hint: the decoder starts random. With few labels, a decoder-only warm-up first (-tr "
                 "SSLFinetuneTrainer_decoderWarmup, or warmup_duration_decoder=N in NNUNET_SSL_SETTINGS) turned "

@@ -53,14 +53,18 @@ def unlearned_classes(arms: dict, missed: float = 0.05, learned: float = 0.3):
     return out
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def caption(summary: dict, epochs_pre: int, epochs_ft: int, reinit: int = 0, labeled: int = N_TRAIN) -> str:
     """What the demo's numbers mean, in a few honest lines (``labeled``: the labeled cases fine-tuning used)."""
     arms = summary["arms"]
-    cases = f"{labeled} labeled case{'s' if labeled != 1 else ''}" + \
+    cases = _count(labeled, "labeled case") + \
         (f" (of the {N_TRAIN} the dataset has: label_budget={labeled})" if labeled < N_TRAIN else "")
     kept = (" (first encoder stage left random)" if reinit == 1 else
             f" (first {reinit} encoder stages left random)" if reinit else "")
-    lines = [f"What this shows: {summary['pretrain_trainer']} pre-trained for {epochs_pre} short epochs on "
+    lines = [f"What this shows: {summary['pretrain_trainer']} pre-trained for {_count(epochs_pre, 'short epoch')} on "
              f"{N_UNLABELED} unlabeled synthetic volumes, then fine-tuned on {cases} with "
              f"{arms['pretrained']['trainer']}{kept} ('pretrained'), against the same {epochs_ft}-epoch schedule "
              f"from random weights ('scratch'); Dice on {N_TEST} held-out test cases."]
@@ -69,7 +73,7 @@ def caption(summary: dict, epochs_pre: int, epochs_ft: int, reinit: int = 0, lab
         lines.append(f"Mean Dice difference pretrained - scratch: {diff:+.3f}.")
     for arm, other, label, own, theirs in unlearned_classes(arms):
         lines.append(f"In this run '{arm}' did not learn class {label} (Dice {own:.2f}; '{other}' {theirs:.2f}): "
-                     f"with {epochs_ft} short epochs a class can switch on late or not at all, so this difference "
+                     f"with {_count(epochs_ft, 'short epoch')} a class can switch on late or not at all, so this difference "
                      f"says more about that run than about pre-training. --epochs-scale 3 trains longer.")
     lines.append("A demo-sized CPU run on synthetic data, one run per arm (repeated runs of an arm usually differ "
                  "by up to 0.05, far more when a class is learned late): it shows the pipeline end to end (ingest, "

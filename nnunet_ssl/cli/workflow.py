@@ -71,6 +71,17 @@ def file_digest(path: str) -> str:
     return h.hexdigest()
 
 
+def folder_fingerprint(folder: str) -> dict:
+    """A folder's path and a hash of its files' names, sizes and modification times: changes when a file is added,
+    removed or rewritten."""
+    folder = os.path.abspath(folder)
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        st = os.stat(os.path.join(folder, name))
+        h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return {"folder": folder, "files_sha256": h.hexdigest()[:16]}
+
+
 def differences(recorded: dict, current: dict) -> List[str]:
     """``name: recorded -> current`` for every input that differs."""
     return [f"{k}: {recorded.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(recorded) | set(current))
@@ -94,6 +105,10 @@ def run_root(results: str, kind: str, trainer: str, inputs: dict) -> str:
         with open(record, "w") as f:
             json.dump(inputs, f, indent=2, sort_keys=True, default=str)
     return root
+
+
+def _progress(message: str) -> None:
+    print(f"nnunet_ssl workflow: {message}", flush=True)
 
 
 def _console_line(line: str) -> bool:
@@ -153,6 +168,8 @@ def _plan_downstream(cfg: WorkflowConfig, downstream: str, env: Dict[str, str]) 
                 f"gives nnUNetResEncUNetMPlans), or leave -p at its default nnUNetPlans.")
         run_nnunet("nnUNetv2_plan_and_preprocess", ["-d", dataset_id, "-c", cfg.configuration,
                                                     "-np", cfg.num_processes], env=env)
+    else:
+        _progress(f"{downstream}: planned and preprocessed already ({cfg.plans}), re-used")
     if not cfg.tiny_plans:
         return cfg.plans
     from nnunet_ssl.data.plans_tools import derive_plans
@@ -194,6 +211,8 @@ def _ingest(cfg: WorkflowConfig, downstream: str, plans: str, results: str) -> s
             os.makedirs(os.path.dirname(record_file), exist_ok=True)
             with open(record_file, "w") as f:
                 json.dump(current, f, indent=2)
+    else:
+        _progress(f"{ssl_name}: unlabeled images ingested already with plans {plans}, re-used")
     return ssl_name
 
 
@@ -201,7 +220,9 @@ def _train(dataset: str, cfg: WorkflowConfig, fold: str, trainer: str, plans: st
            env: Dict[str, str]) -> str:
     """``nnUNetv2_train`` with ``nnUNet_results=root`` unless its final checkpoint exists; return the fold folder."""
     out_dir = os.path.join(root, dataset, f"{trainer}__{plans}__{cfg.configuration}", f"fold_{fold}")
-    if not os.path.isfile(os.path.join(out_dir, "checkpoint_final.pth")):
+    if os.path.isfile(os.path.join(out_dir, "checkpoint_final.pth")):
+        _progress(f"{trainer} on {dataset}, fold {fold}: trained already, re-used ({out_dir})")
+    else:
         env = dict(env, nnUNet_results=root)
         cont = []
         if os.path.isfile(os.path.join(out_dir, "checkpoint_latest.pth")):
@@ -220,6 +241,28 @@ START_SETTINGS = ("reinit_encoder_stages", "load_decoder", "encoder_lr_factor", 
 def scratch_settings(settings: str) -> str:
     """``settings`` (``NNUNET_SSL_SETTINGS`` text) without the :data:`START_SETTINGS`: the schedule both arms share."""
     return ",".join(i for i in settings_items(settings) if i.split("=", 1)[0].strip() not in START_SETTINGS)
+
+
+#: written into a predictions folder once its predictions (and their evaluation) are complete: what made them
+PREDICTIONS_RECORD = "predicted_with.json"
+
+
+def _predictions_current(folder: str, made_by: dict, need_summary: bool) -> bool:
+    """Whether ``folder`` holds complete predictions (and their evaluation, where needed) of the same model,
+    checkpoint, test images and options as ``made_by``."""
+    record = os.path.join(folder, PREDICTIONS_RECORD)
+    if not os.path.isfile(record) or (need_summary and not os.path.isfile(os.path.join(folder, "summary.json"))):
+        return False
+    with open(record) as f:
+        return json.load(f) == made_by
+
+
+def _clear_predictions(folder: str) -> None:
+    """Empty a predictions folder the workflow wrote before (it holds our record), so that no prediction of another
+    model or test set survives beside the new ones; a folder without the record is left to nnU-Net."""
+    if os.path.isfile(os.path.join(folder, PREDICTIONS_RECORD)):
+        import shutil
+        shutil.rmtree(folder)
 
 
 def _dice_of(summary_file: str) -> dict:
@@ -273,14 +316,26 @@ def run_workflow(cfg: WorkflowConfig) -> dict:
         # 5. predict the test images and 6. evaluate
         if cfg.test_images:
             pred = os.path.join(work, f"predictions_{arm}")
-            args = ["-i", cfg.test_images, "-o", pred, "-d", downstream, "-c", cfg.configuration, "-f", cfg.fold,
-                    "-tr", ft_trainer, "-p", plans, "-device", cfg.device, "-npp", "1", "-nps", "1"]
-            run_nnunet("nnUNetv2_predict", args + (["--disable_tta"] if cfg.disable_tta else []),
-                       env=dict(env_base, nnUNet_results=ft_root))
+            summary_file = os.path.join(pred, "summary.json")
+            final = os.path.join(out_dir, "checkpoint_final.pth")
+            made_by = {"model": out_dir, "checkpoint_sha256": file_digest(final), "disable_tta": cfg.disable_tta,
+                       "test_images": folder_fingerprint(cfg.test_images),
+                       "test_labels": folder_fingerprint(cfg.test_labels) if cfg.test_labels else None}
+            if _predictions_current(pred, made_by, need_summary=bool(cfg.test_labels)):
+                _progress(f"{arm}: test predictions{' and their Dice' if cfg.test_labels else ''} of this model "
+                          f"done already, re-used ({pred})")
+            else:
+                _clear_predictions(pred)
+                args = ["-i", cfg.test_images, "-o", pred, "-d", downstream, "-c", cfg.configuration, "-f",
+                        cfg.fold, "-tr", ft_trainer, "-p", plans, "-device", cfg.device, "-npp", "1", "-nps", "1"]
+                run_nnunet("nnUNetv2_predict", args + (["--disable_tta"] if cfg.disable_tta else []),
+                           env=dict(env_base, nnUNet_results=ft_root))
+                if cfg.test_labels:
+                    run_nnunet("nnUNetv2_evaluate_simple", [cfg.test_labels, pred, "-l", *_labels_of(downstream),
+                                                            "-o", summary_file, "-np", 1], env=env_base)
+                with open(os.path.join(pred, PREDICTIONS_RECORD), "w") as f:
+                    json.dump(made_by, f, indent=2)
             if cfg.test_labels:
-                summary_file = os.path.join(pred, "summary.json")
-                run_nnunet("nnUNetv2_evaluate_simple", [cfg.test_labels, pred, "-l", *_labels_of(downstream),
-                                                        "-o", summary_file, "-np", 1], env=env_base)
                 arm_summary.update(_dice_of(summary_file))
         else:
             val = os.path.join(out_dir, "validation", "summary.json")

@@ -186,6 +186,20 @@ def test_random_decoder_start_logs_the_warmup_hint(env, settings, hint):
     assert ("Hint: the decoder starts random" in open(t.log_file).read()) == hint
 
 
+@pytest.mark.parametrize("epochs,note", [(2, True), (3, False)])
+def test_warmup_trainer_on_a_schedule_too_short_for_its_warmup_says_so_instead_of_recommending_itself(env, epochs,
+                                                                                                      note):
+    from nnunet_ssl_trainers.finetune import SSLFinetuneTrainer_decoderWarmup
+    t = _trainer(env, f"num_epochs={epochs},load_decoder=False", SSLFinetuneTrainer_decoderWarmup)
+    path = os.path.join(str(env.tmp), "pretrained.pth")
+    torch.save({"network_weights": t.network.state_dict(), "trainer_name": "MAETrainer"}, path)
+    t.load_pretrained(path)
+    log = open(t.log_file).read()
+    assert "Hint: the decoder starts random" not in log
+    assert (f"decoder-only warm-up does not fit a {epochs}-epoch schedule (it needs at least 3 epochs)" in log) == note
+    assert t.warmup_duration_decoder == (0 if note else 1)
+
+
 def test_transfer_report_console_gets_one_line_the_log_every_tensor(env, capsys):
     t = _trainer(env, "num_epochs=10")
     path = os.path.join(str(env.tmp), "pretrained.pth")

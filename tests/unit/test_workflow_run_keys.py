@@ -29,6 +29,19 @@ class FakeNnUNet:
                 f.write(json.dumps({"trainer": trainer, "settings": env.get("NNUNET_SSL_SETTINGS", ""),
                                     "n": len(self.calls)}))
 
+        if name == "nnUNetv2_predict":  # one prediction per test image, named after the model that made it
+            out = args[args.index("-o") + 1]
+            os.makedirs(out, exist_ok=True)
+            for img in sorted(os.listdir(args[args.index("-i") + 1])):
+                with open(os.path.join(out, img.replace("_0000", "")), "w") as f:
+                    f.write(args[args.index("-tr") + 1])
+        if name == "nnUNetv2_evaluate_simple":
+            with open(args[args.index("-o") + 1], "w") as f:
+                json.dump({"mean": {"1": {"Dice": 0.5}}, "foreground_mean": {"Dice": 0.5}}, f)
+
+    def count(self, name):
+        return len([c for c in self.calls if c[0] == name])
+
     def trains(self):
         return [(a[a.index("-tr") + 1], e.get("NNUNET_SSL_SETTINGS", "")) for n, a, e in self.calls
                 if n == "nnUNetv2_train"]
@@ -43,6 +56,7 @@ def fake(tmp_path, monkeypatch):
         folder = tmp_path / "nnUNet_preprocessed" / name
         folder.mkdir()
         (folder / "nnUNetPlans.json").write_text("{}")
+        (folder / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "organ": 1}}))
     fake = FakeNnUNet()
     monkeypatch.setattr(workflow, "run_nnunet", fake)
     return fake
@@ -145,3 +159,45 @@ def test_the_scratch_arm_trains_without_the_pretrained_start_settings(fake):
     n = len(fake.trains())  # another reinit choice re-trains only the pre-trained arm
     workflow.run_workflow(_cfg(finetune_settings="num_epochs=3,reinit_encoder_stages=2,label_budget=2"))
     assert [t for t, _ in fake.trains()[n:]] == [workflow.DECODER_WARMUP_TRAINER]
+
+
+@pytest.fixture
+def test_set(tmp_path):
+    images, labels = tmp_path / "imagesTs", tmp_path / "labelsTs"
+    images.mkdir(), labels.mkdir()
+    for c in ("a", "b"):
+        (images / f"{c}_0000.nii.gz").write_text(c)
+        (labels / f"{c}.nii.gz").write_text(c)
+    return dict(test_images=str(images), test_labels=str(labels))
+
+
+def test_repeating_the_same_inputs_skips_the_predictions_and_says_so(fake, test_set, capsys):
+    first = workflow.run_workflow(_cfg(**test_set))
+    assert fake.count("nnUNetv2_predict") == 2 and fake.count("nnUNetv2_evaluate_simple") == 2
+    capsys.readouterr()
+    second = workflow.run_workflow(_cfg(**test_set))
+    assert fake.count("nnUNetv2_predict") == 2 and fake.count("nnUNetv2_evaluate_simple") == 2
+    assert second["arms"]["pretrained"]["mean_dice"] == first["arms"]["pretrained"]["mean_dice"]
+    out = capsys.readouterr().out
+    assert out.count("trained already, re-used") == 3  # pre-training and both arms
+    assert out.count("test predictions and their Dice of this model done already") == 2
+
+
+def test_predictions_are_redone_for_a_new_model_or_test_set_without_stale_files(fake, test_set):
+    summary = workflow.run_workflow(_cfg(**test_set))
+    work = os.path.join(os.environ["nnUNet_results"], "nnunet_ssl_workflow")
+    scratch_pred = [os.path.join(r, d) for r, ds, _ in os.walk(work) for d in ds if d == "predictions_scratch"][0]
+    with open(os.path.join(scratch_pred, "old_case.nii.gz"), "w") as f:
+        f.write("stale")
+    with open(summary["arms"]["scratch"]["output_folder"] + "/checkpoint_final.pth", "a") as f:
+        f.write("retrained")  # the scratch model changed: its predictions are stale, the pretrained arm's are not
+    workflow.run_workflow(_cfg(**test_set))
+    assert fake.count("nnUNetv2_predict") == 3
+    assert [a[a.index("-tr") + 1] for n, a, _ in fake.calls if n == "nnUNetv2_predict"][-1] == "SSLScratchTrainer"
+    assert not os.path.exists(os.path.join(scratch_pred, "old_case.nii.gz"))
+    assert sorted(os.listdir(scratch_pred)) == ["a.nii.gz", "b.nii.gz", "predicted_with.json", "summary.json"]
+    with open(os.path.join(test_set["test_images"], "c_0000.nii.gz"), "w") as f:
+        f.write("c")  # a new test image: both arms predict again
+    workflow.run_workflow(_cfg(**test_set))
+    assert fake.count("nnUNetv2_predict") == 5
+    assert "c.nii.gz" in os.listdir(scratch_pred)
