@@ -253,8 +253,11 @@ def _predictions_current(folder: str, made_by: dict, need_summary: bool) -> bool
     record = os.path.join(folder, PREDICTIONS_RECORD)
     if not os.path.isfile(record) or (need_summary and not os.path.isfile(os.path.join(folder, "summary.json"))):
         return False
-    with open(record) as f:
-        return json.load(f) == made_by
+    try:
+        with open(record) as f:
+            return json.load(f) == made_by
+    except ValueError:  # a record cut short: predict again
+        return False
 
 
 def _clear_predictions(folder: str) -> None:

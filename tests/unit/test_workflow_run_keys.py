@@ -196,8 +196,12 @@ def test_predictions_are_redone_for_a_new_model_or_test_set_without_stale_files(
     assert [a[a.index("-tr") + 1] for n, a, _ in fake.calls if n == "nnUNetv2_predict"][-1] == "SSLScratchTrainer"
     assert not os.path.exists(os.path.join(scratch_pred, "old_case.nii.gz"))
     assert sorted(os.listdir(scratch_pred)) == ["a.nii.gz", "b.nii.gz", "predicted_with.json", "summary.json"]
+    with open(os.path.join(scratch_pred, "predicted_with.json"), "w") as f:
+        f.write('{"model": ')  # a record cut short (disk full, kill): predicted again, no traceback
+    workflow.run_workflow(_cfg(**test_set))
+    assert fake.count("nnUNetv2_predict") == 4
     with open(os.path.join(test_set["test_images"], "c_0000.nii.gz"), "w") as f:
         f.write("c")  # a new test image: both arms predict again
     workflow.run_workflow(_cfg(**test_set))
-    assert fake.count("nnUNetv2_predict") == 5
+    assert fake.count("nnUNetv2_predict") == 6
     assert "c.nii.gz" in os.listdir(scratch_pred)
