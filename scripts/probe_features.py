@@ -37,7 +37,11 @@ def parse_args(argv=None):
     p.add_argument("--part", choices=PARTS, default="both", help="which features (default both)")
     p.add_argument("--per-class", type=int, default=4000, help="training voxels per class (default 4000)")
     p.add_argument("--seed", type=int, default=0, help="initialisation and sampling seed (default 0)")
+    p.add_argument("--no-random", action="store_true",
+                   help="skip the random-initialisation reference (its figure is known from an earlier run)")
     args = p.parse_args(argv)
+    if args.no_random and not args.checkpoints:
+        p.error("--no-random needs at least one NAME=PATH checkpoint")
     args.checkpoints = checkpoint_pairs(p, args.checkpoints)
     if args.split:
         from nnunet_ssl.benchmark.splits import Split
@@ -113,7 +117,7 @@ def main(argv=None):
           f"({', '.join(args.train[:4])}{' ...' if len(args.train) > 4 else ''}), scored on {len(args.eval)}; "
           f"features: {args.part}; {args.per_class} training voxels per class", flush=True)
     rows = []
-    for label, path in [("random init", None)] + args.checkpoints:
+    for label, path in ([] if args.no_random else [("random init", None)]) + args.checkpoints:
         net = ds.network(args.seed) if path is None else network_from_checkpoint(
             ds, path, args.seed, load_decoder=not args.encoder_only)
         r = probe_network(net, ds, args)

@@ -64,6 +64,9 @@ def test_probe_ranks_representations_by_what_they_know(load_script, tiny_env, ca
     assert set(rows) == {"random init", "blank", "trained"}, out
     assert rows["blank"] == 0.0 and rows["trained"] > 0.6 and rows["trained"] > rows["random init"] + 0.2, out
     assert "probe fitted on 2 case(s)" in out and "scored on 2" in out
+    probe.main(["-d", DATASET, "-p", tiny_env["plans"]["plans_name"], "--train", *tiny_env["train"][:2],
+                "--eval", *tiny_env["val"], "--per-class", "300", "--no-random", f"blank={paths['blank']}"])
+    assert set(_rows(capsys.readouterr().out)) == {"blank"}
 
 
 def test_split_file_and_usage_errors(load_script, tiny_env, capsys):
@@ -76,7 +79,8 @@ def test_split_file_and_usage_errors(load_script, tiny_env, capsys):
     assert len(args.train) == 2 and set(args.train) <= set(tiny_env["train"]) and args.eval == tiny_env["val"]
     for argv, message in ((["-d", DATASET], "give --train and --eval cases, or --split"),
                           (["-d", DATASET, "--train", "a", "--eval", "a"], "cases both in --train and --eval"),
-                          (["-d", DATASET, "--split", str(split), "x=/missing.pth"], "expected NAME=PATH")):
+                          (["-d", DATASET, "--split", str(split), "x=/missing.pth"], "expected NAME=PATH"),
+                          (["-d", DATASET, "--split", str(split), "--no-random"], "--no-random needs at least one")):
         with pytest.raises(SystemExit) as exc:
             probe.parse_args(argv)
         assert exc.value.code == 2 and message in capsys.readouterr().err
