@@ -73,8 +73,8 @@ def caption(summary: dict, epochs_pre: int, epochs_ft: int, reinit: int = 0, lab
         lines.append(f"Mean Dice difference pretrained - scratch: {diff:+.3f}.")
     for arm, other, label, own, theirs in unlearned_classes(arms):
         lines.append(f"In this run '{arm}' did not learn class {label} (Dice {own:.2f}; '{other}' {theirs:.2f}): "
-                     f"with {_count(epochs_ft, 'short epoch')} a class can switch on late or not at all, so this difference "
-                     f"says more about that run than about pre-training. --epochs-scale 3 trains longer.")
+                     f"with {_count(epochs_ft, 'short epoch')} a class can switch on late or not at all, so this "
+                     f"difference says more about that run than about pre-training. --epochs-scale 3 trains longer.")
     lines.append("A demo-sized CPU run on synthetic data, one run per arm (repeated runs of an arm usually differ "
                  "by up to 0.05, far more when a class is learned late): it shows the pipeline end to end (ingest, "
                  "pre-train, transfer, fine-tune, stock nnUNetv2_predict); it does not measure how much "
