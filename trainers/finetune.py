@@ -100,13 +100,13 @@ class SSLFinetuneTrainer(CPUDistributedMixin, nnUNetTrainer):
         # keep nnU-Net's 5 % warm-up ratio for shortened schedules
         if "warmup_duration_whole_net" not in applied:
             self.warmup_duration_whole_net = max(1, min(self.warmup_duration_whole_net, self.num_epochs // 20))
-        self._dropped_decoder_warmup = False  # the class's decoder warm-up did not fit a short schedule
         if "warmup_duration_decoder" not in applied and 0 < self.num_epochs < 1000:
             # a class default (of 1000 epochs) keeps its share of a shorter schedule
-            self._dropped_decoder_warmup = self.warmup_duration_decoder > 0
-            d = max(int(self.warmup_duration_decoder > 0), self.warmup_duration_decoder * self.num_epochs // 1000)
+            class_default = self.warmup_duration_decoder
+            d = max(int(class_default > 0), class_default * self.num_epochs // 1000)
             self.warmup_duration_decoder = min(d, max(0, self.num_epochs - self.warmup_duration_whole_net - 1))
-            self._dropped_decoder_warmup &= self.warmup_duration_decoder == 0
+            # the class's decoder warm-up did not fit this short schedule (said when the weights load)
+            self._dropped_decoder_warmup = class_default > 0 and self.warmup_duration_decoder == 0
         try:
             self._check_warmup()
         except UserInputError as e:
