@@ -127,6 +127,16 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     # fine-tuning of the same checkpoint by 6 pseudo-Dice points)
     Arm("mae-lpft", "SSLFinetuneTrainer_decoderWarmup", "mae", settings=_ENC, headline=False,
         route="encoder; " + _LPFT),
+    # diagnostics of PGL's and IDEAL's route, the counterpart of mae-lpft (2026-12-07): on ACDC both were level with
+    # stock (PGL +0.4 on seed 0, IDEAL -0.2 on seed 1) where MAE and GMIM gained on mae's route, although a frozen
+    # probe ranks PGL's and IDEAL's ACDC encoders above MAE's; MAE on PGL's route still gained (mae-lpft), so what
+    # is left of the route is the transferred decoder and the encoder's 0.1x: these arms take mae's route (encoder
+    # only, decoder-first warm-up, then the whole net at nnU-Net's rate); seed 0 of hippocampus and ACDC's PGL seed
+    # 0 / IDEAL seed 1 decide the route, on validation pseudo Dice as mae-lpft did (docs/benchmarks.md)
+    Arm("pgl-maeroute", "SSLFinetuneTrainer_decoderWarmup", "pgl", settings="load_decoder=false", headline=False,
+        route="encoder; " + _WARM + " (mae's route)"),
+    Arm("ideal-maeroute", "SSLFinetuneTrainer_decoderWarmup", "ideal", settings="load_decoder=false",
+        headline=False, route="encoder; " + _WARM + " (mae's route)"),
     # diagnostic of IDEAL's views: pre-trained with views kept to the case like PGL's and GMIM's (the placement
     # since 2026-12-03; ``ideal`` centres them anywhere in the case, up to half a view of padding), same route
     Arm("ideal-inside", "SSLFinetuneTrainer_decoderWarmup", "ideal-inside", settings=_ENC, headline=False,
