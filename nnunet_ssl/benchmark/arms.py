@@ -37,6 +37,9 @@ class Arm:
     # length check: the arm this one repeats with the fine-tuning (epochs_factor) or the pre-training
     # (PRETRAIN_EPOCHS_FACTOR) twice as long; the report pairs them (is that length long enough?)
     length_check: str = ""
+    # route check: the arm whose route this one challenges with the same checkpoint on another route; the report
+    # decides on validation pseudo Dice (nnunet_ssl.benchmark.route_checks)
+    route_check: str = ""
 
 
 NNUNET_EPOCHS = 1000  # nnU-Net's epochs where a schedule names none (the full profile)
@@ -125,7 +128,7 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     # diagnostic of the MAE route, chosen like IDEAL's: on validation pseudo Dice of seed 0 against ``mae``: the
     # decoder-first warm-up as ``mae``, then the encoder at 0.1x (IDEAL's route; on hippocampus it beat whole-net
     # fine-tuning of the same checkpoint by 6 pseudo-Dice points)
-    Arm("mae-lpft", "SSLFinetuneTrainer_decoderWarmup", "mae", settings=_ENC, headline=False,
+    Arm("mae-lpft", "SSLFinetuneTrainer_decoderWarmup", "mae", settings=_ENC, headline=False, route_check="mae",
         route="encoder; " + _LPFT),
     # diagnostics of PGL's and IDEAL's route, the counterpart of mae-lpft (2026-12-07): on ACDC both were level with
     # stock (PGL +0.4 on seed 0, IDEAL -0.2 on seed 1) where MAE and GMIM gained on mae's route, although a frozen
@@ -134,9 +137,9 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     # only, decoder-first warm-up, then the whole net at nnU-Net's rate); seed 0 of hippocampus and ACDC's PGL seed
     # 0 / IDEAL seed 1 decide the route, on validation pseudo Dice as mae-lpft did (docs/benchmarks.md)
     Arm("pgl-maeroute", "SSLFinetuneTrainer_decoderWarmup", "pgl", settings="load_decoder=false", headline=False,
-        route="encoder; " + _WARM + " (mae's route)"),
+        route_check="pgl", route="encoder; " + _WARM + " (mae's route)"),
     Arm("ideal-maeroute", "SSLFinetuneTrainer_decoderWarmup", "ideal", settings="load_decoder=false",
-        headline=False, route="encoder; " + _WARM + " (mae's route)"),
+        headline=False, route_check="ideal", route="encoder; " + _WARM + " (mae's route)"),
     # diagnostic of IDEAL's views: pre-trained with views kept to the case like PGL's and GMIM's (the placement
     # since 2026-12-03; ``ideal`` centres them anywhere in the case, up to half a view of padding), same route
     Arm("ideal-inside", "SSLFinetuneTrainer_decoderWarmup", "ideal-inside", settings=_ENC, headline=False,

@@ -5,8 +5,8 @@ Reads, per dataset: every evaluated run (``arms/<arm>/b<budget>_s<seed>/summary.
 ``run.json``), nnU-Net's training logs of every fine-tuning (pseudo Dice per epoch; runs still training too) and of
 every pre-training (SSL train / validation loss per epoch), and writes to the output folder::
 
-    low_label_<profile>.md                    tables: headline, Dice, paired vs scratch, convergence, pre-training,
-                                              cost, commands
+    low_label_<profile>.md                    tables: headline, route checks, Dice, paired vs scratch, convergence,
+                                              pre-training, cost, commands
     low_label_<profile>_per_case.csv          one row per dataset x arm x budget x seed x test case x class
     low_label_<profile>_<dataset>_dice.png    Dice vs labels, each arm a line (mean over seeds), seeds as points
     low_label_<profile>_<dataset>_convergence.png   scratch's EMA pseudo Dice per epoch, per budget and seed
@@ -28,6 +28,7 @@ from nnunet_ssl.benchmark import record as rec
 from nnunet_ssl.benchmark import stats as st
 from nnunet_ssl.benchmark.arms import ARMS, SCRATCH_ARMS
 from nnunet_ssl.benchmark.datasets import DATASETS
+from nnunet_ssl.benchmark.route_checks import route_check_lines
 from nnunet_ssl.benchmark.run_logs import _json, _order, read_pretrainings, read_runs
 
 DEFAULT_OUT = bc.REPO_ROOT / "docs" / "benchmarks"
@@ -294,6 +295,7 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
     overall = ("met" if verdict["passed"] else "not met" if any(v["reasons"] for v in verdict["datasets"].values())
                else "not decided yet: runs missing (above)")
     lines += ["", f"Overall: **{overall}**."]
+    lines += route_check_lines(runs, keys)
     for k in keys:
         ds = DATASETS[k]
         split = _json(work / k / "split.json") or _json(record / k / "split.json")
