@@ -28,6 +28,7 @@ from nnunet_ssl.benchmark import record as rec
 from nnunet_ssl.benchmark import stats as st
 from nnunet_ssl.benchmark.arms import ARMS, SCRATCH_ARMS
 from nnunet_ssl.benchmark.datasets import DATASETS
+from nnunet_ssl.benchmark.length_checks import length_check_lines
 from nnunet_ssl.benchmark.route_checks import route_check_lines
 from nnunet_ssl.benchmark.run_logs import _json, _order, read_pretrainings, read_runs
 
@@ -88,42 +89,6 @@ def paired_table(paired: List[dict], key: str, names: Dict[int, str]) -> List[st
                      f"{r['better']} / {r['n_pairs']}", cls])
     return _table(["budget", "arm", "pairs (seeds x cases)", "mean difference, Dice points [95 % CI]",
                    "Wilcoxon p", "better / pairs", "per class"], rows)
-
-
-def length_check_sentence(paired: List[dict], key: str, arm: str) -> str:
-    """What the length check ``arm`` (:attr:`Arm.length_check`: the arm it repeats with the fine-tuning or the
-    pre-training twice as long) says, per budget: ``paired`` holds its rows against that arm (``st.paired_vs``);
-    a mean gain of ``st.LENGTH_CHECK_POINTS`` or more means the length is too short."""
-    a = ARMS[arm]
-    if a.epochs_factor != 1:
-        what, fix = "schedule", "every arm needs the longer one"
-        text = (f"Schedule check: `{arm}` is stock nnU-Net with twice the epochs on scratch's label subsets; its row "
-                f"in the paired table above is the change of scratch's test Dice that a schedule twice as long "
-                f"brings.")
-    else:
-        what, fix = "pre-training", "the method's pre-training needs the longer one"
-        text = (f"Pre-training length check: `{arm}` fine-tunes like `{a.length_check}`, from a pre-training twice "
-                f"as long; paired against `{a.length_check}` (same seeds and test cases).")
-    for r in sorted((r for r in paired if r["dataset"] == key and r["arm"] == arm and r["cls"] == st.FG),
-                    key=lambda r: r["budget"]):
-        longer = 100 * r["mean_diff"] >= st.LENGTH_CHECK_POINTS
-        text += (f" Budget {r['budget']} ({r['n_seeds']} seed{'' if r['n_seeds'] == 1 else 's'}): "
-                 f"{_pts(r['mean_diff'])} points [{_pts(r['ci_low'])}, {_pts(r['ci_high'])}], "
-                 f"{'at least' if longer else 'below'} the {st.LENGTH_CHECK_POINTS:g} that would lengthen the "
-                 f"{what}: " + (f"it is too short, {fix}." if longer else "it is long enough."))
-    return text
-
-
-def length_check_lines(rows: List[dict], labels: Dict[str, List[int]], key: str, arms: List[str]) -> List[str]:
-    """The sentences of the length checks among ``arms`` that ran on dataset ``key``, each paired against the arm
-    it repeats."""
-    out = []
-    for name in arms:
-        ref = ARMS[name].length_check
-        mine = [r for r in rows if r["dataset"] == key and r["arm"] in (name, ref)]
-        if ref and any(r["arm"] == name for r in mine):
-            out += ["", length_check_sentence(st.paired_vs(mine, labels, reference=ref), key, name)]
-    return out
 
 
 def convergence_table(runs: List[dict]) -> List[str]:
@@ -318,7 +283,7 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
                   f"fifth of the epochs is less than {st.DICE_RISE_TOL} above that of the best earlier fifth (no new "
                   f"high beyond the plateau reached before).", ""]
         lines += convergence_table(runs[k])
-        lines += length_check_lines(rows, labels, k, [a for a in ARMS if ARMS[a].epochs_factor != 1])
+        lines += length_check_lines(runs[k], rows, labels, k, [a for a in ARMS if ARMS[a].epochs_factor != 1])
         scratch_runs = [r for r in runs[k] if r["arm"] in SCRATCH_ARMS]
         if plots.convergence_plot(scratch_runs, out / f"{stem}_{k}_convergence.png"):
             lines += ["", f"![scratch pseudo Dice, {k}]({stem}_{k}_convergence.png)"]
@@ -326,7 +291,7 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
                   f"On every non-test image of the dataset (labels unused). Flattened: the EMA validation loss moves "
                   f"by < {100 * st.LOSS_FLAT_FRACTION:.0f} % of its whole-run range over the last fifth.", ""]
         lines += pretraining_table(pres[k])
-        lines += length_check_lines(rows, labels, k, [a for a in ARMS if ARMS[a].length_check and
+        lines += length_check_lines(runs[k], rows, labels, k, [a for a in ARMS if ARMS[a].length_check and
                                                       ARMS[a].epochs_factor == 1])
         if plots.pretraining_plot(pres[k], out / f"{stem}_{k}_pretraining.png"):
             lines += ["", f"![pre-training losses, {k}]({stem}_{k}_pretraining.png)"]

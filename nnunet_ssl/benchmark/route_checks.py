@@ -28,7 +28,8 @@ def last_fifth_dice(run: dict) -> Optional[float]:
     return None if plateau is None else plateau[1]
 
 
-def _scores(runs: List[dict], arm: str) -> Dict[Tuple[int, int], float]:
+def validation_scores(runs: List[dict], arm: str) -> Dict[Tuple[int, int], float]:
+    """Per (budget, seed): the :func:`last_fifth_dice` of ``arm``'s finished runs among ``runs``."""
     out = {}
     for r in runs:
         score = last_fifth_dice(r) if r["arm"] == arm else None
@@ -45,7 +46,7 @@ def route_check(runs: Dict[str, List[dict]], check: str, datasets: Sequence[str]
     against = ARMS[check].route_check
     pairs, missing = {}, []
     for key in datasets:
-        ours, theirs = _scores(runs.get(key, []), against), _scores(runs.get(key, []), check)
+        ours, theirs = validation_scores(runs.get(key, []), against), validation_scores(runs.get(key, []), check)
         shared = sorted(set(ours) & set(theirs))
         if shared:
             pairs[key] = dict(runs=shared, against=float(np.mean([ours[s] for s in shared])),

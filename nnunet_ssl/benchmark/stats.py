@@ -34,9 +34,9 @@ MIN_SEEDS = 3
 N_BEST = 2  # the other budgets run scratch and this many best arms of the smallest budget
 DICE_RISE_TOL = 0.02  # converged: mean pseudo Dice of the last fifth < the best earlier fifth's + 2 Dice points
 LOSS_FLAT_FRACTION = 0.05  # SSL flattened: last fifth moves the EMA val loss < 5 % of its whole-run range
-LENGTH_CHECK_POINTS = 2.0  # a length check (twice the fine-tuning epochs or the pre-training) lifting the test Dice
-# of the arm it repeats by this much (mean paired, Dice points) calls that length too short (docs/benchmarks.md; fixed
-# before the first check ran)
+LENGTH_CHECK_POINTS = 2.0  # a length check (twice the fine-tuning epochs or the pre-training) lifting the mean
+# validation pseudo Dice (last fifth) of the arm it repeats by this many Dice points calls that length too short
+# (nnunet_ssl.benchmark.length_checks; docs/benchmarks.md)
 EMA_MOMENTUM = 0.9  # nnU-Net's ema_fg_dice: ema = 0.9 * ema + 0.1 * value, first value as is
 TAIL = 0.2  # "the last fifth of training"
 
