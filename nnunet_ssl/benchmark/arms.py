@@ -40,6 +40,9 @@ class Arm:
     # route check: the arm whose route this one challenges with the same checkpoint on another route; the report
     # decides on validation pseudo Dice (nnunet_ssl.benchmark.route_checks)
     route_check: str = ""
+    # the arm whose fine-tuning route this one follows (ideal-semi: ideal's warm-up and encoder rate): a route check
+    # that replaces that arm's route holds this one's runs too (nnunet_ssl.benchmark.check_gate)
+    shares_route: str = ""
 
 
 NNUNET_EPOCHS = 1000  # nnU-Net's epochs where a schedule names none (the full profile)
@@ -102,7 +105,7 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     _PGL,
     _IDEAL,
     Arm("ideal-semi", "IDEALSemiSupervisedTrainer_decoderWarmup", "ideal", uses_unlabeled=True, settings=_ENC,
-        route="encoder + decoder; two decoders, cross pseudo supervision on the unlabeled pool; " + _LPFT),
+        shares_route="ideal", route="encoder + decoder; two decoders, cross pseudo supervision on the unlabeled pool; " + _LPFT),
     Arm("refs", "SSLFinetuneTrainer_decoderWarmup", "refs",
         route="encoder; " + _WARM + " (reference = the other dataset's labels)"),
     # diagnostic of the schedule: stock nnU-Net with twice the epochs (same label subsets, iterations per epoch and

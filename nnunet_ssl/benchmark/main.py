@@ -13,6 +13,7 @@ from typing import Dict, List
 from nnunet_ssl.benchmark import common as bc
 from nnunet_ssl.benchmark.arms import (ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS, arm_schedule, needs_reference,
                                        pretrain_schedule)
+from nnunet_ssl.benchmark.check_gate import held_runs
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.pace import Estimate, Pace, parse_deadline
 from nnunet_ssl.benchmark.driver import (Run, Runner, do_run, prepare_dataset, run_is_done, run_of_name,
@@ -262,6 +263,14 @@ def main(argv=None) -> int:
     if waiting and args.stage != "report" and todo:
         bc.log(f"nothing started: waits for {', '.join(waiting)} (--after: not evaluated yet)")
         return 0
+    if args.stage != "report" and todo:
+        held = held_runs([work] + ([record] if record else []), todo)
+        for name, why in held.items():
+            bc.log(f"{name}: held, {why}")
+        todo = [r for r in todo if r.name not in held]
+        if not todo:
+            bc.log("nothing started: every run of this line is held by a decided check (above)")
+            return 0
     if args.dry_run:
         return 0
     if args.deadline is not None and args.stage != "report" and todo:  # checked again before each run starts
