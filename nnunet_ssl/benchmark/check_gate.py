@@ -5,13 +5,14 @@ verdict (a new route, a longer pre-training or schedule) is a change of the arms
 :mod:`nnunet_ssl.benchmark.arms`, made by hand and documented. Until it is made, the driver holds (does not start)
 every headline run the verdict overrules:
 
-* a route check won by the challenger (``ideal-maeroute`` over ``ideal``) holds the runs of the arm it challenged
-  and of the arms that share its route (:attr:`Arm.shares_route`: ``ideal-semi``);
+* a route check won by the challenger (``ideal-maeroute`` over ``ideal``) holds the runs of the arm it challenged,
+  of the arms that share its route (:attr:`Arm.shares_route`: ``ideal-semi``) and of its pre-training length
+  check (``ideal-pre2x`` repeats ``ideal``'s route);
 * a pre-training length check saying "too short" on a dataset (``pgl-pre2x`` over ``pgl``) holds, on that dataset,
   the runs of every headline arm fine-tuning from that method's pre-training;
 * a schedule check saying "too short" on a dataset (``scratch-2x``) holds every headline run on that dataset.
 
-Diagnostic arms are never held (the checks themselves are diagnostics). Once the arms are changed, the check is
+Other diagnostic arms are never held (the checks themselves are diagnostics). Once the arms are changed, the check is
 pointed at the arm that keeps the old setting's records, and the hold ends by itself.
 """
 from __future__ import annotations
@@ -30,6 +31,10 @@ def held_because(arm: Arm, dataset: str, runs: Dict[str, List[dict]], datasets: 
     """Why a run of ``arm`` on ``dataset`` must wait for the arms to change (None: it may run). ``runs``: per
     dataset, the finished and running runs as :func:`run_logs.read_runs` reads them; ``datasets``: those a route
     check spans."""
+    repeats = ARMS.get(arm.length_check) if arm.length_check and arm.epochs_factor == 1 else None
+    if repeats is not None and repeats.headline:  # a pre-training length check fine-tunes on its arm's route
+        why = held_because(repeats, dataset, runs, datasets)
+        return why if why and why.startswith("route check") else None
     if not arm.headline:
         return None
     for name, check in ARMS.items():

@@ -29,7 +29,8 @@ def test_a_route_check_holds_its_arm_and_the_arms_sharing_its_route_once_the_cha
         for key in BOTH:  # a route holds on every dataset
             why = _held(arm, key, runs)
             assert why and why.startswith("route check: `ideal-maeroute`") and f"`{arm}` must take" in why
-    for arm in ("pgl", "mae", "ideal-maeroute", "ideal-pre2x", "ideal-wholenet"):  # another route, or diagnostics
+    assert _held("ideal-pre2x", "acdc", runs).startswith("route check")  # its length check repeats ideal's route
+    for arm in ("pgl", "mae", "ideal-maeroute", "pgl-pre2x", "ideal-wholenet"):  # another route, or diagnostics
         assert _held(arm, "acdc", runs) is None, arm
     runs["hippocampus"][1] = _run("ideal-maeroute", 0, 0.60, "hippocampus")  # now ideal's route wins
     assert _held("ideal", "acdc", runs) is None and _held("ideal-semi", "acdc", runs) is None
@@ -46,6 +47,7 @@ def test_a_pre_training_length_check_holds_that_method_on_its_dataset_only():
         assert _held(arm, "acdc", runs) is None, arm
     runs["acdc"] += [_run("ideal", 1, 0.40), _run("ideal-pre2x", 1, 0.45)]
     assert _held("ideal-semi", "acdc", runs).startswith("length check: `ideal-pre2x`")  # same pre-training
+    assert _held("ideal-pre2x", "acdc", runs) is None  # a length check is not held by its own verdict
 
 
 def test_a_schedule_check_saying_too_short_holds_every_headline_arm_on_its_dataset():
