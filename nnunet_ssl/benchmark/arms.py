@@ -8,13 +8,15 @@ that start:
 * MAE, GMIM and ReFs (on MAE) checkpoints carry a decoder trained to reconstruct the input, which fine-tuning does
   not transfer: the random decoder warms up alone first (``SSLFinetuneTrainer_decoderWarmup``), which removed
   their losses against scratch in earlier CPU runs;
-* PGL and IDEAL transfer encoder and decoder, but their losses train only the encoder and the decoder stages down
-  to their finest loss level (1/4 of the input resolution): the later decoder stages and the output layer start
-  untrained, so the decoder warms up alone on the frozen encoder too, and the whole net then trains with the
-  encoder at 0.1x the learning rate (linear probe, then fine-tune): a frozen-feature probe and the validation
-  pseudo Dice chose it (docs/benchmarks.md);
+* PGL transfers encoder and decoder, but its loss trains only the encoder and the decoder stages down to its
+  finest loss level (1/4 of the input resolution): the later decoder stages and the output layer start untrained,
+  so the decoder warms up alone on the frozen encoder too, and the whole net then trains with the encoder at 0.1x
+  the learning rate (linear probe, then fine-tune): a frozen-feature probe and the validation pseudo Dice chose it,
+  and PGL's route check kept it (docs/benchmarks.md);
+* IDEAL took that route until its route check (2026-12-07) chose MAE's on the validation cases: the encoder only,
+  decoder-only warm-up, then the whole net at nnU-Net's rate (``ideal-lpft`` keeps the old route's runs);
 * ``ideal-semi``: IDEAL's own two-decoder semi-supervised fine-tuning on the labeled subset plus the unlabeled pool,
-  with the same decoder-first warm-up and encoder rate.
+  on IDEAL's route (both decoders start random and warm up first).
 """
 from __future__ import annotations
 
@@ -88,7 +90,12 @@ _WARM = "decoder-only warm-up, then whole net"
 _ENC = "encoder_lr_factor=0.1"
 _LPFT = "decoder-only warm-up, then whole net, encoder at 0.1x"
 _PGL = Arm("pgl", "SSLFinetuneTrainer_decoderWarmup", "pgl", settings=_ENC, route="encoder + decoder; " + _LPFT)
-_IDEAL = Arm("ideal", "SSLFinetuneTrainer_decoderWarmup", "ideal", settings=_ENC, route="encoder + decoder; " + _LPFT)
+_ENCODER_ONLY = "load_decoder=false"
+# arms that transfer IDEAL's decoder say so since IDEAL's checkpoints stopped recommending it (2026-12-07); their
+# runs before that loaded it by the checkpoint's recommendation, and their run.json says so
+_WITH_DECODER = "load_decoder=true"
+# IDEAL's route since its route check (2026-12-07): MAE's (the encoder only, then the whole net at nnU-Net's rate)
+_IDEAL = Arm("ideal", "SSLFinetuneTrainer_decoderWarmup", "ideal", settings=_ENCODER_ONLY, route="encoder; " + _WARM)
 
 
 def _pre2x(base: Arm) -> Arm:
@@ -104,8 +111,9 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     Arm("gmim", "SSLFinetuneTrainer_decoderWarmup", "gmim", route="encoder; " + _WARM),
     _PGL,
     _IDEAL,
-    Arm("ideal-semi", "IDEALSemiSupervisedTrainer_decoderWarmup", "ideal", uses_unlabeled=True, settings=_ENC,
-        shares_route="ideal", route="encoder + decoder; two decoders, cross pseudo supervision on the unlabeled pool; " + _LPFT),
+    Arm("ideal-semi", "IDEALSemiSupervisedTrainer_decoderWarmup", "ideal", uses_unlabeled=True,
+        settings=_ENCODER_ONLY, shares_route="ideal",
+        route="encoder; two decoders, cross pseudo supervision on the unlabeled pool; " + _WARM),
     Arm("refs", "SSLFinetuneTrainer_decoderWarmup", "refs",
         route="encoder; " + _WARM + " (reference = the other dataset's labels)"),
     # diagnostic of the schedule: stock nnU-Net with twice the epochs (same label subsets, iterations per epoch and
@@ -118,15 +126,16 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     _pre2x(_PGL),
     # diagnostics (not in the headline, not run by default): the same checkpoints with the first encoder stages
     # left at their random initialisation (pre-training collapses early-stage features; docs/benchmarks.md)
-    Arm("ideal-reinit2", "SSLFinetuneTrainer", "ideal", settings="reinit_encoder_stages=2", headline=False,
+    Arm("ideal-reinit2", "SSLFinetuneTrainer", "ideal", settings="reinit_encoder_stages=2," + _WITH_DECODER,
+        headline=False,
         route="encoder stages >= 2 + decoder; whole-net warm-up"),
     Arm("mae-reinit1", "SSLFinetuneTrainer_decoderWarmup", "mae", settings="reinit_encoder_stages=1",
         headline=False, route="encoder stages >= 1; " + _WARM),
     # diagnostics of the IDEAL route: whole-net fine-tuning at nnU-Net's rate (the route until 2026-12-03: level
     # with scratch on ACDC, and it lowered the encoder's probe on hippocampus), and only the encoder rate at 0.1x
-    Arm("ideal-wholenet", "SSLFinetuneTrainer", "ideal", headline=False,
+    Arm("ideal-wholenet", "SSLFinetuneTrainer", "ideal", settings=_WITH_DECODER, headline=False,
         route="encoder + decoder; whole-net warm-up"),
-    Arm("ideal-enclr", "SSLFinetuneTrainer", "ideal", settings=_ENC, headline=False,
+    Arm("ideal-enclr", "SSLFinetuneTrainer", "ideal", settings=_ENC + "," + _WITH_DECODER, headline=False,
         route="encoder + decoder; whole-net warm-up, encoder at 0.1x"),
     # diagnostic of the MAE route, chosen like IDEAL's: on validation pseudo Dice of seed 0 against ``mae``: the
     # decoder-first warm-up as ``mae``, then the encoder at 0.1x (IDEAL's route; on hippocampus it beat whole-net
@@ -141,16 +150,20 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     # 0 / IDEAL seed 1 decide the route, on validation pseudo Dice as mae-lpft did (docs/benchmarks.md)
     Arm("pgl-maeroute", "SSLFinetuneTrainer_decoderWarmup", "pgl", settings="load_decoder=false", headline=False,
         route_check="pgl", route="encoder; " + _WARM + " (mae's route)"),
-    Arm("ideal-maeroute", "SSLFinetuneTrainer_decoderWarmup", "ideal", settings="load_decoder=false",
-        headline=False, route_check="ideal", route="encoder; " + _WARM + " (mae's route)"),
+    # IDEAL's route check was decided for mae's route (2026-12-07): its runs became ``ideal``'s, and ``ideal-lpft``
+    # keeps the runs of IDEAL's route until then (encoder + decoder, the encoder at 0.1x after the warm-up)
+    Arm("ideal-lpft", "SSLFinetuneTrainer_decoderWarmup", "ideal", settings=_ENC + "," + _WITH_DECODER, headline=False,
+        route_check="ideal",
+        route="encoder + decoder; " + _LPFT + " (IDEAL's route until 2026-12-07)"),
     # diagnostic of IDEAL's views: pre-trained with views kept to the case like PGL's and GMIM's (the placement
     # since 2026-12-03; ``ideal`` centres them anywhere in the case, up to half a view of padding), same route
-    Arm("ideal-inside", "SSLFinetuneTrainer_decoderWarmup", "ideal-inside", settings=_ENC, headline=False,
-        route="encoder + decoder; " + _LPFT + " (views inside the case in pre-training)"),
+    Arm("ideal-inside", "SSLFinetuneTrainer_decoderWarmup", "ideal-inside", settings=_ENCODER_ONLY, headline=False,
+        route="encoder; " + _WARM + " (views inside the case in pre-training)"),
     # diagnostic of IDEAL's loss levels: pre-trained with bottleneck,decoder1 on any plans (IDEAL's default until
     # 2026-12-05; on ACDC's 2d network 1/32 and 1/16 of the patch, which collapsed the early encoder stages), same
     # route; on hippocampus' 3d network levels=auto resolves to the same levels
-    Arm("ideal-shallow", "SSLFinetuneTrainer_decoderWarmup", "ideal-shallow", settings=_ENC, headline=False,
+    Arm("ideal-shallow", "SSLFinetuneTrainer_decoderWarmup", "ideal-shallow", settings=_ENC + "," + _WITH_DECODER,
+        headline=False,
         route="encoder + decoder; " + _LPFT + " (pre-trained with levels bottleneck,decoder1)"),
     # diagnostics of ReFs (on hippocampus its 3 seeds were level with stock and with MAE, its SSL objective, seed by
     # seed, and the encoder-gradient cosine of the two tasks stayed near 0): refs-nomatch pre-trains on the same two
@@ -161,21 +174,13 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
         route="encoder; " + _WARM + " (pre-trained without gradient matching)"),
     Arm("refs-pgl", "SSLFinetuneTrainer_decoderWarmup", "refs-pgl", settings=_ENC, headline=False,
         route="encoder + decoder; " + _LPFT + " (ReFs with PGL as its SSL objective)"),
-    # diagnostic of ideal-semi's route (run after ideal-semi's seeds: an ACDC run of either takes about 4.5 h on 2
-    # cores, so ideal-semi keeps IDEAL's route, fixed before it ran): after the same decoder-first warm-up the whole
-    # net trains at nnU-Net's rate, as in the paper; the
-    # encoder's 0.1x was chosen for supervised fine-tuning from one labeled case, where nothing else regularises the
-    # encoder, while here the unlabeled pool reaches the network mainly through it
-    Arm("ideal-semi-fullenc", "IDEALSemiSupervisedTrainer_decoderWarmup", "ideal", uses_unlabeled=True,
-        headline=False, route="encoder + decoder; two decoders, cross pseudo supervision on the unlabeled pool; "
-                              + _WARM),
     # ideal-semi with nnU-Net's soft Dice added to the pseudo-label terms (cps_dice): on ACDC seed 1 ideal-semi's
     # cross-entropy consistency term sat at 0.02 at weight 0.85 (the decoders agree on the confident voxels, mostly
     # background), so the unlabeled pool barely teaches; seed 1's validation pseudo Dice (last fifth) decides which
     # of the two runs seeds 2 and 0 (fixed 2026-12-05, before either run finished)
     Arm("ideal-semi-dice", "IDEALSemiSupervisedTrainer_decoderWarmup", "ideal", uses_unlabeled=True,
-        settings=_ENC + ",cps_dice=true", headline=False,
-        route="encoder + decoder; two decoders, cross pseudo supervision (CE + Dice) on the unlabeled pool; " + _LPFT),
+        settings=_ENCODER_ONLY + ",cps_dice=true", headline=False,
+        route="encoder; two decoders, cross pseudo supervision (CE + Dice) on the unlabeled pool; " + _WARM),
     # diagnostic: IDEAL's two-decoder semi-supervised fine-tuning from a random start, which separates what the
     # unlabeled pool gives during fine-tuning from what IDEAL's pre-training gives (ideal-semi = both; a random
     # encoder needs no decoder-first warm-up or lower rate)

@@ -5,7 +5,7 @@ verdict (a new route, a longer pre-training or schedule) is a change of the arms
 :mod:`nnunet_ssl.benchmark.arms`, made by hand and documented. Until it is made, the driver holds (does not start)
 every headline run the verdict overrules:
 
-* a route check won by the challenger (``ideal-maeroute`` over ``ideal``) holds the runs of the arm it challenged,
+* a route check won by the challenger (``pgl-maeroute`` over ``pgl``) holds the runs of the arm it challenged,
   of the arms that share its route (:attr:`Arm.shares_route`: ``ideal-semi``) and of its pre-training length
   check (``ideal-pre2x`` repeats ``ideal``'s route);
 * a pre-training length check saying "too short" on a dataset (``pgl-pre2x`` over ``pgl``) holds, on that dataset,

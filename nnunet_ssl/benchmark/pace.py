@@ -46,9 +46,9 @@ from nnunet_ssl.settings import settings_items
 EPOCH_COST: Dict[str, float] = {
     "scratch": 1.0, "scratch-2x": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0, "refs": 1.0,
     "ideal-reinit2": 1.0, "ideal-enclr": 1.0, "ideal-wholenet": 1.0, "mae-reinit1": 1.0, "mae-lpft": 1.0,
-    "pgl-maeroute": 1.0, "ideal-maeroute": 1.0,
+    "pgl-maeroute": 1.0, "ideal-lpft": 1.0,
     "ideal-inside": 1.0, "ideal-shallow": 1.0, "refs-nomatch": 1.0, "refs-pgl": 1.0,
-    "ideal-semi": 4.0, "semi-scratch": 4.0, "ideal-semi-fullenc": 4.0, "ideal-semi-dice": 4.0,
+    "ideal-semi": 4.0, "semi-scratch": 4.0, "ideal-semi-dice": 4.0,
     "pretrain:mae": 1.0, "pretrain:gmim": 1.05, "pretrain:pgl": 1.9, "pretrain:ideal": 2.1, "pretrain:refs": 2.0,
     "pretrain:ideal-inside": 2.1, "pretrain:ideal-shallow": 2.0, "pretrain:refs-nomatch": 1.9,
     "pretrain:refs-pgl": 2.8,

@@ -43,16 +43,16 @@ _TRANSFER_DETAIL = re.compile(r"^ {2}(loaded|adapted|skipped|unused) +\S")
 
 
 def recommended_finetune_trainer(method: str) -> str:
-    """The fine-tuning trainer the project recommends for checkpoints of ``method``: MAE, GMIM and ReFs (on MAE)
-    leave the decoder random, so they fine-tune with ``SSLFinetuneTrainer_decoderWarmup``; IDEAL and PGL train the
-    encoder and the decoder stages down to 1/4 of the input resolution only, so their decoder warms up alone too
-    and the encoder then trains at 0.1x (``SSLFinetuneTrainer_decoderWarmupSlowEncoder``); anything else with
-    ``SSLFinetuneTrainer``."""
+    """The fine-tuning trainer the project recommends for checkpoints of ``method``: MAE, GMIM, ReFs (on MAE) and
+    IDEAL (since its route check, 2026-12-07) transfer the encoder only, so they fine-tune with
+    ``SSLFinetuneTrainer_decoderWarmup`` (the random decoder warms up alone first); PGL trains the encoder and the
+    decoder stages down to 1/4 of the input resolution, so its decoder warms up alone too and the encoder then
+    trains at 0.1x (``SSLFinetuneTrainer_decoderWarmupSlowEncoder``); anything else with ``SSLFinetuneTrainer``."""
     name = method.lower()
     trainer = METHOD_TRAINERS.get(name, method)
-    if name in RECONSTRUCTION_METHODS or trainer.startswith(("MAE", "GMIM", "ReFs")):
+    if name in RECONSTRUCTION_METHODS or trainer.startswith(("MAE", "GMIM", "ReFs", "IDEAL")):
         return DECODER_WARMUP_TRAINER
-    if trainer.startswith(("IDEAL", "PGL")):
+    if trainer.startswith("PGL"):
         return SLOW_ENCODER_TRAINER
     return FINETUNE_TRAINER
 

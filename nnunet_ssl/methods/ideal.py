@@ -63,6 +63,9 @@ class IDEALObjective(AlignedViewsObjective):
     # IDEAL was benchmarked with view centres anywhere in the case (up to half a view of padding); PGL and GMIM
     # keep views inside the case like nnU-Net's sampler (IDEALTrainer_insideViews; docs/methods.md)
     view_placement = "centre"
+    # IDEAL's route check (2026-12-07, validation cases of hippocampus and ACDC): fine-tuning from the encoder alone,
+    # decoder-first warm-up, then the whole net at nnU-Net's rate beat loading the decoder with the encoder at 0.1x
+    decoder_transfers = False
     temperature = 0.1
     num_samples = 1024
     negative_exclusion_radius = None  # None = one feature cell of the level (case voxels); 0 = off

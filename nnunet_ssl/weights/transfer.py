@@ -144,8 +144,10 @@ def recommended_load_decoder(checkpoint: Dict,
                              ) -> Tuple[bool, str]:
     """Whether fine-tuning should load this checkpoint's decoder, and why.
 
-    Our pre-training checkpoints say so themselves (``checkpoint["nnunet_ssl"]["transfer_decoder"]``, set from the
-    trainer's ``decoder_transfers``); for older ones of ours ``decoder_transfers_of(trainer_name)`` is asked. A
+    For our pre-training checkpoints the trainer that wrote it decides as the code stands now
+    (``decoder_transfers_of(trainer_name)``: its ``decoder_transfers``, so a checkpoint written before a method's
+    recommendation changed follows the new one, e.g. IDEAL's since 2026-12-07); where that trainer cannot be asked,
+    the checkpoint's own record (``checkpoint["nnunet_ssl"]["transfer_decoder"]``, its ``decoder_transfers`` then). A
     decoder trained to reconstruct the input (MAE, GMIM, ReFs on MAE) is not transferred: at the first fine-tuning
     step it passes the encoder 2-25 % of the gradient a random decoder passes (``scripts/probe_finetune_start.py``),
     and nnU-Net then stays longer in its all-background phase. An nnssl checkpoint (an ``nnssl_adaptation_plan``
@@ -153,9 +155,11 @@ def recommended_load_decoder(checkpoint: Dict,
     reconstruct). Any other checkpoint (stock nnU-Net's, supervised): decoder loaded."""
     meta = checkpoint.get("nnunet_ssl") or {}
     name = checkpoint.get("trainer_name") or "unknown trainer"
-    value = meta.get("transfer_decoder")
-    if value is None and meta.get("kind") == "pretraining" and decoder_transfers_of is not None:
+    value = None
+    if meta.get("kind") == "pretraining" and decoder_transfers_of is not None:
         value = decoder_transfers_of(name)
+    if value is None:
+        value = meta.get("transfer_decoder")
     if value is None and not meta and "nnssl_adaptation_plan" in checkpoint:
         return False, (f"{name} checkpoint (nnssl): encoder and stem loaded, decoder left at its initialisation, as "
                        f"nnssl's own fine-tuning does; load_decoder=True loads it")

@@ -21,18 +21,18 @@ def _held(arm, dataset, runs):
 
 
 def test_a_route_check_holds_its_arm_and_the_arms_sharing_its_route_once_the_challenger_won():
-    runs = {"acdc": [_run("ideal", 1, 0.47), _run("ideal-maeroute", 1, 0.52)],
+    runs = {"acdc": [_run("ideal", 1, 0.47), _run("ideal-lpft", 1, 0.52)],
             "hippocampus": [_run("ideal", 0, 0.76, "hippocampus")]}
     assert _held("ideal", "acdc", runs) is None  # hippocampus' pair missing: undecided
-    runs["hippocampus"].append(_run("ideal-maeroute", 0, 0.75, "hippocampus"))  # mean 0.635 against 0.615
+    runs["hippocampus"].append(_run("ideal-lpft", 0, 0.75, "hippocampus"))  # mean 0.635 against 0.615
     for arm in ("ideal", "ideal-semi"):
         for key in BOTH:  # a route holds on every dataset
             why = _held(arm, key, runs)
-            assert why and why.startswith("route check: `ideal-maeroute`") and f"`{arm}` must take" in why
+            assert why and why.startswith("route check: `ideal-lpft`") and f"`{arm}` must take" in why
     assert _held("ideal-pre2x", "acdc", runs).startswith("route check")  # its length check repeats ideal's route
-    for arm in ("pgl", "mae", "ideal-maeroute", "pgl-pre2x", "ideal-wholenet"):  # another route, or diagnostics
+    for arm in ("pgl", "mae", "ideal-lpft", "pgl-pre2x", "ideal-wholenet"):  # another route, or diagnostics
         assert _held(arm, "acdc", runs) is None, arm
-    runs["hippocampus"][1] = _run("ideal-maeroute", 0, 0.60, "hippocampus")  # now ideal's route wins
+    runs["hippocampus"][1] = _run("ideal-lpft", 0, 0.60, "hippocampus")  # now ideal's route wins
     assert _held("ideal", "acdc", runs) is None and _held("ideal-semi", "acdc", runs) is None
 
 

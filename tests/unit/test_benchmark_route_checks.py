@@ -14,7 +14,7 @@ def _run(arm, seed, last, dataset="acdc", status="evaluated", budget=1, epochs=1
 
 def test_route_check_arms_name_an_existing_arm_with_the_same_pretraining():
     checks = {name: arm for name, arm in ARMS.items() if arm.route_check}
-    assert {"mae-lpft", "pgl-maeroute", "ideal-maeroute"} <= set(checks)
+    assert {"mae-lpft", "pgl-maeroute", "ideal-lpft"} <= set(checks)
     for name, arm in checks.items():
         against = ARMS[arm.route_check]
         assert against.pretrain == arm.pretrain and not arm.headline, name
@@ -56,5 +56,5 @@ def test_lines_state_the_decision_and_skip_checks_that_never_ran():
             "hippocampus": [_run("mae", 0, 0.684, "hippocampus"), _run("mae-lpft", 0, 0.677, "hippocampus")]}
     lines = "\n".join(rc.route_check_lines(runs, ["acdc", "hippocampus"]))
     assert "`mae-lpft` against `mae`: mean over the datasets 0.535 against 0.518: `mae`'s route stays." in lines
-    assert "ideal-maeroute" not in lines and "pgl-maeroute" not in lines
+    assert "ideal-lpft" not in lines and "pgl-maeroute" not in lines
     assert rc.route_check_lines({"acdc": [_run("scratch", 0, 0.3)]}, ["acdc"]) == []

@@ -146,14 +146,18 @@ def test_arm_environments(tmp_path):
     # the same semi-supervised method; from a random start there is no pre-trained encoder to warm up around
     assert ARMS["ideal-semi"].trainer == ARMS["semi-scratch"].trainer + "_decoderWarmup"
     assert "semi-scratch" not in DEFAULT_ARMS
-    # ideal-semi's diagnostics: the same start, pool and trainer; the encoder at nnU-Net's rate after the warm-up,
-    # or the same route with Dice in the pseudo-label terms
-    semi, fullenc, dice = ARMS["ideal-semi"], ARMS["ideal-semi-fullenc"], ARMS["ideal-semi-dice"]
-    assert env("ideal-semi-fullenc") == env("ideal-semi") == env("ideal-semi-dice")
-    assert (fullenc.trainer, fullenc.pretrain) == (semi.trainer, semi.pretrain) == (dice.trainer, dice.pretrain)
-    assert "encoder_lr_factor=0.1" in semi.settings and "encoder_lr_factor" not in fullenc.settings
+    # ideal-semi takes IDEAL's route (since 2026-12-07 the encoder alone, then nnU-Net's rate); its diagnostic
+    # ideal-semi-dice: the same start, pool, trainer and route with Dice in the pseudo-label terms
+    semi, dice, ideal = ARMS["ideal-semi"], ARMS["ideal-semi-dice"], ARMS["ideal"]
+    assert semi.shares_route == "ideal" and semi.settings == ideal.settings == "load_decoder=false"
+    assert env("ideal-semi") == env("ideal-semi-dice")
+    assert (semi.trainer, semi.pretrain) == (dice.trainer, dice.pretrain)
     assert dice.settings == semi.settings + ",cps_dice=true" and "cps_dice" not in semi.settings
-    assert "ideal-semi-fullenc" not in DEFAULT_ARMS and "ideal-semi-dice" not in DEFAULT_ARMS
+    assert "ideal-semi-dice" not in DEFAULT_ARMS
+    # IDEAL's former route keeps its runs as a diagnostic, with the decoder it loaded said explicitly
+    lpft = ARMS["ideal-lpft"]
+    assert lpft.route_check == "ideal" and not lpft.headline and lpft.pretrain == "ideal"
+    assert lpft.settings == "encoder_lr_factor=0.1,load_decoder=true"
 
 
 def test_runs_of_another_schedule_are_refused(tmp_path):

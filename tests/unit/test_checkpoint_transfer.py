@@ -158,20 +158,24 @@ def test_settings_parse_and_reject_unknown_names():
 
 # ---------------------------------------------------------------- which checkpoints transfer their decoder
 
-def test_recommended_load_decoder_follows_the_checkpoint_then_the_trainer_then_loads():
+def test_recommended_load_decoder_follows_the_trainer_then_the_checkpoint_then_loads():
     from nnunet_ssl.weights.transfer import recommended_load_decoder
     from nnunet_ssl_trainers.finetune import _decoder_transfers_of
     ours = {"kind": "pretraining"}
-    # stored in the checkpoint: wins over the trainer name
-    load, why = recommended_load_decoder({"trainer_name": "PGLTrainer",
-                                          "nnunet_ssl": dict(ours, transfer_decoder=False)}, _decoder_transfers_of)
-    assert load is False and "load_decoder=True loads it" in why and why.startswith("PGLTrainer")
-    assert recommended_load_decoder({"trainer_name": "MAETrainer", "nnunet_ssl": dict(ours, transfer_decoder=True)},
+    # the trainer that wrote it, as the code stands now, wins over what the checkpoint recorded then (an IDEAL
+    # checkpoint written before IDEAL's route check recorded True)
+    load, why = recommended_load_decoder({"trainer_name": "IDEALTrainer",
+                                          "nnunet_ssl": dict(ours, transfer_decoder=True)}, _decoder_transfers_of)
+    assert load is False and "load_decoder=True loads it" in why and why.startswith("IDEALTrainer")
+    assert recommended_load_decoder({"trainer_name": "PGLTrainer", "nnunet_ssl": dict(ours, transfer_decoder=False)},
                                     _decoder_transfers_of)[0] is True
-    # older checkpoints of ours: the trainer class decides (variants inherit it)
+    # a trainer that cannot be asked (not ours any more, not importable): the checkpoint's record decides
+    assert recommended_load_decoder({"trainer_name": "GoneTrainer", "nnunet_ssl": dict(ours, transfer_decoder=False)},
+                                    _decoder_transfers_of)[0] is False
+    # without a record: the trainer class decides (variants inherit it)
     for name, expected in [("MAETrainer", False), ("GMIMTrainer_noSiamese", False), ("ReFsTrainer", False),
-                           ("ReFsTrainer_PGL", True), ("PGLTrainer", True), ("IDEALTrainer", True),
-                           ("SomebodyElsesTrainer", True)]:
+                           ("ReFsTrainer_PGL", True), ("PGLTrainer", True), ("IDEALTrainer", False),
+                           ("IDEALTrainer_deepLevels", False), ("SomebodyElsesTrainer", True)]:
         got, _ = recommended_load_decoder({"trainer_name": name, "nnunet_ssl": ours}, _decoder_transfers_of)
         assert got is expected, name
     # not a pre-training checkpoint of ours (nnssl, stock nnU-Net): decoder loaded, whatever the name

@@ -134,7 +134,7 @@ def test_recommended_route():
     assert workflow.recommended_finetune_trainer("GMIMTrainer") == "SSLFinetuneTrainer_decoderWarmup"
     assert workflow.recommended_finetune_trainer("refs") == "SSLFinetuneTrainer_decoderWarmup"
     assert workflow.recommended_finetune_trainer("pgl") == "SSLFinetuneTrainer_decoderWarmupSlowEncoder"
-    assert workflow.recommended_finetune_trainer("IDEALTrainer_tau02") == "SSLFinetuneTrainer_decoderWarmupSlowEncoder"
+    assert workflow.recommended_finetune_trainer("IDEALTrainer_tau02") == "SSLFinetuneTrainer_decoderWarmup"
     assert workflow.recommended_finetune_trainer("somethingElse") == "SSLFinetuneTrainer"
 
 
