@@ -27,22 +27,19 @@ from nnunet_ssl.benchmark.route_checks import route_check
 from nnunet_ssl.benchmark.run_logs import read_runs
 
 
-def held_because(arm: Arm, dataset: str, runs: Dict[str, List[dict]], datasets: Sequence[str]) -> Optional[str]:
-    """Why a run of ``arm`` on ``dataset`` must wait for the arms to change (None: it may run). ``runs``: per
-    dataset, the finished and running runs as :func:`run_logs.read_runs` reads them; ``datasets``: those a route
-    check spans."""
-    repeats = ARMS.get(arm.length_check) if arm.length_check and arm.epochs_factor == 1 else None
-    if repeats is not None and repeats.headline:  # a pre-training length check fine-tunes on its arm's route
-        why = held_because(repeats, dataset, runs, datasets)
-        return why if why and why.startswith("route check") else None
-    if not arm.headline:
-        return None
+def _route_hold(arm: Arm, runs: Dict[str, List[dict]], datasets: Sequence[str]) -> Optional[str]:
+    """Why a decided route check holds ``arm`` (its own route or the one it shares), else None."""
     for name, check in ARMS.items():
         if check.route_check and check.route_check in (arm.name, arm.shares_route):
-            verdict = route_check(runs, name, datasets)
-            if verdict["winner"] == name:
+            if route_check(runs, name, datasets)["winner"] == name:
                 return (f"route check: `{name}` ({check.route}) won against `{check.route_check}` on the validation "
                         f"cases, so `{arm.name}` must take that route first (nnunet_ssl/benchmark/arms.py)")
+    return None
+
+
+def _length_hold(arm: Arm, dataset: str, runs: Dict[str, List[dict]]) -> Optional[str]:
+    """Why a length check saying "too short" on ``dataset`` holds ``arm`` (its schedule or pre-training), else None."""
+    for name, check in ARMS.items():
         if not check.length_check:
             continue
         schedule = check.epochs_factor != 1 and check.length_check == "scratch"
@@ -57,9 +54,23 @@ def held_because(arm: Arm, dataset: str, runs: Dict[str, List[dict]], datasets: 
     return None
 
 
+def held_because(arm: Arm, dataset: str, runs: Dict[str, List[dict]], datasets: Sequence[str]) -> Optional[str]:
+    """Why a run of ``arm`` on ``dataset`` must wait for the arms to change (None: it may run). ``runs``: per
+    dataset, the finished and running runs as :func:`run_logs.read_runs` reads them; ``datasets``: those a route
+    check spans."""
+    repeats = ARMS.get(arm.length_check) if arm.length_check and arm.epochs_factor == 1 else None
+    if repeats is not None and repeats.headline:  # a pre-training length check fine-tunes on its arm's route
+        return _route_hold(repeats, runs, datasets)
+    if not arm.headline:
+        return None
+    return _route_hold(arm, runs, datasets) or _length_hold(arm, dataset, runs)
+
+
 def held_runs(roots: List[Path], todo) -> Dict[str, str]:
     """Per run name of ``todo`` (the driver's runs) that a decided check holds: why. ``roots``: the work directory
     and the record, read as the report reads them."""
+    if not any(r.arm.headline or r.arm.length_check for r in todo):
+        return {}  # nothing a check could hold: no need to read every run's logs
     keys = [k for k in DATASETS if any((root / k).is_dir() for root in roots)]
     runs = {k: read_runs(roots, k) for k in keys}
     out = {}
