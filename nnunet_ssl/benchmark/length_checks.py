@@ -20,8 +20,7 @@ from nnunet_ssl.benchmark.arms import ARMS
 from nnunet_ssl.benchmark.route_checks import validation_scores
 
 
-def _pts(x: float) -> str:
-    return f"{100 * x:+.1f}"
+_pts = st.fmt_points
 
 
 def length_checks(runs: List[dict], arm: str) -> List[dict]:

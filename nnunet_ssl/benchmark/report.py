@@ -50,8 +50,7 @@ def _f(x, nd=3) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
-def _pts(x) -> str:
-    return "-" if x is None or math.isnan(x) else f"{100 * x:+.1f}"
+_pts = st.fmt_points
 
 
 def _diff_ci(r: dict) -> str:

@@ -246,6 +246,11 @@ def still_to_run(paired: List[dict], dataset: str, budgets: List[int], pretraine
     return [(b, a, seeds.get((a, b), 0)) for b, a in need if seeds.get((a, b), 0) < min_seeds]
 
 
+def fmt_points(x: Optional[float]) -> str:
+    """A Dice difference in signed Dice points: 0.053 -> "+5.3"; "-" when missing."""
+    return "-" if x is None or math.isnan(x) else f"{100 * x:+.1f}"
+
+
 def fmt_p(p: Optional[float]) -> str:
     if p is None or (isinstance(p, float) and math.isnan(p)):
         return "-"
