@@ -192,6 +192,11 @@ DEFAULT_ARMS = [name for name, arm in ARMS.items() if arm.headline]
 SCRATCH_ARMS = [name for name, arm in ARMS.items() if arm.trainer == ARMS["scratch"].trainer and arm.pretrain is None]
 
 
+def headline_pretrained_arms():
+    """The headline arms that start from a pre-training: those the headline rule ranks against scratch."""
+    return [name for name, arm in ARMS.items() if arm.pretrain and arm.headline]
+
+
 def method_defaults(method: str) -> dict:
     """The settings the pre-training trainer of ``method`` runs with besides the schedule (its
     ``method_defaults()``, as run.json stores them): recorded weights of other defaults are not re-used."""

@@ -1,6 +1,7 @@
 """The benchmark's datasets: where they live, how cases group, which nnU-Net configuration, which budgets."""
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,3 +82,12 @@ DATASETS: Dict[str, BenchDataset] = {
         reference="hippocampus", num_reference_cases=40,
         cpu_schedule=ACDC_CPU_SCHEDULE),
 }
+
+
+def dataset_labels(work: Path, key: str) -> Dict[int, str]:
+    """Foreground labels and names: the work dir's downstream dataset.json, else the source's."""
+    ds = DATASETS[key]
+    for dj in (work / "nnUNet_raw" / ds.downstream_name / "dataset.json", ds.source / "dataset.json"):
+        if dj.is_file():
+            return {int(v): k for k, v in json.loads(dj.read_text())["labels"].items() if int(v) > 0}
+    return {}

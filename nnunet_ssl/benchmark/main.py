@@ -8,11 +8,13 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 from nnunet_ssl.benchmark import common as bc
 from nnunet_ssl.benchmark.arms import (ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS, arm_schedule, needs_reference,
                                        pretrain_schedule)
+from nnunet_ssl.benchmark import stats as st
+from nnunet_ssl.benchmark.best_arms import best_arms
 from nnunet_ssl.benchmark.check_gate import held_runs
 from nnunet_ssl.benchmark.datasets import DATASETS, BenchDataset
 from nnunet_ssl.benchmark.pace import Estimate, Pace, parse_deadline
@@ -54,7 +56,13 @@ def parse_args(argv=None):
         epilog="Profiles:\n" + "\n".join(f"  {k}: {v['about']}" for k, v in PROFILES.items()))
     p.add_argument("--profile", choices=list(PROFILES), default="cpu")
     p.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=DEFAULT_ARMS)
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=None,
+                   help="default: every headline arm (with --best-arms: none besides those)")
+    p.add_argument("--best-arms", type=int, default=0, metavar="N",
+                   help="also run the N best headline pre-trained arms of each dataset at its smallest budget, "
+                        "ranked as the report ranks them, with their pre-trainings' weights recorded; a dataset "
+                        "starts them only once every such arm has its seeds there (the issue's plan: the other "
+                        "budgets with scratch and the two best arms)")
     p.add_argument("--budgets", nargs="+", type=int, default=None,
                    help="labeled cases (hippocampus) or patients (ACDC); default: every budget of the dataset "
                         "(smoke: the smallest)")
@@ -104,6 +112,10 @@ def parse_args(argv=None):
         args.after = [run_of_name(n) for n in args.after]
     except UserInputError as e:
         p.error(f"--after: {e}")
+    if args.arms is None:
+        args.arms = [] if args.best_arms else list(DEFAULT_ARMS)
+    if args.best_arms < 0:
+        p.error("--best-arms: expected a count >= 0")
     args.work_dir = args.work_dir or WORK_DIRS.get(args.profile, "./low_label_work/stock")
     args.record_dir = Path(args.record_dir or default_record_dir(args.out, args.profile)).expanduser().resolve()
     if args.seeds is None:
@@ -214,7 +226,28 @@ def check_profile(work: Path, profile: str) -> None:
         bc.write_json({"profile": profile}, marker)
 
 
-def make_runs(args) -> List[Run]:
+def arms_per_dataset(args, roots: List[Path], work: Path) -> Tuple[Dict[str, List[str]], List[str]]:
+    """``--arms`` on every dataset, plus each dataset's ``--best-arms`` best once its ranking is settled (their
+    methods join ``--record-weights``); and the datasets whose best arms wait for that."""
+    arms, waiting = {k: list(args.arms) for k in args.datasets}, []
+    for k in args.datasets if args.best_arms else []:
+        best = best_arms(roots, work, k, args.best_arms)
+        if best.short:
+            bc.log(f"{k}: the {args.best_arms} best arms wait for every headline arm's seeds at the smallest "
+                   f"budget: " + ", ".join(f"{a} ({n} of {st.MIN_SEEDS})" for a, n in best.short))
+            waiting.append(k)
+            continue
+        bc.log(f"{k}: the {args.best_arms} best arms at budget {min(DATASETS[k].budgets)}: {', '.join(best.arms)}")
+        arms[k] += [a for a in best.arms if a not in arms[k]]
+        args.record_weights += [ARMS[a].pretrain for a in best.arms
+                                if ARMS[a].pretrain not in args.record_weights]
+    return arms, waiting
+
+
+def make_runs(args, arms: Optional[Dict[str, List[str]]] = None) -> List[Run]:
+    """Every (dataset, budget, seed, arm) of the invocation (``arms``: per dataset, default ``--arms`` on each),
+    in ``--order``."""
+    arms = arms or {k: list(args.arms) for k in args.datasets}
     runs = []
     for key in args.datasets:
         ds = DATASETS[key]
@@ -222,13 +255,13 @@ def make_runs(args) -> List[Run]:
             if budget not in ds.budgets:
                 raise UserInputError(f"{key}: budget {budget} is not one of {list(ds.budgets)}")
             for seed in args.seeds:
-                for arm in args.arms:
+                for arm in arms[key]:
                     runs.append(Run(key, ARMS[arm], budget, seed))
     if args.order == "budget":
         runs.sort(key=lambda r: (DATASETS[r.dataset].budgets.index(r.budget), args.seeds.index(r.seed),
-                                 args.datasets.index(r.dataset), args.arms.index(r.arm.name)))
+                                 args.datasets.index(r.dataset), arms[r.dataset].index(r.arm.name)))
     else:
-        runs.sort(key=lambda r: (args.datasets.index(r.dataset), args.arms.index(r.arm.name),
+        runs.sort(key=lambda r: (args.datasets.index(r.dataset), arms[r.dataset].index(r.arm.name),
                                  DATASETS[r.dataset].budgets.index(r.budget), args.seeds.index(r.seed)))
     return runs
 
@@ -238,9 +271,10 @@ def main(argv=None) -> int:
     prof = PROFILES[args.profile]
     device = args.device or ("cuda" if prof["gpu"] else "cpu")
     work = Path(args.work_dir).expanduser().resolve()
-    runs = make_runs(args)
-    specs = dataset_specs(args)
     record = args.record_dir
+    arms_of, best_waiting = arms_per_dataset(args, [work, record], work) if args.stage != "report" else ({}, [])
+    runs = make_runs(args, arms_of)
+    specs = dataset_specs(args)
     stale = stale_runs(work, runs, {k: schedule_of(args, specs[k]) for k in args.datasets}, record)
     if stale and args.stage != "report":
         raise UserInputError("these runs were started with another schedule than the profile's current one, so their "
@@ -287,7 +321,8 @@ def main(argv=None) -> int:
         write_report(work, args, {})
         return 0
     if args.stage == "runs" and not todo:
-        bc.log("nothing to do: every run is evaluated (work dir or record)")
+        bc.log("nothing started: the best arms wait (above)" if best_waiting else
+               "nothing to do: every run is evaluated (work dir or record)")
         return 0
     work.mkdir(parents=True, exist_ok=True)
     check_profile(work, args.profile)
@@ -297,7 +332,7 @@ def main(argv=None) -> int:
         os.environ.setdefault("nnUNet_def_n_proc", "1")
     runner = Runner(work, {k: folders[k] for k in ("nnUNet_raw", "nnUNet_preprocessed")}, args.verbose)
     setups = {}
-    arms = [ARMS[a] for a in args.arms]
+    arms = [ARMS[a] for a in dict.fromkeys(r.arm.name for r in runs)]
     # --stage runs sets up only the datasets it trains on (a queue line whose runs are recorded costs nothing)
     for key in [k for k in args.datasets if args.stage != "runs" or any(r.dataset == k for r in todo)]:
         setups[key] = prepare_dataset(work, specs[key], args.split_seed, args.num_processes,

@@ -26,20 +26,13 @@ from typing import Dict, List, Optional
 from nnunet_ssl.benchmark import common as bc
 from nnunet_ssl.benchmark import record as rec
 from nnunet_ssl.benchmark import stats as st
-from nnunet_ssl.benchmark.arms import ARMS, SCRATCH_ARMS
-from nnunet_ssl.benchmark.datasets import DATASETS
+from nnunet_ssl.benchmark.arms import ARMS, SCRATCH_ARMS, headline_pretrained_arms
+from nnunet_ssl.benchmark.datasets import DATASETS, dataset_labels
 from nnunet_ssl.benchmark.length_checks import length_check_lines
 from nnunet_ssl.benchmark.route_checks import route_check_lines
 from nnunet_ssl.benchmark.run_logs import _json, _order, read_pretrainings, read_runs
 
 DEFAULT_OUT = bc.REPO_ROOT / "docs" / "benchmarks"
-def dataset_labels(work: Path, key: str) -> Dict[int, str]:
-    """Foreground labels and names: the work dir's downstream dataset.json, else the source's."""
-    ds = DATASETS[key]
-    for dj in (work / "nnUNet_raw" / ds.downstream_name / "dataset.json", ds.source / "dataset.json"):
-        if dj.is_file():
-            return {int(v): k for k, v in bc.load_json(dj)["labels"].items() if int(v) > 0}
-    return {}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -222,7 +215,7 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
     rows = [row for k in keys for r in runs[k] for row in r["rows"]]
     agg = st.aggregate(rows, labels)
     paired = st.paired_vs(rows, labels)
-    pretrained = [a for a, arm in ARMS.items() if arm.pretrain and arm.headline]
+    pretrained = headline_pretrained_arms()
     verdict = st.headline(paired, {k: min(DATASETS[k].budgets) for k in keys}, pretrained,
                           rule_arms=[a for a, arm in ARMS.items() if arm.headline],
                           budgets={k: DATASETS[k].budgets for k in keys})

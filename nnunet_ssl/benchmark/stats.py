@@ -127,9 +127,10 @@ def wilcoxon_p(diffs: Sequence[float]) -> Optional[float]:
 def bootstrap_ci(diffs: Sequence[float], clusters: Optional[Sequence] = None, n_boot: int = N_BOOT,
                  seed: int = BOOT_SEED, level: float = 0.95) -> Tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``diffs``, resampling clusters (default: each value its own)
-    with ``numpy.random.default_rng(seed).integers(0, n_clusters, (n_boot, n_clusters))``."""
+    with ``numpy.random.default_rng(seed).integers(0, n_clusters, (n_boot, n_clusters))``; NaNs with ``n_boot``
+    0 (a caller that needs only the means)."""
     d = np.asarray(diffs, dtype=float)
-    if d.size == 0:
+    if d.size == 0 or n_boot < 1:
         return float("nan"), float("nan")
     ids = list(range(d.size)) if clusters is None else list(clusters)
     names = sorted(set(ids), key=ids.index)

@@ -40,7 +40,8 @@ def test_every_queue_line_parses_and_names_valid_runs(tmp_path):
         except SystemExit:
             pytest.fail(f"line {number} of {QUEUE.name} is rejected by the driver: {' '.join(tokens)}")
         runs = make_runs(args)  # raises on a budget the dataset does not have
-        assert runs, f"line {number} makes no run"
+        # a --best-arms line names its arms when it runs (the ranking then), so it may name none here
+        assert runs or args.best_arms, f"line {number} makes no run"
         waiting = {r.name for r in args.after} - made
         assert not waiting, f"line {number} waits for runs no earlier line makes: {sorted(waiting)}"
         pretrained = {ARMS[a].pretrain for a in args.arms} - {None}
