@@ -34,8 +34,8 @@ def best_arms(roots: List[Path], work: Path, dataset: str, n: int = st.N_BEST,
     labels = {dataset: sorted(dataset_labels(work, dataset))}
     paired = st.paired_vs(rows, labels, n_boot=0)  # the ranking needs only the mean differences
     pretrained = headline_pretrained_arms()
-    seeds = {r["arm"]: r["n_seeds"] for r in paired if r["cls"] == st.FG}
-    short = [(a, seeds.get(a, 0)) for a in pretrained if seeds.get(a, 0) < min_seeds]
+    # the report's own list of what the rule still needs, at the smallest budget alone: every arm's seeds there
+    short = [(a, n) for _, a, n in st.still_to_run(paired, dataset, [smallest], pretrained, min_seeds)]
     if short:
         return BestArms([], short)
     ranked = st.rank_arms(paired, dataset, smallest, pretrained, min_seeds)
