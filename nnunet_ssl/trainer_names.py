@@ -24,6 +24,25 @@ METHOD_TRAINERS = {
     "refs": "ReFsTrainer",
 }
 
+# every pre-training trainer -> whether fine-tuning loads the decoder it trained (the class's ``decoder_transfers``;
+# tests/unit/test_package_layout.py checks the two agree): False for an encoder-only transfer (a decoder trained to
+# reconstruct the input, IDEAL's since its route check, or none trained), True where the SSL loss trains decoder
+# stages whose weights fine-tuning keeps (PGL's, ReFs on PGL)
+PRETRAINING_DECODER_TRANSFERS = {
+    "AlignedViewsTrainer": True,
+    "GMIMTrainer": False, "GMIMTrainer_noHierarchy": False, "GMIMTrainer_noSiamese": False,
+    "GMIMTrainer_sharedCrop": False,
+    "IDEALTrainer": False, "IDEALTrainer_bottleneckOnly": False, "IDEALTrainer_cosineEMA": False,
+    "IDEALTrainer_deepLevels": False, "IDEALTrainer_insideViews": False, "IDEALTrainer_shallowLevels": False,
+    "IDEALTrainer_tau02": False,
+    "MAETrainer": False,
+    "PGLTrainer": True, "PGLTrainer_ema0996": True, "PGLTrainer_bottleneckOnly": False,
+    "PGLTrainer_encoderOnly": False,
+    "ReFsTrainer": False, "ReFsTrainer_cosine": False, "ReFsTrainer_noMatching": False, "ReFsTrainer_GMIM": False,
+    "ReFsTrainer_GMIM_cosine": False, "ReFsTrainer_IDEAL": False, "ReFsTrainer_PGL": True,
+    "ReFsTrainer_PGL_cosine": True,
+}
+
 # every trainer a user can run with nnUNetv2_train -tr NAME
 TRAINER_NAMES = (
     "AlignedViewsTrainer",

@@ -5,7 +5,9 @@ The method is :class:`nnunet_ssl.methods.pgl.PGLObjective` (two views, alignment
 :class:`~nnunet_ssl.methods.aligned_views.AlignedViewsObjective`); this trainer only names it.
 
 Variants: ``PGLTrainer_ema0996`` (EMA base 0.996), ``PGLTrainer_bottleneckOnly`` (one level),
-``PGLTrainer_encoderOnly`` (bottleneck + encoder1: no decoder stage is trained by the SSL loss).
+``PGLTrainer_encoderOnly`` (bottleneck + encoder1: no decoder stage is trained by the SSL loss). The two variants
+that train no decoder stage transfer the encoder only (``decoder_transfers = False``: their decoder is as untrained
+as a fresh one), so they take the encoder-only fine-tuning route.
 """
 from nnunet_ssl.methods.pgl import PGLObjective
 from nnunet_ssl_trainers.ssl_base import nnUNetSSLTrainer
@@ -24,8 +26,10 @@ class PGLTrainer_ema0996(PGLTrainer):
 class PGLTrainer_bottleneckOnly(PGLTrainer):
     """One level: the bottleneck."""
     levels = "bottleneck"
+    decoder_transfers = False
 
 
 class PGLTrainer_encoderOnly(PGLTrainer):
     """Bottleneck + encoder1: no decoder stage is trained by the SSL loss."""
     levels = "bottleneck,encoder1"
+    decoder_transfers = False

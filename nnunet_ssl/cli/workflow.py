@@ -29,13 +29,12 @@ from nnunet_ssl.errors import UserInputError
 from nnunet_ssl.paths import dataset_name_from_id, require_env_folder
 from nnunet_ssl.settings import settings_items
 from nnunet_ssl.trainer_names import (FINETUNE_TRAINER, METHOD_TRAINERS, PRETRAINED_ENV,  # noqa: F401
-                                      SCRATCH_TRAINER, SETTINGS_ENV)
+                                      PRETRAINING_DECODER_TRANSFERS, SCRATCH_TRAINER, SETTINGS_ENV)
 
 #: fine-tuning route for checkpoints whose decoder is not transferred (trained to reconstruct the input): the
 #: decoder warms up alone on the frozen encoder first (README, "Does pre-training help?", item 10)
 DECODER_WARMUP_TRAINER = FINETUNE_TRAINER + "_decoderWarmup"
 SLOW_ENCODER_TRAINER = FINETUNE_TRAINER + "_decoderWarmupSlowEncoder"
-RECONSTRUCTION_METHODS = ("mae", "gmim", "refs")
 RUNS_FOLDER = "nnunet_ssl_runs"
 RUN_INPUTS_FILE = "run_inputs.json"
 #: per-key lines of the weight-transfer report: in the training log file, not on the console
@@ -43,18 +42,18 @@ _TRANSFER_DETAIL = re.compile(r"^ {2}(loaded|adapted|skipped|unused) +\S")
 
 
 def recommended_finetune_trainer(method: str) -> str:
-    """The fine-tuning trainer the project recommends for checkpoints of ``method``: MAE, GMIM, ReFs (on MAE) and
-    IDEAL (since its route check, 2026-12-07) transfer the encoder only, so they fine-tune with
-    ``SSLFinetuneTrainer_decoderWarmup`` (the random decoder warms up alone first); PGL trains the encoder and the
-    decoder stages down to 1/4 of the input resolution, so its decoder warms up alone too and the encoder then
-    trains at 0.1x (``SSLFinetuneTrainer_decoderWarmupSlowEncoder``); anything else with ``SSLFinetuneTrainer``."""
-    name = method.lower()
-    trainer = METHOD_TRAINERS.get(name, method)
-    if name in RECONSTRUCTION_METHODS or trainer.startswith(("MAE", "GMIM", "ReFs", "IDEAL")):
-        return DECODER_WARMUP_TRAINER
-    if trainer.startswith("PGL"):
-        return SLOW_ENCODER_TRAINER
-    return FINETUNE_TRAINER
+    """The fine-tuning trainer the project recommends for checkpoints of ``method`` (a name of
+    :data:`METHOD_TRAINERS` or a pre-training trainer class), from what its checkpoints transfer
+    (:data:`PRETRAINING_DECODER_TRANSFERS`, the trainer's ``decoder_transfers``): the encoder only (MAE, GMIM, IDEAL
+    since its route check of 2026-12-07, ReFs on those) -> ``SSLFinetuneTrainer_decoderWarmup`` (the random decoder
+    warms up alone first, then the whole net at nnU-Net's rate); encoder and decoder (PGL, ReFs on PGL: the decoder
+    stages down to 1/4 of the input resolution are trained) -> ``SSLFinetuneTrainer_decoderWarmupSlowEncoder`` (the
+    same warm-up, then the encoder at 0.1x); any other trainer -> ``SSLFinetuneTrainer``."""
+    trainer = METHOD_TRAINERS.get(method.lower(), method)
+    transfers = PRETRAINING_DECODER_TRANSFERS.get(trainer)
+    if transfers is None:
+        return FINETUNE_TRAINER
+    return SLOW_ENCODER_TRAINER if transfers else DECODER_WARMUP_TRAINER
 
 
 def run_key(inputs: dict) -> str:
@@ -380,8 +379,9 @@ def add_workflow_arguments(p):
                    help=f"pre-training method ({', '.join(METHOD_TRAINERS)}) or a pre-training trainer class name "
                         f"(default: mae)")
     p.add_argument("--finetune-trainer", default=None,
-                   help=f"fine-tuning trainer of the pre-trained arm (default: {DECODER_WARMUP_TRAINER} for "
-                        f"{', '.join(RECONSTRUCTION_METHODS)}, {FINETUNE_TRAINER} for the others)")
+                   help=f"fine-tuning trainer of the pre-trained arm (default: the method's route: "
+                        f"{DECODER_WARMUP_TRAINER} for encoder-only transfers (mae, gmim, ideal, refs), "
+                        f"{SLOW_ENCODER_TRAINER} for pgl)")
     p.add_argument("-c", "--configuration", default="3d_fullres", help="nnU-Net configuration (default: 3d_fullres)")
     p.add_argument("-p", "--plans", default="nnUNetPlans",
                    help="plans identifier; other than nnUNetPlans it must exist already (default: nnUNetPlans)")

@@ -91,6 +91,9 @@ def test_trainer_names_match_the_trainer_index():
     for name in (trainer_names.FINETUNE_TRAINER, trainer_names.SCRATCH_TRAINER,
                  *trainer_names.METHOD_TRAINERS.values()):
         assert name in trainer_names.TRAINER_NAMES
+    # what each pre-training trainer's checkpoints transfer, as the library names it without importing trainers
+    pretrainers = {n: c for n, c in classes.items() if issubclass(c, nnUNetSSLTrainer) and n not in bases}
+    assert trainer_names.PRETRAINING_DECODER_TRANSFERS == {n: c.decoder_transfers for n, c in pretrainers.items()}
 
 
 def test_trainer_env_names_are_the_ones_the_trainers_read():

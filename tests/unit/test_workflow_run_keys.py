@@ -135,6 +135,12 @@ def test_recommended_route():
     assert workflow.recommended_finetune_trainer("refs") == "SSLFinetuneTrainer_decoderWarmup"
     assert workflow.recommended_finetune_trainer("pgl") == "SSLFinetuneTrainer_decoderWarmupSlowEncoder"
     assert workflow.recommended_finetune_trainer("IDEALTrainer_tau02") == "SSLFinetuneTrainer_decoderWarmup"
+    assert workflow.recommended_finetune_trainer("IDEAL") == "SSLFinetuneTrainer_decoderWarmup"
+    # ReFs on PGL transfers PGL's decoder stages: PGL's route, as the benchmark's refs-pgl arm fine-tunes it
+    assert workflow.recommended_finetune_trainer("ReFsTrainer_PGL") == "SSLFinetuneTrainer_decoderWarmupSlowEncoder"
+    assert workflow.recommended_finetune_trainer("ReFsTrainer_IDEAL") == "SSLFinetuneTrainer_decoderWarmup"
+    # PGL variants whose loss trains no decoder stage transfer the encoder only
+    assert workflow.recommended_finetune_trainer("PGLTrainer_encoderOnly") == "SSLFinetuneTrainer_decoderWarmup"
     assert workflow.recommended_finetune_trainer("somethingElse") == "SSLFinetuneTrainer"
 
 
