@@ -83,6 +83,24 @@ def paired_table(paired: List[dict], key: str, names: Dict[int, str]) -> List[st
                    "Wilcoxon p", "better / pairs", "per class"], rows)
 
 
+def per_seed_table(per_seed: List[dict], key: str) -> List[str]:
+    """One row per budget and arm, one column per seed: the arm's foreground mean against scratch's on the same
+    label subset and test cases, the difference in Dice points, Wilcoxon p and cases better."""
+    mine = [r for r in per_seed if r["dataset"] == key]
+    seeds = sorted({r["seed"] for r in mine})
+    cells = {(r["budget"], r["arm"], r["seed"]): r for r in mine}
+    rows = []
+    for budget, arm in sorted({(r["budget"], r["arm"]) for r in mine}, key=lambda ba: (ba[0], _order(ba[1]))):
+        row = [budget, arm]
+        for s in seeds:
+            r = cells.get((budget, arm, s))
+            row.append("-" if r is None else
+                       f"{_f(r['arm_mean'])} vs {_f(r['reference_mean'])}: {_pts(r['mean_diff'])}, "
+                       f"p {st.fmt_p(r['p'])}, {r['better']}/{r['n_pairs']}")
+        rows.append(row)
+    return _table(["budget", "arm"] + [f"seed {s}" for s in seeds], rows)
+
+
 def convergence_table(runs: List[dict]) -> List[str]:
     rows = []
     for r in sorted(runs, key=lambda r: (r["budget"], _order(r["arm"]), r["seed"])):
@@ -215,6 +233,7 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
     rows = [row for k in keys for r in runs[k] for row in r["rows"]]
     agg = st.aggregate(rows, labels)
     paired = st.paired_vs(rows, labels)
+    per_seed = st.paired_per_seed(rows, labels)
     pretrained = headline_pretrained_arms()
     verdict = st.headline(paired, {k: min(DATASETS[k].budgets) for k in keys}, pretrained,
                           rule_arms=[a for a, arm in ARMS.items() if arm.headline],
@@ -267,6 +286,9 @@ def build_report(work, profile: str, out=DEFAULT_OUT, datasets: Optional[List[st
             lines += ["", f"![Dice vs labels, {k}]({stem}_{k}_dice.png)"]
         lines += ["", "### Paired against scratch (same budget, seed and test case; pooled over seeds)", ""]
         lines += paired_table(paired, k, names[k])
+        lines += ["", "Per seed (label subset): the arm's foreground mean against scratch's on the same test "
+                  "cases, difference in Dice points, Wilcoxon p, cases better:", ""]
+        lines += per_seed_table(per_seed, k)
         lines += ["", "### Convergence of fine-tuning", "",
                   f"Pseudo Dice = nnU-Net's per-epoch Dice on validation patches of the validation "
                   f"{ds.group_word}s ({len(split.get('val_groups', []))}; they chose fine-tuning routes, never a "

@@ -175,6 +175,26 @@ def paired_vs(rows: List[dict], labels: Dict[str, Sequence[int]], reference: str
     return out
 
 
+def paired_per_seed(rows: List[dict], labels: Dict[str, Sequence[int]], reference: str = "scratch") -> List[dict]:
+    """:func:`paired_vs` of the foreground mean seed by seed (no bootstrap): how much of a pooled difference each
+    label subset carries. Keys: those of :func:`paired_vs` (``n_seeds`` 1, ``ci_*`` NaN) plus ``seed`` and
+    ``arm_mean`` / ``reference_mean`` (the two arms' mean foreground Dice over the paired cases)."""
+    out = []
+    for s in sorted({r["seed"] for r in rows}):
+        mine = [r for r in rows if r["seed"] == s]
+        for r in paired_vs(mine, labels, reference, n_boot=0):
+            if r["cls"] != FG:
+                continue
+            ds, arm, budget = r["dataset"], r["arm"], r["budget"]
+            fg = {(row["arm"], row["case"]): case_fg(row, labels[ds]) for row in mine
+                  if (row["dataset"], row["budget"]) == (ds, budget) and row["arm"] in (arm, reference)}
+            pairs = [(x, fg[(reference, c)]) for (a, c), x in fg.items() if a == arm and (reference, c) in fg]
+            pairs = [(x, y) for x, y in pairs if not (math.isnan(x) or math.isnan(y))]
+            out.append(dict(r, seed=s, arm_mean=float(np.mean([x for x, _ in pairs])),
+                            reference_mean=float(np.mean([y for _, y in pairs]))))
+    return out
+
+
 def headline(paired: List[dict], smallest_budget: Dict[str, int], pretrained_arms: Sequence[str],
              min_gain: float = MIN_GAIN, alpha: float = ALPHA, min_seeds: int = MIN_SEEDS,
              rule_arms: Optional[Sequence[str]] = None, budgets: Optional[Dict[str, Sequence[int]]] = None,

@@ -123,6 +123,34 @@ def test_paired_pools_seeds_and_matches_scipy():
     assert out[2]["mean_diff"] == pytest.approx(np.mean([0.45 - 0.4 - 0.01 * i for i in range(4)]))
 
 
+def test_paired_per_seed_splits_the_pooled_difference_by_label_subset_and_matches_scipy():
+    from scipy.stats import wilcoxon
+    labels = {"hippocampus": [1, 2]}
+    rows = []
+    for seed, shift in ((0, 0.1), (1, -0.05)):
+        rows += _rows("scratch", seed, {c: {1: 0.5, 2: 0.4 + 0.01 * i} for i, c in enumerate("abcd")})
+        rows += _rows("mae", seed, {c: {1: 0.5 + shift * (i + 1), 2: 0.45} for i, c in enumerate("abcd")})
+    rows += _rows("mae", 2, {"a": {1: 0.9, 2: 0.9}})  # seed 2 without scratch: no cell
+    out = {(r["seed"], r["arm"]): r for r in st.paired_per_seed(rows, labels)}
+    assert set(out) == {(0, "mae"), (1, "mae")}
+    for seed, shift in ((0, 0.1), (1, -0.05)):
+        a = [((0.5 + shift * (i + 1)) + 0.45) / 2 for i in range(4)]
+        b = [(0.5 + 0.4 + 0.01 * i) / 2 for i in range(4)]
+        r = out[(seed, "mae")]
+        assert r["arm_mean"] == pytest.approx(np.mean(a)) and r["reference_mean"] == pytest.approx(np.mean(b))
+        assert r["mean_diff"] == pytest.approx(np.mean(a) - np.mean(b))
+        assert r["p"] == pytest.approx(wilcoxon(a, b).pvalue)
+        assert r["better"] == sum(x > y for x, y in zip(a, b)) and r["n_pairs"] == 4
+    # the pooled difference is the mean of the seeds' (same number of cases each)
+    pooled = [r for r in st.paired_vs(rows, labels, n_boot=0) if r["cls"] == st.FG][0]
+    assert pooled["mean_diff"] == pytest.approx((out[(0, "mae")]["mean_diff"] + out[(1, "mae")]["mean_diff"]) / 2)
+    table = "\n".join(rp.per_seed_table(list(out.values()), "hippocampus"))
+    assert "| budget | arm | seed 0 | seed 1 |" in table
+    r0 = out[(0, "mae")]
+    assert (f"| 1 | mae | {r0['arm_mean']:.3f} vs {r0['reference_mean']:.3f}: {100 * r0['mean_diff']:+.1f}, "
+            f"p {st.fmt_p(r0['p'])}, {r0['better']}/4 |") in table
+
+
 def test_paired_drops_pairs_with_nan():
     rows = _rows("scratch", 0, {"a": {1: 0.5}, "b": {1: NAN}}) + _rows("mae", 0, {"a": {1: 0.7}, "b": {1: 0.2}})
     (fg, c1) = st.paired_vs(rows, {"hippocampus": [1]})
@@ -356,6 +384,7 @@ def test_report_from_work_dir(fake_work, tmp_path):
     # paired: mae - scratch = 0.1 on every class, case and seed: +10.0 points, 6 of 6 better
     assert "| 1 | mae | 6 (2 x 3) | +10.0 [+10.0, +10.0] | 0.031 | 6 / 6 | Anterior +10.0, Posterior +10.0 |" \
         in text
+    assert "| 1 | mae | 0.555 vs 0.455: +10.0, p 0.25, 3/3 | 0.565 vs 0.465: +10.0, p 0.25, 3/3 |" in text  # per seed
     assert "gain not shown yet; still to run" in text and "Overall: **not decided yet" in text  # mae: 2 seeds
     assert "| 1 | scratch | 0 | evaluated | 50 | 0.800 | 0.795 | 0.800 -> 0.800 | +0.000 | yes |" in text
     assert "| 2 | scratch | 0 | training | 0 | - | - | - | - | (running) |" in text  # not judged while training
