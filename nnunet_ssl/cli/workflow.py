@@ -31,8 +31,8 @@ from nnunet_ssl.settings import settings_items
 from nnunet_ssl.trainer_names import (FINETUNE_TRAINER, METHOD_TRAINERS, PRETRAINED_ENV,  # noqa: F401
                                       PRETRAINING_DECODER_TRANSFERS, SCRATCH_TRAINER, SETTINGS_ENV)
 
-#: fine-tuning route for checkpoints whose decoder is not transferred (trained to reconstruct the input): the
-#: decoder warms up alone on the frozen encoder first (README, "Does pre-training help?", item 10)
+#: fine-tuning route for checkpoints that transfer the encoder only: the decoder warms up alone on the frozen encoder
+#: first, then the whole net trains at nnU-Net's rate (README, "Which fine-tuning route")
 DECODER_WARMUP_TRAINER = FINETUNE_TRAINER + "_decoderWarmup"
 SLOW_ENCODER_TRAINER = FINETUNE_TRAINER + "_decoderWarmupSlowEncoder"
 RUNS_FOLDER = "nnunet_ssl_runs"
