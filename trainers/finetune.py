@@ -41,7 +41,7 @@ from nnunet_ssl.errors import UserInputError, exit_on_user_error
 from nnunet_ssl.data.label_budget import LABEL_BUDGET_SETTINGS
 from nnunet_ssl.weights.network_parts import encoder_parameters, unwrap
 from nnunet_ssl.settings import COMMON_SETTINGS, Setting, apply_env_settings
-from nnunet_ssl.trainer_names import PRETRAINED_ENV
+from nnunet_ssl.trainer_names import PRETRAINED_ENV, PRETRAINING_DECODER_TRANSFERS
 from nnunet_ssl.weights.transfer import recommended_load_decoder, transfer_weights
 from nnunet_ssl_trainers.distributed_mixin import CPUDistributedMixin
 from nnunet_ssl_trainers.fold_label_budget import FoldLabelBudget
@@ -53,9 +53,10 @@ from nnunetv2.utilities.helpers import empty_cache
 
 
 def _decoder_transfers_of(trainer_name: str):
-    """``decoder_transfers`` of one of our pre-training trainers (checkpoints written before it was stored)."""
-    from nnunet_ssl_trainers import index
-    return getattr(getattr(index, trainer_name, None), "decoder_transfers", None)
+    """``decoder_transfers`` of one of our pre-training trainers (checkpoints written before it was stored), from
+    the table the workflow's route recommendation reads too (tests/unit/test_package_layout.py keeps it equal to the
+    classes' attribute); None for any other trainer."""
+    return PRETRAINING_DECODER_TRANSFERS.get(trainer_name)
 
 
 class SSLFinetuneTrainer(CPUDistributedMixin, nnUNetTrainer):

@@ -146,7 +146,7 @@ def paired_vs(rows: List[dict], labels: Dict[str, Sequence[int]], reference: str
               n_boot: int = N_BOOT, seed: int = BOOT_SEED) -> List[dict]:
     """Every arm against ``reference`` per (dataset, budget) and class (``FG`` first): pairs (seed, case) pooled
     over the seeds both have. Keys: dataset, arm, budget, cls, n_pairs, n_seeds, n_cases, mean_diff, ci_low,
-    ci_high, p, better, worse."""
+    ci_high, p, better, worse, arm_mean and reference_mean (the two arms' mean Dice over the pairs)."""
     by_case = {(r["dataset"], r["arm"], r["budget"], r["seed"], r["case"]): r for r in rows}
     combos: Dict[tuple, List[tuple]] = {}
     for (ds, arm, budget, s, c), row in sorted(by_case.items()):
@@ -156,13 +156,15 @@ def paired_vs(rows: List[dict], labels: Dict[str, Sequence[int]], reference: str
     out = []
     for (ds, budget, arm), pairs in sorted(combos.items()):
         for cls in [FG] + list(labels[ds]):
-            diffs, cases, seeds = [], [], set()
+            diffs, cases, seeds, xs, ys = [], [], set(), [], []
             for s, c, row, ref in pairs:
                 x, y = ((case_fg(row, labels[ds]), case_fg(ref, labels[ds])) if cls == FG else
                         (row["dice"].get(cls, float("nan")), ref["dice"].get(cls, float("nan"))))
                 if math.isnan(x) or math.isnan(y):
                     continue
                 diffs.append(x - y)
+                xs.append(x)
+                ys.append(y)
                 cases.append(c)
                 seeds.add(s)
             if not diffs:
@@ -171,28 +173,16 @@ def paired_vs(rows: List[dict], labels: Dict[str, Sequence[int]], reference: str
             out.append(dict(dataset=ds, arm=arm, budget=budget, cls=cls, n_pairs=len(diffs), n_seeds=len(seeds),
                             n_cases=len(set(cases)), mean_diff=float(np.mean(diffs)), ci_low=lo, ci_high=hi,
                             p=wilcoxon_p(diffs), better=sum(x > 0 for x in diffs),
-                            worse=sum(x < 0 for x in diffs)))
+                            worse=sum(x < 0 for x in diffs), arm_mean=float(np.mean(xs)),
+                            reference_mean=float(np.mean(ys))))
     return out
 
 
 def paired_per_seed(rows: List[dict], labels: Dict[str, Sequence[int]], reference: str = "scratch") -> List[dict]:
     """:func:`paired_vs` of the foreground mean seed by seed (no bootstrap): how much of a pooled difference each
-    label subset carries. Keys: those of :func:`paired_vs` (``n_seeds`` 1, ``ci_*`` NaN) plus ``seed`` and
-    ``arm_mean`` / ``reference_mean`` (the two arms' mean foreground Dice over the paired cases)."""
-    out = []
-    for s in sorted({r["seed"] for r in rows}):
-        mine = [r for r in rows if r["seed"] == s]
-        for r in paired_vs(mine, labels, reference, n_boot=0):
-            if r["cls"] != FG:
-                continue
-            ds, arm, budget = r["dataset"], r["arm"], r["budget"]
-            fg = {(row["arm"], row["case"]): case_fg(row, labels[ds]) for row in mine
-                  if (row["dataset"], row["budget"]) == (ds, budget) and row["arm"] in (arm, reference)}
-            pairs = [(x, fg[(reference, c)]) for (a, c), x in fg.items() if a == arm and (reference, c) in fg]
-            pairs = [(x, y) for x, y in pairs if not (math.isnan(x) or math.isnan(y))]
-            out.append(dict(r, seed=s, arm_mean=float(np.mean([x for x, _ in pairs])),
-                            reference_mean=float(np.mean([y for _, y in pairs]))))
-    return out
+    label subset carries. Keys: those of :func:`paired_vs` (``n_seeds`` 1, ``ci_*`` NaN) plus ``seed``."""
+    return [dict(r, seed=s) for s in sorted({r["seed"] for r in rows})
+            for r in paired_vs([r for r in rows if r["seed"] == s], labels, reference, n_boot=0) if r["cls"] == FG]
 
 
 def headline(paired: List[dict], smallest_budget: Dict[str, int], pretrained_arms: Sequence[str],
