@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from nnunet_ssl.benchmark import common as bc
-from nnunet_ssl.benchmark.arms import (ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS, arm_schedule, needs_reference,
-                                       pretrain_schedule)
+from nnunet_ssl.benchmark.arms import (ARMS, DEFAULT_ARMS, PRETRAIN_TRAINERS, arm_schedule,
+                                       headline_pretrained_arms, needs_reference, pretrain_schedule)
 from nnunet_ssl.benchmark import stats as st
 from nnunet_ssl.benchmark.best_arms import best_arms
 from nnunet_ssl.benchmark.check_gate import held_runs
@@ -63,6 +63,10 @@ def parse_args(argv=None):
                         "ranked as the report ranks them, with their pre-trainings' weights recorded; a dataset "
                         "starts them only once every such arm has its seeds there (the issue's plan: the other "
                         "budgets with scratch and the two best arms)")
+    p.add_argument("--best-arms-without", nargs="+", default=[], metavar="ARM",
+                   help="with --best-arms: leave these headline arms out of the ranking and do not wait for their "
+                        "seeds (an arm that cannot run where the campaign runs, e.g. ideal-semi on ACDC on 2 CPU "
+                        "cores: about 5 hours a run)")
     p.add_argument("--budgets", nargs="+", type=int, default=None,
                    help="labeled cases (hippocampus) or patients (ACDC); default: every budget of the dataset "
                         "(smoke: the smallest)")
@@ -116,6 +120,12 @@ def parse_args(argv=None):
         args.arms = [] if args.best_arms else list(DEFAULT_ARMS)
     if args.best_arms < 0:
         p.error("--best-arms: expected a count >= 0")
+    unknown = [a for a in args.best_arms_without if a not in headline_pretrained_arms()]
+    if unknown:
+        p.error(f"--best-arms-without {' '.join(unknown)}: not a headline pre-trained arm (those ranked: "
+                f"{', '.join(headline_pretrained_arms())})")
+    if args.best_arms_without and not args.best_arms:
+        p.error("--best-arms-without needs --best-arms")
     args.work_dir = args.work_dir or WORK_DIRS.get(args.profile, "./low_label_work/stock")
     args.record_dir = Path(args.record_dir or default_record_dir(args.out, args.profile)).expanduser().resolve()
     if args.seeds is None:
@@ -231,13 +241,15 @@ def arms_per_dataset(args, roots: List[Path], work: Path) -> Tuple[Dict[str, Lis
     methods join ``--record-weights``); and the datasets whose best arms wait for that."""
     arms, waiting = {k: list(args.arms) for k in args.datasets}, []
     for k in args.datasets if args.best_arms else []:
-        best = best_arms(roots, work, k, args.best_arms)
+        best = best_arms(roots, work, k, args.best_arms, without=args.best_arms_without)
         if best.short:
             bc.log(f"{k}: the {args.best_arms} best arms wait for every headline arm's seeds at the smallest "
                    f"budget: " + ", ".join(f"{a} ({n} of {st.MIN_SEEDS})" for a, n in best.short))
             waiting.append(k)
             continue
-        bc.log(f"{k}: the {args.best_arms} best arms at budget {min(DATASETS[k].budgets)}: {', '.join(best.arms)}")
+        bc.log(f"{k}: the {args.best_arms} best arms at budget {min(DATASETS[k].budgets)}: {', '.join(best.arms)}"
+               + (f" (ranked without {', '.join(args.best_arms_without)}: --best-arms-without)"
+                  if args.best_arms_without else ""))
         arms[k] += [a for a in best.arms if a not in arms[k]]
         args.record_weights += [ARMS[a].pretrain for a in best.arms
                                 if ARMS[a].pretrain not in args.record_weights]

@@ -81,3 +81,37 @@ def test_the_driver_runs_the_best_arms_or_says_why_it_waits(tmp_path, capsys):
     assert "hippocampus: the 2 best arms at budget 1: ideal, pgl" in out
     listed = [line.split(":")[0].strip() for line in out.splitlines() if line.startswith("  hippocampus/")]
     assert listed == ["hippocampus/scratch/b2_s0", "hippocampus/ideal/b2_s0", "hippocampus/pgl/b2_s0"]
+
+
+def test_an_arm_left_out_is_neither_waited_for_nor_ranked(tmp_path):
+    """--best-arms-without: an arm that cannot run where the campaign runs (ideal-semi on ACDC on 2 CPU cores) does
+    not hold the larger budgets, and cannot be chosen either, even when its finished seeds would rank first."""
+    work = _work(tmp_path)
+    record = _record(tmp_path, skip={("ideal-semi", 1), ("ideal-semi", 2)})
+    assert best_arms([work, record], work, "hippocampus", 2).short == [("ideal-semi", 1)]
+    assert best_arms([work, record], work, "hippocampus", 2, without=["ideal-semi"]).arms == ["ideal", "pgl"]
+    for seed in (1, 2):
+        _record_run(record, "ideal-semi", seed, 0.90)  # now the best arm by far
+    assert best_arms([work, record], work, "hippocampus", 2).arms == ["ideal-semi", "ideal"]
+    assert best_arms([work, record], work, "hippocampus", 2, without=["ideal-semi"]).arms == ["ideal", "pgl"]
+
+
+def test_best_arms_without_names_headline_arms_and_needs_best_arms(tmp_path, capsys):
+    import pytest
+    from nnunet_ssl.benchmark.main import main, parse_args
+    base = ["--profile", "cpu", "--work-dir", str(tmp_path), "--stage", "runs", "--dry-run"]
+    with pytest.raises(SystemExit):
+        parse_args(base + ["--best-arms", "2", "--best-arms-without", "ideal-lpft"])  # a diagnostic, never ranked
+    assert "not a headline pre-trained arm" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(base + ["--best-arms-without", "ideal-semi"])
+    assert "needs --best-arms" in capsys.readouterr().err
+    work = _work(tmp_path)
+    record = _record(tmp_path, skip={("ideal-semi", 0)})
+    cli = ["--profile", "cpu", "--datasets", "hippocampus", "--budgets", "2", "--seeds", "0", "--work-dir",
+           str(work), "--record-dir", str(record), "--stage", "runs", "--dry-run", "--best-arms", "2",
+           "--best-arms-without", "ideal-semi"]
+    assert main(cli) == 0
+    out = capsys.readouterr().out
+    assert "the 2 best arms at budget 1: ideal, pgl (ranked without ideal-semi" in out
+    assert "hippocampus/ideal/b2_s0" in out and "hippocampus/pgl/b2_s0" in out
