@@ -120,6 +120,11 @@ ARMS: Dict[str, Arm] = {a.name: a for a in (
     # batch); paired against scratch, it says whether scratch's end point still moves with more training
     Arm("scratch-2x", "nnUNetTrainer_schedule", None, headline=False, epochs_factor=2, length_check="scratch",
         route="stock nnUNetTrainer from scratch, twice the epochs"),
+    # diagnostic of one run's noise: stock nnU-Net again on the same label subset and schedule (nnU-Net seeds nothing,
+    # so only the random start, the batches and the augmentation differ); paired against scratch, it says how far two
+    # runs of one setting land apart, the floor of any one-seed difference (GMIM's ACDC seed 2: -5.1 points)
+    Arm("scratch-rep", "nnUNetTrainer_schedule", None, headline=False,
+        route="stock nnUNetTrainer from scratch, run again (another random start)"),
     # the pre-training length checks: IDEAL's and PGL's EMA validation losses moved 6.1 % and 13 % of their range
     # over the last fifth on hippocampus (the report's rule: 5 %)
     _pre2x(_IDEAL),
