@@ -165,5 +165,7 @@ def recommended_load_decoder(checkpoint: Dict,
                        f"nnssl's own fine-tuning does; load_decoder=True loads it")
     if value is None or value:
         return True, f"{name} checkpoint: decoder loaded where shapes match"
-    return False, (f"{name} checkpoint: decoder left at its initialisation (it was trained to reconstruct the input "
-                   f"and blocks the gradient to the encoder); load_decoder=True loads it")
+    return False, (f"{name} checkpoint: decoder left at its initialisation (its method transfers the encoder alone: a "
+                   f"decoder trained to reconstruct the input blocks the gradient to the encoder, PGL's encoder-only "
+                   f"variant never trains it, IDEAL's route check chose the encoder alone; docs/methods.md); "
+                   f"load_decoder=True loads it")
