@@ -9,8 +9,8 @@ Paces are kept per training step (an epoch's time over its training iterations: 
 applied`` line, else the run's settings, else nnU-Net's 250), so schedules with other epoch lengths compare (ACDC
 fine-tunes 40 iterations per epoch, pre-trainings 20); an estimate multiplies by the run's own iterations per epoch.
 Seconds per step, first found wins: the median of the same dataset and arm (pre-training: method; the fine-tuning
-arms that train the stock network share one median over all their epochs) in the work directory's logs (this
-machine), then in the record's (the machine that recorded them); else another arm of the dataset scaled by the two
+arms that train the stock network share one median over all their epochs; a longer pre-training, ``pgl-2x``, its
+method's, ``pgl``, where it has none of its own) in the work directory's logs (this machine), then in the record's (the machine that recorded them); else another arm of the dataset scaled by the two
 arms' ratio measured on another dataset (:meth:`Pace.measured_ratios`), else by :data:`EPOCH_COST` (cost relative to
 stock nnU-Net's). No epoch time of the dataset anywhere: unknown (``None``), and the driver runs it. The record's
 times come from other machines: when this machine has run something that the record also holds from elsewhere (same
@@ -44,7 +44,7 @@ from nnunet_ssl.settings import settings_items
 # were per-epoch ratios (0.6-1.4), about half the per-step ones: on a new machine the driver estimated ACDC's PGL
 # pre-training at an hour where it needs nearly two.
 EPOCH_COST: Dict[str, float] = {
-    "scratch": 1.0, "scratch-2x": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0, "refs": 1.0,
+    "scratch": 1.0, "scratch-2x": 1.0, "scratch-rep": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0, "refs": 1.0,
     "ideal-reinit2": 1.0, "ideal-enclr": 1.0, "ideal-wholenet": 1.0, "mae-reinit1": 1.0, "mae-lpft": 1.0,
     "pgl-maeroute": 1.0, "ideal-lpft": 1.0,
     "ideal-inside": 1.0, "ideal-shallow": 1.0, "refs-nomatch": 1.0, "refs-pgl": 1.0,
@@ -55,6 +55,8 @@ EPOCH_COST: Dict[str, float] = {
 }
 # a length check costs per epoch what the arm and the pre-training it repeats do
 EPOCH_COST.update({f"pretrain:{long}": EPOCH_COST[f"pretrain:{base}"] for long, base in LONGER_PRETRAINING.items()})
+# a longer pre-training runs its method's trainer: its steps cost what the method's own pre-training's measured
+SAME_STEPS: Dict[str, str] = {f"pretrain:{long}": f"pretrain:{base}" for long, base in LONGER_PRETRAINING.items()}
 EPOCH_COST.update({a.name: EPOCH_COST[a.length_check] for a in ARMS.values() if a.pretrain in LONGER_PRETRAINING})
 
 
@@ -190,10 +192,12 @@ class Pace:
         ratios = None  # measured_ratios(key, name), read at most once
         for i, (source, _) in enumerate(self.roots):
             found = None
-            same = [m for s, n, m in known if s == source and n == name]
+            same = [m for s, n, m in known if s == source and n == name] or \
+                [m for s, n, m in known if s == source and n == SAME_STEPS.get(name)]
             other = [(n, m) for s, n, m in known if s == source and n in EPOCH_COST]
             if same:
-                found = same[0], f"{_whose(name)} median step on {source}"
+                mine = any(s == source and n == name for s, n, _ in known)
+                found = same[0], f"{_whose(name if mine else SAME_STEPS[name])} median step on {source}"
             elif other and name in EPOCH_COST:
                 kind = name.startswith("pretrain:")  # the same kind (fine-tuning / pre-training) first, scratch first
                 other = sorted(other, key=lambda nm: (nm[0].startswith("pretrain:") != kind, nm[0] != "scratch"))

@@ -341,3 +341,19 @@ def test_paces_compare_per_training_step_across_epoch_lengths(tmp_path):
     info = work / "acdc" / "arms" / "ideal-semi" / "b1_s0" / "run.json"
     info.write_text(json.dumps({"fold": 0, "trainer": "IDEALSemiSupervisedTrainer_decoderWarmup"}))
     assert pace.step_seconds("acdc", "ideal-semi")[0] == pytest.approx(40.0 / 250)
+
+
+def test_a_longer_pretraining_is_paced_by_its_methods_own_steps(tmp_path):
+    """pgl-2x runs PGLTrainer for twice the epochs: until it has epochs of its own, PGL's pre-training's steps pace
+    it (not another method's scaled by the table: that estimate was 43 s an epoch where PGL took 52)."""
+    work, record = tmp_path / "work", tmp_path / "record"
+    _pretraining(record, "gmim", "GMIMTrainer", 100, 20.0, finished=True)
+    pace = Pace(work, record)
+    s, how = _epoch(pace, "hippocampus", "pretrain:pgl-2x")
+    assert s == pytest.approx(20.0 * EPOCH_COST["pretrain:pgl-2x"] / EPOCH_COST["pretrain:gmim"]) and "gmim" in how
+    _pretraining(record, "pgl", "PGLTrainer", 100, 52.0, finished=True)
+    assert _epoch(pace, "hippocampus", "pretrain:pgl-2x") == (pytest.approx(52.0),
+                                                              "pretrain:pgl's median step on the record")
+    _pretraining(work, "pgl-2x", "PGLTrainer", 3, 40.0, finished=False)  # its own epochs win
+    assert _epoch(pace, "hippocampus", "pretrain:pgl-2x") == (pytest.approx(40.0),
+                                                              "pretrain:pgl-2x's median step on this machine")
