@@ -10,12 +10,12 @@ applied`` line, else the run's settings, else nnU-Net's 250), so schedules with 
 fine-tunes 40 iterations per epoch, pre-trainings 20); an estimate multiplies by the run's own iterations per epoch.
 Seconds per step, first found wins: the median of the same dataset and arm (pre-training: method; the fine-tuning
 arms that train the stock network share one median over all their epochs; a longer pre-training, ``pgl-2x``, its
-method's, ``pgl``, where it has none of its own) in the work directory's logs (this machine), then in the record's (the machine that recorded them); else another arm of the dataset scaled by the two
-arms' ratio measured on another dataset (:meth:`Pace.measured_ratios`), else by :data:`EPOCH_COST` (cost relative to
-stock nnU-Net's). No epoch time of the dataset anywhere: unknown (``None``), and the driver runs it. The record's
-times come from other machines: when this machine has run something that the record also holds from elsewhere (same
-dataset, same kind: fine-tuning or pre-training), they are scaled by this machine's speed against the record's
-(:meth:`Pace.speed_factor`).
+method's, ``pgl``, where it has none of its own) in the work directory's logs (this machine), then in the record's
+(the machine that recorded them); else another arm of the dataset scaled by the two arms' ratio measured on another
+dataset (:meth:`Pace.measured_ratios`), else by :data:`EPOCH_COST` (cost relative to stock nnU-Net's). No epoch time
+of the dataset anywhere: unknown (``None``), and the driver runs it. The record's times come from other machines:
+when this machine has run something that the record also holds from elsewhere (same dataset, same kind: fine-tuning
+or pre-training), they are scaled by this machine's speed against the record's (:meth:`Pace.speed_factor`).
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ from nnunet_ssl.settings import settings_items
 # were per-epoch ratios (0.6-1.4), about half the per-step ones: on a new machine the driver estimated ACDC's PGL
 # pre-training at an hour where it needs nearly two.
 EPOCH_COST: Dict[str, float] = {
-    "scratch": 1.0, "scratch-2x": 1.0, "scratch-rep": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0, "refs": 1.0,
+    "scratch": 1.0, "scratch-2x": 1.0, "scratch-rep": 1.0, "mae": 1.0, "gmim": 1.0, "pgl": 1.0, "ideal": 1.0,
+    "refs": 1.0,
     "ideal-reinit2": 1.0, "ideal-enclr": 1.0, "ideal-wholenet": 1.0, "mae-reinit1": 1.0, "mae-lpft": 1.0,
     "pgl-maeroute": 1.0, "ideal-lpft": 1.0,
     "ideal-inside": 1.0, "ideal-shallow": 1.0, "refs-nomatch": 1.0, "refs-pgl": 1.0,
