@@ -1,7 +1,8 @@
 """Length checks: is a schedule or a pre-training long enough? Decided on validation cases, never the test split.
 
 A length-check arm (:attr:`Arm.length_check` names the arm it repeats) trains like that arm with the fine-tuning
-(``scratch-2x``: :attr:`Arm.epochs_factor`) or the pre-training (``ideal-pre2x``, ``pgl-pre2x``) twice as long.
+(``scratch-2x``: :attr:`Arm.epochs_factor`, twice as long) or the pre-training (``ideal-pre2x``, ``pgl-pre2x``,
+``pgl-pre1.5x``: :data:`arms.PRETRAIN_EPOCHS_FACTOR` as long).
 Per dataset and budget, both arms' finished runs of the same seeds score the mean of nnU-Net's per-epoch validation
 pseudo Dice over the last fifth of their epochs (:func:`route_checks.validation_scores`); when the longer one's
 mean is ``stats.LENGTH_CHECK_POINTS`` Dice points or more above, the length is too short. The test split's paired
@@ -16,7 +17,7 @@ from typing import List
 import numpy as np
 
 from nnunet_ssl.benchmark import stats as st
-from nnunet_ssl.benchmark.arms import ARMS
+from nnunet_ssl.benchmark.arms import ARMS, PRETRAIN_EPOCHS_FACTOR
 from nnunet_ssl.benchmark.route_checks import validation_scores
 
 
@@ -47,7 +48,9 @@ def length_check_sentence(runs: List[dict], paired: List[dict], key: str, arm: s
         text = f"Schedule check: `{arm}` is stock nnU-Net with twice the epochs on scratch's label subsets."
     else:
         what, fix = "pre-training", "the method's pre-training needs the longer one"
-        text = f"Pre-training length check: `{arm}` fine-tunes like `{a.length_check}`, from a pre-training twice as long."
+        factor = PRETRAIN_EPOCHS_FACTOR[a.pretrain]
+        text = (f"Pre-training length check: `{arm}` fine-tunes like `{a.length_check}`, from a pre-training "
+                + ("twice" if factor == 2 else f"{factor:g}x") + " as long.")
     text += (f" Decided on the validation cases (mean pseudo Dice over the last fifth of the epochs, same seeds as "
              f"`{a.length_check}`); the test split's paired difference decides nothing.")
     test = {r["budget"]: r for r in paired

@@ -46,3 +46,23 @@ def test_no_sentence_until_a_pair_finished():
     runs[1] = _run("pgl-pre2x", 0, 0.5)
     lines = lc.length_check_lines(runs, [], {"acdc": [1, 2, 3]}, "acdc", ["pgl-pre2x"])
     assert lines[0] == "" and "validation 0.500 against 0.400, +10.0 points" in lines[1]
+
+
+def test_longer_pretrainings_run_their_methods_trainer_for_their_factor_of_the_epochs():
+    """pgl-pre1.5x (the longest PGL pre-training that fits a session on ACDC) and the 2x checks: same trainer and
+    route as the arm they repeat, the profile's pre-training epochs times their factor, rounded to whole epochs."""
+    from nnunet_ssl.benchmark.arms import ARMS, PRETRAIN_TRAINERS, pretrain_schedule
+    from nnunet_ssl.benchmark.main import PROFILES
+    cpu = PROFILES["cpu"]["pretrain"]
+    for arm, method, epochs in (("pgl-pre1.5x", "pgl-1.5x", 150), ("pgl-pre2x", "pgl-2x", 200),
+                                ("ideal-pre2x", "ideal-2x", 200)):
+        a, base = ARMS[arm], ARMS[ARMS[arm].length_check]
+        assert a.pretrain == method and not a.headline
+        assert PRETRAIN_TRAINERS[method] == PRETRAIN_TRAINERS[base.pretrain]
+        assert (a.trainer, a.settings) == (base.trainer, base.settings)
+        schedule = pretrain_schedule(method, cpu)
+        assert schedule["num_epochs"] == epochs and isinstance(schedule["num_epochs"], int)
+        assert {k: v for k, v in schedule.items() if k != "num_epochs"} == \
+            {k: v for k, v in cpu.items() if k != "num_epochs"}
+    assert pretrain_schedule("pgl", cpu) == cpu
+    assert pretrain_schedule("pgl-1.5x", {"num_epochs": 33})["num_epochs"] == 50  # 49.5 rounds to 50
