@@ -193,12 +193,12 @@ class Pace:
         ratios = None  # measured_ratios(key, name), read at most once
         for i, (source, _) in enumerate(self.roots):
             found = None
-            same = [m for s, n, m in known if s == source and n == name] or \
-                [m for s, n, m in known if s == source and n == SAME_STEPS.get(name)]
+            own = [m for s, n, m in known if s == source and n == name]
+            paced_by = name if own else SAME_STEPS.get(name)
+            same = own or [m for s, n, m in known if s == source and n == paced_by]
             other = [(n, m) for s, n, m in known if s == source and n in EPOCH_COST]
             if same:
-                mine = any(s == source and n == name for s, n, _ in known)
-                found = same[0], f"{_whose(name if mine else SAME_STEPS[name])} median step on {source}"
+                found = same[0], f"{_whose(paced_by)} median step on {source}"
             elif other and name in EPOCH_COST:
                 kind = name.startswith("pretrain:")  # the same kind (fine-tuning / pre-training) first, scratch first
                 other = sorted(other, key=lambda nm: (nm[0].startswith("pretrain:") != kind, nm[0] != "scratch"))
